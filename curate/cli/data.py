@@ -1,0 +1,232 @@
+"""Data commands: ingest, clean (run a recipe), export, steps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from curate.cli.common import curate_errors, device_option, quiet_option, setup_logging
+
+
+@click.command()
+@click.option(
+    "--dataset",
+    "name",
+    required=True,
+    metavar="NAME_OR_PATH",
+    help="Hub dataset name, save_to_disk folder, imagefolder, parquet/jsonl/csv file, or builtin:digits / builtin:photos.",
+)
+@click.option("--split", default="train", show_default=True, help="Split to load.")
+@click.option(
+    "--image-column",
+    default=None,
+    metavar="COL",
+    help="Column holding images, paths or bytes (default: guessed).",
+)
+@click.option(
+    "--caption-column",
+    default=None,
+    metavar="COL",
+    help="Column holding the caption or list of captions; 'none' for uncaptioned data.",
+)
+@click.option(
+    "--id-column",
+    default=None,
+    metavar="COL",
+    help="Column to use as sample_id (default: the row index).",
+)
+@click.option("--limit", default=None, type=click.IntRange(min=0), help="Ingest at most N rows.")
+@click.option(
+    "--streaming",
+    is_flag=True,
+    help="Stream a Hub dataset instead of downloading it (use with --limit).",
+)
+@click.option(
+    "--max-pixels",
+    default=64_000_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Reject images with more pixels than this (decompression-bomb guard).",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder to create.",
+)
+@quiet_option
+@curate_errors
+def ingest(
+    name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out, quiet
+):
+    """Load a dataset into a run folder: images + one table keyed by sample_id.
+
+    Every input row becomes one table row; unusable rows are kept as status=rejected with a
+    reason (undecodable, truncated, empty caption, ...), never dropped silently.
+
+    \b
+    Example:
+      curate ingest --dataset builtin:digits --out runs/digits
+    """
+    from curate.io.ingest import IngestConfig
+    from curate.io.ingest import ingest as run_ingest
+
+    setup_logging(quiet)
+    _quiet_datasets(quiet)
+    cfg = IngestConfig(
+        name=name, split=split, image_column=image_column, caption_column=caption_column,
+        id_column=id_column, limit=limit, streaming=streaming, max_pixels=max_pixels,
+    )  # fmt: skip
+    summary = run_ingest(cfg, out, quiet=quiet)
+    rejected = sum(summary["rejected"].values())
+    click.echo(
+        f"ingested {summary['rows']} rows into {out}: {summary['kept']} ok, {rejected} rejected"
+        + (
+            f" ({', '.join(f'{k}: {v}' for k, v in summary['rejected'].items())})"
+            if rejected
+            else ""
+        )
+        + f" [{summary['rows_per_second']} rows/s]"
+    )
+
+
+@click.command()
+@click.option(
+    "--recipe",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Recipe YAML file.",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Run folder (default: runs/<recipe name>). Re-running resumes and skips finished steps.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe value, type-checked: steps.1.threshold=0.9, dataset.limit=100, seed=1.",
+)
+@click.option("--dry-run", is_flag=True, help="Validate the recipe and print the plan; do no work.")
+@click.option("--force", is_flag=True, help="Recompute every step even if unchanged.")
+@device_option
+@quiet_option
+@curate_errors
+def clean(recipe, out, overrides, dry_run, force, device, quiet):
+    """Run a cleaning recipe: ingest, steps in order, export, report.
+
+    The whole recipe is validated first; every problem is reported with its YAML path.
+
+    \b
+    Examples:
+      curate clean --recipe recipes/demo.yaml
+      curate clean --recipe recipes/laion_subset.yaml --dry-run
+      curate clean --recipe recipes/demo.yaml --set dataset.limit=20 --out runs/small
+    """
+    from curate.recipe import dump_yaml, load_recipe
+
+    setup_logging(quiet)
+    _quiet_datasets(quiet)
+    rec = load_recipe(recipe, list(overrides))
+    run_dir = out or Path("runs") / rec.name
+    if dry_run:
+        click.echo(rec.plan())
+        click.echo(f"run folder: {run_dir}")
+        click.echo("--- resolved recipe ---")
+        click.echo(dump_yaml(rec.resolved()))
+        return
+    from curate.device import resolve_device
+    from curate.runner import run_recipe
+
+    dev = resolve_device(device if device != "auto" else rec.device)
+    results = run_recipe(rec, run_dir, device=dev, quiet=quiet, force=force)
+    stats = json.loads((run_dir / "stats.json").read_text())
+    for r in results:
+        state = "skipped (unchanged)" if r.skipped else f"{r.seconds:.1f}s"
+        click.echo(f"  {r.index:2d}. {r.name:<16} {state:<20} removed {r.removed}")
+    click.echo(
+        f"{stats['rows']} rows = {stats['kept']} kept + {stats['removed']} removed; "
+        f"report: {run_dir / 'report' / 'index.html'}"
+    )
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["disk", "parquet", "hub"]),
+    default="disk",
+    show_default=True,
+    help="disk: save_to_disk folder; parquet: shards under data/; hub: parquet shards pushed to --repo-id.",
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output folder (default: RUN_DIR/export).",
+)
+@click.option(
+    "--repo-id", default=None, metavar="USER/NAME", help="Hub dataset repo for --format hub."
+)
+@click.option("--private", is_flag=True, help="Create the Hub repo as private.")
+@click.option(
+    "--shard-rows",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rows per parquet shard.",
+)
+@quiet_option
+@curate_errors
+def export(run_dir, fmt, out, repo_id, private, shard_rows, quiet):
+    """Export the kept rows of a run, with removed.parquet, changes.parquet and a dataset card.
+
+    \b
+    Examples:
+      curate export runs/demo --format parquet
+      curate export runs/demo --format hub --repo-id me/clean-set --private
+    """
+    from curate.export import export_run
+
+    setup_logging(quiet)
+    _quiet_datasets(quiet)
+    s = export_run(
+        run_dir, fmt, out=out, repo_id=repo_id, private=private, shard_rows=shard_rows, quiet=quiet
+    )
+    click.echo(
+        f"exported {s['kept']} rows to {s['out']} ({s['removed']} removed, "
+        f"{s['changed_captions']} captions changed)"
+        + (f"; pushed to {s['url']}" if "url" in s else "")
+    )
+
+
+@click.command(name="steps")
+def list_steps():
+    """List the recipe steps and the columns each one adds."""
+    import dataclasses
+
+    from curate.registry import get_steps
+
+    for name, cls in sorted(get_steps().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name}: {doc}")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else "required"
+            click.echo(f"    {f.name} = {default!r}")
+
+
+def _quiet_datasets(quiet: bool) -> None:
+    if quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+COMMANDS = [ingest, clean, export, list_steps]

@@ -1,0 +1,301 @@
+"""Export the kept rows of a run: a ``save_to_disk`` folder, parquet shards, or a Hub push.
+
+Every export also writes ``removed.parquet`` (every removed ``sample_id`` with the step and
+reason), ``changes.parquet`` (every kept row whose caption was rewritten, old and new) and a
+dataset card (``README.md`` with YAML metadata) recording the recipe, the tool version and the
+counts. The Hub token is read by ``huggingface_hub`` itself and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+
+from curate._version import __version__
+from curate.errors import DataError, UsageError
+from curate.table import SAMPLE_ID, removal_frame
+
+log = logging.getLogger("curate")
+Format = Literal["disk", "parquet", "hub"]
+IMAGE_COLUMN = "image"
+CAPTION_COLUMN = "text"
+
+
+def export_columns(table: pl.DataFrame) -> pl.DataFrame:
+    """The per-row metadata columns of the exported dataset (images are added separately).
+
+    The caption column holds the rewritten caption where a step wrote one (``caption_new``),
+    as a list when the step produced several captions per sample; source columns keep their
+    original names.
+    """
+    text = pl.col("caption")
+    if "caption_new" in table.columns:
+        new = table["caption_new"]
+        if new.dtype == pl.List(pl.String):
+            text = pl.coalesce(pl.col("caption_new"), pl.concat_list(pl.col("caption")))
+        else:
+            text = pl.coalesce(pl.col("caption_new"), pl.col("caption"))
+    src = [c for c in table.columns if c.startswith("src_")]
+    return table.select(
+        pl.col(SAMPLE_ID),
+        text.alias(CAPTION_COLUMN),
+        *[
+            pl.col(c).alias(c[4:])
+            for c in src
+            if c[4:] not in (SAMPLE_ID, CAPTION_COLUMN, IMAGE_COLUMN)
+        ],
+    )
+
+
+def removed_manifest(table: pl.DataFrame) -> pl.DataFrame:
+    """Every removed row: id, source index, which step removed it and why, plus ``*_of`` links."""
+    rem = removal_frame(table)
+    links = [c for c in table.columns if c.endswith("_of")]
+    return (
+        table.select(SAMPLE_ID, "source_index", "caption", *links)
+        .join(rem, on=SAMPLE_ID, maintain_order="left")
+        .filter(~pl.col("keep"))
+        .select(SAMPLE_ID, "source_index", "removed_by", "removed_reason", "caption", *links)
+    )
+
+
+def changes_manifest(table: pl.DataFrame) -> pl.DataFrame:
+    """Every kept row whose caption a step rewrote: old caption, new caption, strategy."""
+    rem = removal_frame(table)
+    if "caption_new" not in table.columns:
+        return pl.DataFrame(
+            schema={
+                SAMPLE_ID: pl.String,
+                "caption_old": pl.String,
+                "caption_new": pl.String,
+                "strategy": pl.String,
+            }
+        )
+    strategy = (
+        pl.col("caption_strategy")
+        if "caption_strategy" in table.columns
+        else pl.lit(None, dtype=pl.String)
+    )
+    new = pl.col("caption_new")
+    if table["caption_new"].dtype == pl.List(pl.String):
+        new = new.list.join(" | ")
+    return (
+        table.join(rem.select(SAMPLE_ID, "keep"), on=SAMPLE_ID, maintain_order="left")
+        .filter(pl.col("keep") & pl.col("caption_new").is_not_null())
+        .select(
+            pl.col(SAMPLE_ID),
+            pl.col("caption").alias("caption_old"),
+            new.alias("caption_new"),
+            strategy.cast(pl.String).alias("strategy"),
+        )
+        .filter(pl.col("caption_old") != pl.col("caption_new"))
+    )
+
+
+def build_dataset(table: pl.DataFrame, run_dir: Path, work_dir: Path):
+    """A ``datasets.Dataset`` of the kept rows: image (stored bytes) + metadata columns."""
+    from datasets import Dataset, Features, Image, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from curate.io.store import ImageStore
+
+    rem = removal_frame(table)
+    kept = table.filter(rem["keep"])
+    meta = export_columns(kept)
+    store = ImageStore(run_dir)
+    meta_ds = Dataset(meta.to_arrow())
+    features = Features({IMAGE_COLUMN: Image(), **meta_ds.features})
+    if CAPTION_COLUMN in features and isinstance(features[CAPTION_COLUMN], Value):
+        features[CAPTION_COLUMN] = Value("string")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "export.arrow"
+    writer = ArrowWriter(features=features, path=str(path))
+    try:
+        for row in meta.iter_rows(named=True):
+            data = store.encoded(row[SAMPLE_ID])
+            if data is None:
+                raise DataError(f"kept row {row[SAMPLE_ID]} has no stored image; re-run ingest")
+            writer.write(
+                features.encode_example({IMAGE_COLUMN: {"bytes": data, "path": None}, **row})
+            )
+        writer.finalize()
+    finally:
+        writer.close()
+    return Dataset.from_file(str(path))
+
+
+def dataset_card(
+    table: pl.DataFrame, recipe_yaml: str | None, repo_id: str | None, num_shards: int
+) -> str:
+    """README.md with YAML metadata: what was kept, what was removed and why, and how."""
+    rem = removal_frame(table)
+    kept = int(rem["keep"].sum())
+    counts = (
+        rem.filter(~pl.col("keep"))
+        .group_by(["removed_by", "removed_reason"])
+        .len()
+        .sort(["removed_by", "removed_reason"])
+    )
+    changed = changes_manifest(table).height
+    title = repo_id or "curated dataset"
+    rows = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} |" for r in counts.iter_rows()) or "| - | - | 0 |"
+    recipe_block = (
+        f"```yaml\n{recipe_yaml.strip()}\n```"
+        if recipe_yaml
+        else "_no recipe: built with individual commands_"
+    )
+    return f"""---
+tags:
+- curate
+- image-text
+size_categories:
+- {_size_category(kept)}
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+---
+
+# {title}
+
+Cleaned with [curate](https://github.com) {__version__} before diffusion training: duplicated or
+easily reproduced samples were removed or had their captions rewritten so that a model trained
+on this data copies less.
+
+- input rows: **{table.height}**
+- kept: **{kept}** (in {num_shards} parquet shard(s) under `data/`)
+- removed: **{table.height - kept}** (listed with reasons in `removed.parquet`)
+- captions rewritten: **{changed}** (old and new in `changes.parquet`)
+
+## Removed rows
+
+| step | reason | rows |
+| --- | --- | --- |
+{rows}
+
+## Recipe
+
+{recipe_block}
+"""
+
+
+def _size_category(n: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return name
+    return "n>1M"
+
+
+def export_run(
+    run_dir: Path | str,
+    format: Format = "disk",
+    *,
+    out: Path | str | None = None,
+    table: pl.DataFrame | None = None,
+    repo_id: str | None = None,
+    private: bool = False,
+    shard_rows: int = 5000,
+    api: Any = None,
+    quiet: bool = False,
+    progress: Callable | None = None,
+) -> dict:
+    """Export the kept rows of ``run_dir``; returns a summary with paths and counts.
+
+    ``api`` is the Hub client used for ``format="hub"`` (default ``huggingface_hub.HfApi()``,
+    which finds the token from ``hf auth login`` or ``HF_TOKEN``); tests inject a fake.
+    """
+    from curate.table import read_table
+
+    run_dir = Path(run_dir)
+    if format not in ("disk", "parquet", "hub"):
+        raise UsageError(f"--format {format!r}: use disk, parquet or hub")
+    if format == "hub" and not repo_id:
+        raise UsageError("--format hub needs --repo-id user/name")
+    if shard_rows < 1:
+        raise UsageError("shard_rows: must be >= 1")
+    table = read_table(run_dir) if table is None else table
+    out = Path(out) if out is not None else run_dir / "export"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    recipe_path = run_dir / "recipe.resolved.yaml"
+    recipe_yaml = recipe_path.read_text(encoding="utf-8") if recipe_path.exists() else None
+
+    ds = build_dataset(table, run_dir, out / ".work")
+    removed = removed_manifest(table)
+    changes = changes_manifest(table)
+    removed.write_parquet(out / "removed.parquet")
+    changes.write_parquet(out / "changes.parquet")
+    summary: dict[str, Any] = {
+        "format": format,
+        "out": str(out),
+        "rows": table.height,
+        "kept": len(ds),
+        "removed": removed.height,
+        "changed_captions": changes.height,
+    }
+    if summary["kept"] + summary["removed"] != summary["rows"]:
+        raise DataError("internal: kept + removed != rows; refusing to export")
+
+    if format == "disk":
+        ds.save_to_disk(str(out / "dataset"))
+        num_shards = 1
+    else:
+        data_dir = out / "data"
+        data_dir.mkdir()
+        num_shards = max(1, -(-len(ds) // shard_rows))
+        for i in range(num_shards):
+            shard = ds.shard(num_shards=num_shards, index=i, contiguous=True)
+            shard.to_parquet(str(data_dir / f"train-{i:05d}-of-{num_shards:05d}.parquet"))
+    (out / "README.md").write_text(
+        dataset_card(table, recipe_yaml, repo_id, num_shards), encoding="utf-8"
+    )
+    shutil.rmtree(out / ".work", ignore_errors=True)
+    ds = None
+
+    if format == "hub":
+        summary["url"] = push_folder(out, repo_id, private=private, api=api)
+    (out / "export.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool = False, api: Any = None) -> str:
+    """Create the dataset repo (if needed) and upload ``folder``; returns the repo URL."""
+    if api is None:
+        from huggingface_hub import HfApi, get_token
+
+        if get_token() is None:
+            raise UsageError(
+                "--format hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
+            )
+        api = HfApi()
+    try:
+        url = api.create_repo(repo_id=repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_folder(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=str(folder),
+            allow_patterns=["data/*.parquet", "README.md", "removed.parquet", "changes.parquet"],
+            commit_message=f"Upload dataset cleaned with curate {__version__}",
+        )
+    except UsageError:
+        raise
+    except Exception as err:  # network, auth, permissions: one line, never the token
+        raise DataError(
+            f"--repo-id {repo_id}: push to the Hub failed ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'})"
+        ) from None
+    log.info("pushed %s", repo_id)
+    return str(url)

@@ -1,0 +1,275 @@
+"""Run a recipe in a run folder: ingest, then each step, with fingerprints and resume.
+
+Each step's output columns are written to ``steps/NN-name/columns.parquet`` with a
+``done.json`` marker holding its fingerprint (its config + the fingerprint of everything
+before it). A re-run loads finished steps from those files instead of recomputing them, so an
+interrupted run resumes where it stopped and an unchanged recipe costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from curate.errors import CurateError, DataError
+from curate.io.ingest import ingest, read_ingest_summary
+from curate.recipe import Recipe, dump_yaml
+from curate.steps.base import RunContext, Step
+from curate.table import SAMPLE_ID, TABLE_FILE, read_table, removal_frame, write_table
+
+log = logging.getLogger("curate")
+STEPS_DIR = "steps"
+DONE_FILE = "done.json"
+COLUMNS_FILE = "columns.parquet"
+
+
+def _hash(*parts: object) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
+def step_fingerprint(step: Step, upstream: str) -> str:
+    return _hash(upstream, step.name, step.config())
+
+
+def base_table(run_dir: Path) -> pl.DataFrame:
+    """The table as ingest wrote it (step columns of earlier runs removed)."""
+    summary = read_ingest_summary(run_dir)
+    table = read_table(run_dir / TABLE_FILE)
+    if summary and summary.get("columns"):
+        table = table.select(summary["columns"])
+    return table
+
+
+def check_contract(step: Step, table: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """Enforce the step contract: exactly the produced columns, one row per input row."""
+    if not isinstance(new, pl.DataFrame):
+        raise TypeError(f"step {step.name} returned {type(new).__name__}, not a polars DataFrame")
+    expected = list(step.produced_columns())
+    if not expected and new.width == 0:
+        return new  # a step that only writes files (export, train) adds nothing
+    if sorted(new.columns) != sorted(expected):
+        raise RuntimeError(
+            f"step {step.name} returned columns {new.columns}, but declares {expected}"
+        )
+    if new.height != table.height:
+        raise RuntimeError(
+            f"step {step.name} returned {new.height} rows for a table of {table.height}"
+        )
+    return new.select(expected)
+
+
+def compute_step(step: Step, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+    """Run one step on a table and return the table with its columns appended (or replaced)."""
+    missing = [c for c in step.required_columns() if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"step {step.name} needs column(s) {', '.join(missing)}; run the step that adds them first"
+        )
+    view = table.drop([c for c in step.produced_columns() if c in table.columns])
+    new = check_contract(step, view, step.compute(view, ctx))
+    return view.hstack(new) if new.width else view
+
+
+@dataclass
+class StepResult:
+    index: int
+    name: str
+    skipped: bool
+    seconds: float
+    removed: int
+
+
+def _step_dir(run_dir: Path, index: int, step: Step) -> Path:
+    return run_dir / STEPS_DIR / f"{index:02d}-{step.name}"
+
+
+def _run_one(
+    step: Step, index: int, table: pl.DataFrame, upstream: str, ctx: RunContext, force: bool
+) -> tuple[pl.DataFrame, str, StepResult]:
+    fp = step_fingerprint(step, upstream)
+    sdir = _step_dir(ctx.run_dir, index, step)
+    done = sdir / DONE_FILE
+    cols_file = sdir / COLUMNS_FILE
+    before = int((~removal_frame(table)["keep"]).sum())
+    if not force and done.exists() and cols_file.exists():
+        meta = json.loads(done.read_text(encoding="utf-8"))
+        if meta.get("fingerprint") == fp:
+            cols = pl.read_parquet(cols_file)
+            if cols[SAMPLE_ID].to_list() == table[SAMPLE_ID].to_list():
+                view = table.drop([c for c in step.produced_columns() if c in table.columns])
+                extra = cols.drop(SAMPLE_ID)
+                table = view.hstack(extra) if extra.width else view
+                after = int((~removal_frame(table)["keep"]).sum())
+                log.info("step %d %s: unchanged, skipped", index, step.name)
+                return table, fp, StepResult(index, step.name, True, 0.0, after - before)
+    done.unlink(missing_ok=True)
+    sdir.mkdir(parents=True, exist_ok=True)
+    ctx.step_dir = sdir
+    ctx.stats = {}
+    log.info("step %d %s ...", index, step.name)
+    start = time.perf_counter()
+    table = compute_step(step, table, ctx)
+    seconds = time.perf_counter() - start
+    after = int((~removal_frame(table)["keep"]).sum())
+    produced = list(step.produced_columns())
+    write_table(table.select([SAMPLE_ID, *produced]), cols_file)
+    meta = {
+        "step": step.name,
+        "index": index,
+        "fingerprint": fp,
+        "config": step.config(),
+        "seconds": round(seconds, 3),
+        "removed": after - before,
+        "stats": ctx.stats,
+    }
+    done.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    write_table(table, ctx.run_dir / TABLE_FILE)
+    return table, fp, StepResult(index, step.name, False, seconds, after - before)
+
+
+def ensure_ingested(recipe: Recipe, run_dir: Path, quiet: bool) -> dict:
+    """Ingest unless ``run_dir`` already holds this exact dataset config."""
+    summary = read_ingest_summary(run_dir)
+    if summary and summary.get("fingerprint") == recipe.dataset.fingerprint():
+        log.info("ingest: unchanged, skipped")
+        return summary
+    if (run_dir / STEPS_DIR).exists():
+        shutil.rmtree(run_dir / STEPS_DIR)  # new data invalidates every step
+    return ingest(recipe.dataset, run_dir, quiet=quiet)
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: Path | str,
+    *,
+    device: str = "cpu",
+    quiet: bool = False,
+    force: bool = False,
+) -> list[StepResult]:
+    """Ingest (if needed) and run every step of ``recipe`` in ``run_dir``; returns per-step results."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.resolved.yaml").write_text(dump_yaml(recipe.resolved()), encoding="utf-8")
+    summary = ensure_ingested(recipe, run_dir, quiet)
+    table = base_table(run_dir)
+    ctx = RunContext(run_dir=run_dir, seed=recipe.seed, device=device, quiet=quiet)
+    upstream = summary["fingerprint"]
+    results = []
+    steps = recipe.all_steps()
+    for index, step in enumerate(steps, start=1):
+        table, upstream, result = _run_one(step, index, table, upstream, ctx, force)
+        results.append(result)
+    # Folders of steps no longer in the recipe would confuse the summary: remove them.
+    keep = {_step_dir(run_dir, i, s).name for i, s in enumerate(steps, start=1)}
+    for d in (run_dir / STEPS_DIR).glob("*") if (run_dir / STEPS_DIR).exists() else []:
+        if d.name not in keep:
+            shutil.rmtree(d)
+    write_table(table, run_dir / TABLE_FILE)
+    write_summary(run_dir, table)
+    return results
+
+
+def apply_step(
+    run_dir: Path | str, step: Step, ctx: RunContext, force: bool = False
+) -> pl.DataFrame:
+    """Run one step on an existing run folder, outside a recipe (``curate dedup RUN_DIR``).
+
+    The step is appended after the run's existing steps (or replaces an earlier run of the same
+    step name), so the run folder stays one linear history.
+    """
+    run_dir = Path(run_dir)
+    table = read_table(run_dir / TABLE_FILE)
+    steps_dir = run_dir / STEPS_DIR
+    existing = sorted(steps_dir.glob("*")) if steps_dir.exists() else []
+    index = None
+    for d in existing:
+        if d.name.split("-", 1)[-1] == step.name:
+            index = int(d.name.split("-", 1)[0])
+    if index is None:
+        index = max((int(d.name.split("-", 1)[0]) for d in existing), default=0) + 1
+    upstream = _hash(read_ingest_summary(run_dir) or {}, sorted(c for c in table.columns))
+    ctx.run_dir = run_dir
+    table, _, _ = _run_one(step, index, table, upstream, ctx, force)
+    write_table(table, run_dir / TABLE_FILE)
+    write_summary(run_dir, table)
+    return table
+
+
+def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> dict:
+    """Write ``stats.json`` and the report's summary section (counts per step and reason)."""
+    from curate.report import Report, esc, html_table, thumb_grid
+
+    rem = removal_frame(table)
+    counts = (
+        rem.filter(~pl.col("keep"))
+        .group_by(["removed_by", "removed_reason"])
+        .len()
+        .sort(["removed_by", "removed_reason"])
+    )
+    stats = {
+        "rows": table.height,
+        "kept": int(rem["keep"].sum()),
+        "removed": int((~rem["keep"]).sum()),
+        "removed_by_reason": [
+            {"step": r[0], "reason": r[1], "count": r[2]} for r in counts.iter_rows()
+        ],
+        "steps": [],
+    }
+    for done in (
+        sorted((run_dir / STEPS_DIR).glob(f"*/{DONE_FILE}"))
+        if (run_dir / STEPS_DIR).exists()
+        else []
+    ):
+        meta = json.loads(done.read_text(encoding="utf-8"))
+        stats["steps"].append(
+            {k: meta.get(k) for k in ("index", "step", "seconds", "removed", "stats")}
+        )
+    assert stats["kept"] + stats["removed"] == stats["rows"]
+    (run_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str), encoding="utf-8")
+
+    report = Report(run_dir / "report", title=f"curate report: {run_dir.name}")
+    body = [
+        f"<p><b>{stats['rows']}</b> input rows = <b>{stats['kept']}</b> kept + "
+        f"<b>{stats['removed']}</b> removed.</p>",
+        html_table(
+            [(s["index"], s["step"], s["seconds"], s["removed"]) for s in stats["steps"]],
+            ["#", "step", "seconds", "removed"],
+        ),
+        html_table(
+            [(r["step"], r["reason"], r["count"]) for r in stats["removed_by_reason"]],
+            ["removed by", "reason", "rows"],
+        ),
+    ]
+    removed = table.join(rem, on=SAMPLE_ID).filter(~pl.col("keep"))
+    if removed.height:
+        try:
+            from curate.io.store import ImageStore
+
+            store = ImageStore(run_dir)
+        except CurateError:
+            store = None
+        body.append("<h3>Removed samples</h3>")
+        for (by, why), group in removed.group_by(
+            ["removed_by", "removed_reason"], maintain_order=True
+        ):
+            sample = group.head(max_thumbs)
+            ids = sample[SAMPLE_ID].to_list()
+            images = store.get(ids) if store is not None else [None] * len(ids)
+            items = [
+                (img, f"{sid}: {cap or ''}")
+                for img, sid, cap in zip(images, ids, sample["caption"].to_list(), strict=True)
+            ]
+            body.append(
+                f'<div class="group"><b>{esc(by)}</b>: {esc(why)} '
+                f'<span class="muted">({group.height} rows)</span>{thumb_grid(items)}</div>'
+            )
+    report.add_section("summary", "Summary", "".join(body), order=0)
+    return stats

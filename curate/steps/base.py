@@ -1,0 +1,107 @@
+"""The step contract: a step is its config.
+
+A step is a frozen dataclass whose fields are its settings. It declares the columns it
+``requires`` and ``produces``; its one method, ``compute(table, ctx)``, returns a frame with
+exactly the produced columns, one row per input row, in the input's row order. The runner
+checks that contract and appends the columns, so no step can drop rows, reorder them, or
+overwrite another step's columns.
+
+Removal is expressed as data: a column named ``<something>_drop`` (see ``DROP_SUFFIX``) holding
+a reason string marks a row for removal; null means "keep". Selection and export read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from curate.seeding import derive_seed, rng_for
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from curate.report import Report
+
+DROP_SUFFIX = "_drop"
+log = logging.getLogger("curate")
+
+
+@dataclass
+class RunContext:
+    """Everything a step gets from outside: where to write, which device, which seed."""
+
+    run_dir: Path
+    seed: int = 0
+    device: str = "cpu"
+    quiet: bool = False
+    step_dir: Path | None = None  # per-step artifact folder, set by the runner
+    stats: dict[str, Any] = field(default_factory=dict)  # per-step counters, saved by the runner
+    _report: Report | None = None
+
+    def rng(self, *key: object) -> np.random.Generator:
+        """A numpy Generator derived from the run seed and ``key`` (never global state)."""
+        return rng_for(self.seed, *key)
+
+    def derive_seed(self, *key: object) -> int:
+        return derive_seed(self.seed, *key)
+
+    def artifact_dir(self, name: str | None = None) -> Path:
+        """A folder for this step's large artifacts (embeddings, indexes), created on demand."""
+        base = self.step_dir if self.step_dir is not None else self.run_dir / "artifacts"
+        path = base / name if name else base
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def report(self) -> Report:
+        if self._report is None:
+            from curate.report import Report
+
+            self._report = Report(self.run_dir / "report")
+        return self._report
+
+    def images(self):
+        """The run's image store (``curate.io.store.ImageStore``), opened lazily."""
+        from curate.io.store import ImageStore
+
+        return ImageStore(self.run_dir)
+
+    def progress(self, iterable=None, **kwargs):
+        """A tqdm progress bar that honours ``--quiet``."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, disable=self.quiet, **kwargs)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Base class of every recipe step. Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str] = "step"
+    requires: ClassVar[tuple[str, ...]] = ()
+    produces: ClassVar[tuple[str, ...]] = ()
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Columns that must exist before this step runs (override for config-dependent sets)."""
+        return self.requires
+
+    def produced_columns(self) -> tuple[str, ...]:
+        """Columns this step adds (override for config-dependent sets)."""
+        return self.produces
+
+    def validate(self) -> list[str]:
+        """Problems with this config, as ``"key: message"`` strings; empty when valid."""
+        return []
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config, as recorded in the run folder and used for the cache key."""
+        return dataclasses.asdict(self)
+
+    def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        """Return the produced columns for ``table`` (same height, same row order)."""
+        raise NotImplementedError

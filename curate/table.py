@@ -1,0 +1,93 @@
+"""The sample table: one row per input row, keyed by ``sample_id``; steps append columns.
+
+This module owns the column names every part of curate agrees on, the keep/remove rule, and
+deterministic parquet I/O (the same table always gives byte-identical files).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import polars as pl
+
+from curate.errors import DataError
+from curate.steps.base import DROP_SUFFIX
+
+SAMPLE_ID = "sample_id"
+STATUS = "status"
+REASON = "reason"
+STATUS_OK = "ok"
+STATUS_REJECTED = "rejected"
+TABLE_FILE = "table.parquet"
+
+#: Columns written by ingest, in order. Source columns follow, prefixed ``src_``.
+BASE_COLUMNS = (
+    SAMPLE_ID,
+    "source_index",
+    "caption",
+    "captions",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "num_bytes",
+    "pixel_hash",
+    STATUS,
+    REASON,
+)
+
+
+def write_table(table: pl.DataFrame, path: Path | str) -> Path:
+    """Write ``table`` atomically (temp file + rename), deterministic bytes for equal tables."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    table.write_parquet(tmp, compression="zstd", statistics=False)
+    os.replace(tmp, path)
+    return path
+
+
+def read_table(path: Path | str) -> pl.DataFrame:
+    path = Path(path)
+    if path.is_dir():
+        path = path / TABLE_FILE
+    if not path.exists():
+        raise DataError(f"{path} does not exist: run `curate ingest` first")
+    return pl.read_parquet(path)
+
+
+def drop_columns(table: pl.DataFrame) -> list[str]:
+    """The removal-reason columns, in the order they were added."""
+    return [c for c in table.columns if c.endswith(DROP_SUFFIX)]
+
+
+def removal_frame(table: pl.DataFrame) -> pl.DataFrame:
+    """``sample_id``, ``keep``, ``removed_by`` and ``removed_reason`` for every row.
+
+    A row is removed when ingest rejected it or any ``*_drop`` column holds a reason; the first
+    reason (in column order, i.e. step order) is the one reported.
+    """
+    by = pl.when(pl.col(STATUS) != STATUS_OK).then(pl.lit("ingest"))
+    why = pl.when(pl.col(STATUS) != STATUS_OK).then(pl.col(REASON))
+    for col in drop_columns(table):
+        step = col[: -len(DROP_SUFFIX)]
+        by = by.when(pl.col(col).is_not_null()).then(pl.lit(step))
+        why = why.when(pl.col(col).is_not_null()).then(pl.col(col))
+    by = by.otherwise(pl.lit(None, dtype=pl.String))
+    why = why.otherwise(pl.lit(None, dtype=pl.String))
+    return table.select(
+        pl.col(SAMPLE_ID),
+        by.alias("removed_by"),
+        why.alias("removed_reason"),
+    ).with_columns(keep=pl.col("removed_by").is_null())
+
+
+def kept_mask(table: pl.DataFrame) -> pl.Series:
+    """Boolean Series: True for rows that survive ingest and every step."""
+    return removal_frame(table)["keep"]
+
+
+def ok_mask(table: pl.DataFrame) -> pl.Series:
+    """True for rows that ingest accepted (steps compute on these; others get nulls)."""
+    return table[STATUS] == STATUS_OK
