@@ -165,7 +165,7 @@ configs:
 
 # {title}
 
-Cleaned with [curate](https://github.com) {__version__} before diffusion training: duplicated or
+Cleaned with curate {__version__} before diffusion training: duplicated or
 easily reproduced samples were removed or had their captions rewritten so that a model trained
 on this data copies less.
 

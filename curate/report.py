@@ -21,6 +21,7 @@ h1{font-size:1.5rem}h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bot
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;font-size:.9rem}
 th{background:#f4f4f4}.grid{display:flex;flex-wrap:wrap;gap:.6rem}
 .cell{width:136px;font-size:.75rem;word-wrap:break-word}.cell img{width:128px;height:128px;object-fit:contain;background:#eee;image-rendering:pixelated}
+.noimg{width:128px;height:128px;background:#f0f0f0;color:#888;display:flex;align-items:center;justify-content:center}
 .group{border:1px solid #ddd;padding:.4rem;margin:.4rem 0}.muted{color:#777}
 """
 
@@ -43,7 +44,7 @@ def thumb_grid(items: Iterable[tuple[object, str]], size: int = 128) -> str:
     cells = []
     for image, caption in items:
         if image is None:
-            pic = '<div class="muted" style="height:128px">no image</div>'
+            pic = '<div class="noimg">no image</div>'
         else:
             pic = f'<img src="{png_data_uri(image, size)}" alt="">'
         cells.append(f'<div class="cell">{pic}<div>{esc(caption)}</div></div>')

@@ -191,7 +191,9 @@ def ingest(
             cols["reason"].append(reason)
             for c in source.extra_columns:
                 extra[f"src_{c}"].append(row.get(c))
-            stored = {"bytes": dec.encoded, "path": None} if ok else None
+            # a decodable image is kept even when the row is rejected for another reason (caption,
+            # id), so the report can show it
+            stored = {"bytes": dec.encoded, "path": None} if dec.ok else None
             writer.write(features.encode_example({SAMPLE_ID: sid, "image": stored}))
         writer.finalize()
     finally:

@@ -2,7 +2,7 @@
 
 Images are kept encoded (the source bytes when they were already RGB JPEG/PNG/WebP, else a
 lossless PNG of the RGB conversion), so a run folder never holds decoded pixels and export can
-write exactly what came in. Rejected rows have no image (null).
+write exactly what came in. Rows whose image could not be decoded have no image (null).
 """
 
 from __future__ import annotations

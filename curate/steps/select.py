@@ -23,7 +23,7 @@ class Select(Step):
 
     name: ClassVar[str] = "select"
 
-    where: str = "false"
+    where: str
     reason: str | None = None
     action: Literal["drop", "keep"] = "drop"
     label: str = "select"
