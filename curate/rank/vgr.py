@@ -64,7 +64,9 @@ class VGRConfig:
         if self.ode_steps < 1:
             problems.append("ode_steps: must be >= 1")
         if self.estimator in ("fd", "jvp") and (self.axes != 1 or self.ode_steps != 1):
-            problems.append("axes/ode_steps: fd and jvp are one-axis, one-step; use estimator: frame")
+            problems.append(
+                "axes/ode_steps: fd and jvp are one-axis, one-step; use estimator: frame"
+            )
         if not self.radius > 0:
             problems.append("radius: must be > 0")
         if not 0 < self.t_start < 1:
@@ -87,7 +89,9 @@ class ODEGrid:
         T = len(sig)
         first = max(int(round(t_start * T)) - 1, 0)
         if first + steps > T:
-            raise UsageError(f"--t-start {t_start} with --ode-steps {steps} runs past the schedule's {T} steps")
+            raise UsageError(
+                f"--t-start {t_start} with --ode-steps {steps} runs past the schedule's {T} steps"
+            )
         prev = torch.cat([abar.new_ones(1), abar[:-1]])
         betas = 1 - abar / prev  # discrete beta_i
         idx = torch.arange(first, first + steps)
@@ -96,7 +100,9 @@ class ODEGrid:
         self.vp_std = (1 - abar[idx]).sqrt().float().tolist()
 
 
-def pf_step(denoiser, x: torch.Tensor, sigma: float, beta: float, vp_std: float, cond=None) -> torch.Tensor:
+def pf_step(
+    denoiser, x: torch.Tensor, sigma: float, beta: float, vp_std: float, cond=None
+) -> torch.Tensor:
     """One forward Euler step of the VP probability-flow ODE (data -> noise). x (B,C,H,W), VP units."""
     sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
     x_ve = x * (1 + sigma**2) ** 0.5
@@ -104,7 +110,9 @@ def pf_step(denoiser, x: torch.Tensor, sigma: float, beta: float, vp_std: float,
     return x + 0.5 * beta * (-x + eps / vp_std)
 
 
-def directions(sample_ids: Sequence[str], shape: tuple[int, ...], k: int, seed: int, tag: str = "") -> torch.Tensor:
+def directions(
+    sample_ids: Sequence[str], shape: tuple[int, ...], k: int, seed: int, tag: str = ""
+) -> torch.Tensor:
     """(B, K, D) orthonormal directions per sample, from ``(seed, sample_id)`` only."""
     g = sample_normal(seed, list(sample_ids), (k, *shape), "vgr-direction", tag)  # (B, K, C, H, W)
     g = g.reshape(len(sample_ids), k, -1).double()
@@ -194,7 +202,11 @@ def _score(den, x, ids, cfg: VGRConfig, cond, tag: str) -> torch.Tensor:
 
 
 def volume_growth(
-    denoiser, images: torch.Tensor, sample_ids: Sequence[str], config: VGRConfig = VGRConfig(), cond=None
+    denoiser,
+    images: torch.Tensor,
+    sample_ids: Sequence[str],
+    config: VGRConfig = VGRConfig(),
+    cond=None,
 ) -> torch.Tensor:
     """Log volume-growth rate per image (B,), float64. ``images`` (B, C, H, W) in model space.
 

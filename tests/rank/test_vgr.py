@@ -50,7 +50,9 @@ def test_frame_sums_log_growth_over_axes_and_steps():
     den = LinearDenoiser(0.95)
     cfg = VGRConfig(estimator="frame", axes=3, ode_steps=4)
     grid = ODEGrid(den, cfg.t_start, cfg.ode_steps)
-    want = 3 * sum(math.log(abs(_lambda(0.95, s, b))) for s, b in zip(grid.sigmas, grid.betas, strict=True))
+    want = 3 * sum(
+        math.log(abs(_lambda(0.95, s, b))) for s, b in zip(grid.sigmas, grid.betas, strict=True)
+    )
     got = volume_growth(den, _images(), IDS, cfg)
     assert torch.allclose(got, torch.full((3,), want, dtype=torch.float64), rtol=1e-4)
 
@@ -76,7 +78,10 @@ def test_fd_matches_jvp_as_the_radius_shrinks(tiny_unet_denoiser):
     ids = ["p", "q", "r", "s"]
     exact = volume_growth(tiny_unet_denoiser, x, ids, VGRConfig(estimator="jvp"))
     errs = [
-        (volume_growth(tiny_unet_denoiser, x, ids, VGRConfig(estimator="fd", radius=r)) - exact).abs().max().item()
+        (volume_growth(tiny_unet_denoiser, x, ids, VGRConfig(estimator="fd", radius=r)) - exact)
+        .abs()
+        .max()
+        .item()
         for r in (0.05, 0.01)
     ]
     # float32 round-off limits how small r can usefully go; both radii agree with the exact value
