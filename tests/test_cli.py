@@ -30,6 +30,8 @@ def test_ingest_clean_export_end_to_end(tmp_path):
     assert "40 rows = " in res.output and "report:" in res.output
     res = _run(["export", str(run), "--format", "disk", "-q"])
     assert res.exit_code == 0 and "exported" in res.output
+    res = _run(["info", str(run)])
+    assert res.exit_code == 0 and "select: no threes" in res.output and "src_label: Int64" in res.output
 
 
 def test_dry_run_prints_plan_and_does_no_work(tmp_path):

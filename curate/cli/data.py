@@ -222,6 +222,33 @@ def list_steps():
             click.echo(f"    {f.name} = {default!r}")
 
 
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def info(run_dir):
+    """Show a run folder: source, columns, steps run, and kept/removed counts."""
+    import polars as pl
+
+    from curate.io.ingest import read_ingest_summary
+    from curate.table import read_table, removal_frame
+
+    table = read_table(run_dir)
+    summary = read_ingest_summary(run_dir) or {}
+    rem = removal_frame(table)
+    click.echo(f"run folder: {run_dir}")
+    if summary:
+        click.echo(f"source: {summary['config']['name']} ({summary['source']['kind']}, split {summary['config']['split']})")
+    click.echo(f"rows: {table.height} = {int(rem['keep'].sum())} kept + {int((~rem['keep']).sum())} removed")
+    reasons = rem.filter(~pl.col("keep")).group_by(["removed_by", "removed_reason"]).len().sort("len", descending=True)
+    for by, why, n in reasons.iter_rows():
+        click.echo(f"  {n:6d}  {by}: {why}")
+    click.echo("columns:")
+    for name, dtype in table.schema.items():
+        click.echo(f"  {name}: {dtype}")
+    steps = sorted((run_dir / "steps").glob("*/done.json")) if (run_dir / "steps").exists() else []
+    if steps:
+        click.echo("steps: " + ", ".join(p.parent.name for p in steps))
+
+
 def _quiet_datasets(quiet: bool) -> None:
     if quiet:
         import datasets
@@ -229,4 +256,4 @@ def _quiet_datasets(quiet: bool) -> None:
         datasets.disable_progress_bars()
 
 
-COMMANDS = [ingest, clean, export, list_steps]
+COMMANDS = [ingest, clean, export, info, list_steps]
