@@ -11,14 +11,25 @@ from curate.steps.base import Step
 
 
 def _steps() -> dict[str, type[Step]]:
+    from curate.steps.audit import Audit
+    from curate.steps.captions import Captions
+    from curate.steps.dedup import DedupCaptions, DedupImages
     from curate.steps.export import Export
+    from curate.steps.rank import Rank
     from curate.steps.select import Select
+    from curate.steps.train import Train
     from curate.steps.validate import Validate
 
     steps: list[type[Step]] = [
         Validate,
+        DedupImages,
+        DedupCaptions,
         Select,
         Export,
+        Captions,
+        Audit,
+        Rank,
+        Train,
     ]
     return {cls.name: cls for cls in steps}
 

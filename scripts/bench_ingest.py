@@ -34,7 +34,9 @@ def main() -> None:
         for _ in range(3):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                summary = ingest(IngestConfig(name=f"builtin:{name}"), Path(tmp) / "run", quiet=True)
+                summary = ingest(
+                    IngestConfig(name=f"builtin:{name}"), Path(tmp) / "run", quiet=True
+                )
                 seconds = time.perf_counter() - start
             best = seconds if best is None else min(best, seconds)
         results[f"builtin:{name}"] = {
@@ -45,7 +47,10 @@ def main() -> None:
         print(name, results[f"builtin:{name}"])
     out = Path("reports/ingest.json")
     out.parent.mkdir(exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version()}
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+    }
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -47,7 +47,9 @@ def main() -> None:
     from curate.rank.vgr import VGRConfig, volume_growth
 
     torch.set_num_threads(os.cpu_count() or 1)
-    bundle = build_model(args.preset, channels=args.channels, resolution=args.resolution, device=args.device)
+    bundle = build_model(
+        args.preset, channels=args.channels, resolution=args.resolution, device=args.device
+    )
     den = DiffusersDenoiser(bundle.unet, bundle.scheduler_config).eval().requires_grad_(False)
     b = args.batch_size
     x = torch.rand(b, args.channels, args.resolution, args.resolution, device=args.device) * 2 - 1
@@ -63,8 +65,14 @@ def main() -> None:
         ("frame_K4_M2", VGRConfig(estimator="frame", axes=4, ode_steps=2)),
     ]:
         t = _best(lambda cfg=cfg: volume_growth(den, x, ids, cfg), args.repeats)
-        rows[name] = {"seconds_per_batch": t, "forward_equivalents": t / forward, "samples_per_second": b / t}
-        print(f"{name:>12}: {t * 1000:8.1f} ms/batch  {t / forward:5.2f} forward-equivalents  {b / t:8.1f} samples/s")
+        rows[name] = {
+            "seconds_per_batch": t,
+            "forward_equivalents": t / forward,
+            "samples_per_second": b / t,
+        }
+        print(
+            f"{name:>12}: {t * 1000:8.1f} ms/batch  {t / forward:5.2f} forward-equivalents  {b / t:8.1f} samples/s"
+        )
     print(f"{'forward':>12}: {forward * 1000:8.1f} ms/batch")
     result = {
         "meta": {

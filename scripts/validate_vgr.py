@@ -41,9 +41,13 @@ def stats(train: np.ndarray, held: np.ndarray) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--train-size", type=int, default=64)
-    ap.add_argument("--checkpoints", default="250,1000,2000", help="training steps at which to score")
+    ap.add_argument(
+        "--checkpoints", default="250,1000,2000", help="training steps at which to score"
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--samples", type=int, default=512, help="generations for the audit")
     ap.add_argument("--sample-steps", type=int, default=50)
@@ -82,25 +86,39 @@ def main() -> None:
         return volume_growth(den, x, sids, cfg).numpy()
 
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
-    cfg = TrainConfig(model="tiny", steps=checkpoints[-1], batch_size=args.batch_size, checkpoint_every=0, seed=args.seed)
+    cfg = TrainConfig(
+        model="tiny",
+        steps=checkpoints[-1],
+        batch_size=args.batch_size,
+        checkpoint_every=0,
+        seed=args.seed,
+    )
     trainer = Trainer(from_tensors(x_tr, id_tr), cfg, quiet=True)
     result: dict = {"args": vars(args), "checkpoints": {}}
-    result["untrained"] = stats(score(trainer.eval_denoiser(), x_tr, id_tr), score(trainer.eval_denoiser(), x_ho, id_ho))
+    result["untrained"] = stats(
+        score(trainer.eval_denoiser(), x_tr, id_tr), score(trainer.eval_denoiser(), x_ho, id_ho)
+    )
     print("untrained", result["untrained"], flush=True)
     t0 = time.perf_counter()
     for c in checkpoints:
         trainer.run(c)
         den = trainer.eval_denoiser()
         s_tr, s_ho = score(den, x_tr, id_tr), score(den, x_ho, id_ho)
-        result["checkpoints"][c] = stats(s_tr, s_ho) | {"train_seconds": round(time.perf_counter() - t0, 1)}
+        result["checkpoints"][c] = stats(s_tr, s_ho) | {
+            "train_seconds": round(time.perf_counter() - t0, 1)
+        }
         print(c, result["checkpoints"][c], flush=True)
 
     # fd against the full frame estimator, on all 128 images
     x_all, id_all = torch.cat([x_tr, x_ho]), id_tr + id_ho
-    frame_cfg = VGRConfig(estimator="frame", axes=args.frame_axes, ode_steps=args.frame_steps, seed=args.seed)
+    frame_cfg = VGRConfig(
+        estimator="frame", axes=args.frame_axes, ode_steps=args.frame_steps, seed=args.seed
+    )
     s_frame = score(den, x_all, id_all, frame_cfg)
     s_fd = np.r_[s_tr, s_ho]
-    s_fd4 = np.mean([score(den, x_all, id_all, VGRConfig(seed=args.seed + k)) for k in range(4)], axis=0)
+    s_fd4 = np.mean(
+        [score(den, x_all, id_all, VGRConfig(seed=args.seed + k)) for k in range(4)], axis=0
+    )
     result["fd_vs_frame"] = {
         "frame": f"K={args.frame_axes}, M={args.frame_steps}",
         "spearman_fd_1dir": float(spearmanr(s_fd, s_frame).statistic),
@@ -110,16 +128,27 @@ def main() -> None:
     print("fd vs frame", result["fd_vs_frame"], flush=True)
 
     # Which training images does the model copy, and do they rank highest?
-    gens = sample(den, args.samples, steps=args.sample_steps, method="ddim", seed=args.seed, progress=False)
+    gens = sample(
+        den, args.samples, steps=args.sample_steps, method="ddim", seed=args.seed, progress=False
+    )
     train_set = TrainingSet(x_tr, id_tr)
-    audit = audit_samples(gens, train_set, AuditSettings(num_samples=args.samples, features="pixel", seed=args.seed), fd_reference=x_ho)
+    audit = audit_samples(
+        gens,
+        train_set,
+        AuditSettings(num_samples=args.samples, features="pixel", seed=args.seed),
+        fd_reference=x_ho,
+    )
     counts = audit.training_counts(train_set)
     copies = counts["copies"].to_numpy()
     copied = copies > 0
     result["audit"] = {
-        "memorized_fraction_nn_ratio": audit.summary.get("memorized_fraction_ratio", float(audit.per_sample["memorized_ratio"].mean())),
+        "memorized_fraction_nn_ratio": audit.summary.get(
+            "memorized_fraction_ratio", float(audit.per_sample["memorized_ratio"].mean())
+        ),
         "training_images_copied": int(copied.sum()),
-        "spearman_vgr_vs_copies": float(spearmanr(s_tr, copies).statistic) if copies.std() > 0 else None,
+        "spearman_vgr_vs_copies": float(spearmanr(s_tr, copies).statistic)
+        if copies.std() > 0
+        else None,
     }
     if 0 < copied.sum() < n:
         result["audit"]["copied_vs_not"] = stats(s_tr[copied], s_tr[~copied])
@@ -128,14 +157,20 @@ def main() -> None:
     # The closed-form memorizer: the same one-step score for every training image?
     oracle = EmpiricalDenoiser(x_tr)
     o_tr, o_ho = score(oracle, x_tr, id_tr), score(oracle, x_ho, id_ho)
-    result["oracle"] = stats(o_tr, o_ho) | {"train_std": float(o_tr.std()), "train_min": float(o_tr.min()), "train_max": float(o_tr.max())}
+    result["oracle"] = stats(o_tr, o_ho) | {
+        "train_std": float(o_tr.std()),
+        "train_min": float(o_tr.min()),
+        "train_max": float(o_tr.max()),
+    }
     print("oracle", result["oracle"], flush=True)
 
     if args.control:
         ctrl = Trainer(from_tensors(x_ho, id_ho), cfg, quiet=True)
         ctrl.run(checkpoints[-1])
         cden = ctrl.eval_denoiser()
-        result["control_trained_on_heldout"] = stats(score(cden, x_tr, id_tr), score(cden, x_ho, id_ho))
+        result["control_trained_on_heldout"] = stats(
+            score(cden, x_tr, id_tr), score(cden, x_ho, id_ho)
+        )
         print("control", result["control_trained_on_heldout"], flush=True)
 
     out = Path(args.out)
@@ -172,14 +207,25 @@ def plot(path, s_tr, s_ho, s_fd, s_frame, copies, result) -> None:
 
 
 def write_markdown(path, r) -> None:
-    lines = ["# VGR validation (tiny UNet, 64 train / 64 held-out digits, 16x16)", "", "| checkpoint | train mean | held mean | Welch p | AUC |", "|---|---|---|---|---|"]
+    lines = [
+        "# VGR validation (tiny UNet, 64 train / 64 held-out digits, 16x16)",
+        "",
+        "| checkpoint | train mean | held mean | Welch p | AUC |",
+        "|---|---|---|---|---|",
+    ]
     u = r["untrained"]
-    lines.append(f"| untrained | {u['train_mean']:.4f} | {u['held_mean']:.4f} | {u['welch_p']:.2g} | {u['auc']:.3f} |")
+    lines.append(
+        f"| untrained | {u['train_mean']:.4f} | {u['held_mean']:.4f} | {u['welch_p']:.2g} | {u['auc']:.3f} |"
+    )
     for c, s in r["checkpoints"].items():
-        lines.append(f"| {c} steps | {s['train_mean']:.4f} | {s['held_mean']:.4f} | {s['welch_p']:.2g} | {s['auc']:.3f} |")
+        lines.append(
+            f"| {c} steps | {s['train_mean']:.4f} | {s['held_mean']:.4f} | {s['welch_p']:.2g} | {s['auc']:.3f} |"
+        )
     if "control_trained_on_heldout" in r:
         s = r["control_trained_on_heldout"]
-        lines.append(f"| control: trained on held-out | {s['train_mean']:.4f} | {s['held_mean']:.4f} | {s['welch_p']:.2g} | {s['auc']:.3f} |")
+        lines.append(
+            f"| control: trained on held-out | {s['train_mean']:.4f} | {s['held_mean']:.4f} | {s['welch_p']:.2g} | {s['auc']:.3f} |"
+        )
     o = r["oracle"]
     lines += ["", f"fd vs frame ({r['fd_vs_frame']['frame']}): Spearman {r['fd_vs_frame']['spearman_fd_1dir']:.3f} (1 direction), "
               f"{r['fd_vs_frame']['spearman_fd_4dir_mean']:.3f} (mean of 4 directions).", "",

@@ -22,7 +22,7 @@ def test_ingest_clean_export_end_to_end(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "dataset: {name: builtin:digits, limit: 40}\n"
-        "steps:\n  - select: {where: \"src_label = 3\", reason: no threes}\n"
+        'steps:\n  - select: {where: "src_label = 3", reason: no threes}\n'
         "export: {format: parquet}\n"
     )
     res = _run(["clean", "--recipe", str(recipe), "--out", str(run), "-q", "--device", "cpu"])
@@ -31,11 +31,24 @@ def test_ingest_clean_export_end_to_end(tmp_path):
     res = _run(["export", str(run), "--format", "disk", "-q"])
     assert res.exit_code == 0 and "exported" in res.output
     res = _run(["info", str(run)])
-    assert res.exit_code == 0 and "select: no threes" in res.output and "src_label: Int64" in res.output
+    assert (
+        res.exit_code == 0
+        and "select: no threes" in res.output
+        and "src_label: Int64" in res.output
+    )
 
 
 def test_dry_run_prints_plan_and_does_no_work(tmp_path):
-    res = _run(["clean", "--recipe", "recipes/laion_subset.yaml", "--dry-run", "--out", str(tmp_path / "x")])
+    res = _run(
+        [
+            "clean",
+            "--recipe",
+            "recipes/laion_subset.yaml",
+            "--dry-run",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
     assert res.exit_code == 0, res.output
     assert "laion" in res.output and "validate" in res.output
     assert not (tmp_path / "x").exists()
@@ -51,20 +64,38 @@ def test_recipe_error_exits_2_with_yaml_path(tmp_path):
 
 
 def test_bad_override_exits_2():
-    res = CliRunner().invoke(cli, ["clean", "--recipe", "recipes/demo.yaml", "--set", "steps.0.min_side=big", "--dry-run"])
+    res = CliRunner().invoke(
+        cli,
+        ["clean", "--recipe", "recipes/demo.yaml", "--set", "steps.0.min_side=big", "--dry-run"],
+    )
     assert res.exit_code == 2 and "steps[0].validate.min_side: must be an integer" in res.output
 
 
 def test_data_error_exits_1_with_one_line(tmp_path):
-    res = CliRunner().invoke(cli, ["ingest", "--dataset", str(tmp_path / "missing" / "x.parquet"), "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "ingest",
+            "--dataset",
+            str(tmp_path / "missing" / "x.parquet"),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 1
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: --dataset")
 
 
 def test_usage_error_exits_2(tmp_path):
-    res = CliRunner().invoke(cli, ["ingest", "--dataset", "builtin:nope", "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "--dataset builtin:nope" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(
+        cli, ["ingest", "--dataset", "builtin:nope", "--out", str(tmp_path / "r")]
+    )
+    assert (
+        res.exit_code == 2
+        and "--dataset builtin:nope" in res.output
+        and "Traceback" not in res.output
+    )
     res = CliRunner().invoke(cli, ["export", str(tmp_path), "--format", "zip"])
     assert res.exit_code == 2
 

@@ -18,7 +18,10 @@ from curate.table import read_table, removal_frame
 def cleaned_run(photos_run):
     """The photos run with a select rule that removes the wide images."""
     recipe = parse_recipe(
-        {"dataset": "builtin:photos", "steps": [{"select": {"where": "width >= 250", "reason": "wide"}}]}
+        {
+            "dataset": "builtin:photos",
+            "steps": [{"select": {"where": "width >= 250", "reason": "wide"}}],
+        }
     )
     # same dataset config as the template, so ingest is skipped
     run_recipe(recipe, photos_run, quiet=True)

@@ -38,12 +38,17 @@ def test_step_validate_problems_carry_the_path():
 
 
 def test_literal_choices_are_checked():
-    with pytest.raises(RecipeError, match=r"export\.format: must be one of 'disk' \| 'parquet' \| 'hub'"):
+    with pytest.raises(
+        RecipeError, match=r"export\.format: must be one of 'disk' \| 'parquet' \| 'hub'"
+    ):
         _parse({"dataset": "builtin:digits", "export": {"format": "zip"}})
 
 
 def test_same_column_from_two_steps_is_rejected():
-    raw = {"dataset": "builtin:digits", "steps": [{"select": {"where": "true"}}, {"select": {"where": "false"}}]}
+    raw = {
+        "dataset": "builtin:digits",
+        "steps": [{"select": {"where": "true"}}, {"select": {"where": "false"}}],
+    }
     with pytest.raises(RecipeError, match="already produced"):
         _parse(raw)
     raw["steps"][1]["select"]["label"] = "second"

@@ -98,7 +98,11 @@ def test_changing_a_step_reruns_it_and_everything_after(tmp_path, registry):
     CALLS.clear()
     raw = {
         "dataset": {"name": "builtin:digits", "limit": 30},
-        "steps": [{"counting": {}}, {"counting2": {"fail": False}}, {"select": {"where": "counting2_value > 10"}}],
+        "steps": [
+            {"counting": {}},
+            {"counting2": {"fail": False}},
+            {"select": {"where": "counting2_value > 10"}},
+        ],
     }
     results = run_recipe(parse_recipe(raw), tmp_path, quiet=True)
     assert CALLS == []  # counting steps unchanged; select re-ran (cheap, not counted)
@@ -107,6 +111,10 @@ def test_changing_a_step_reruns_it_and_everything_after(tmp_path, registry):
 
 
 def test_a_step_breaking_the_contract_is_caught(tmp_path, registry, monkeypatch):
-    monkeypatch.setattr(Counting, "compute", lambda self, t, c: t.head(3).select(pl.col("source_index").alias("counting_value")))
+    monkeypatch.setattr(
+        Counting,
+        "compute",
+        lambda self, t, c: t.head(3).select(pl.col("source_index").alias("counting_value")),
+    )
     with pytest.raises(RuntimeError, match="returned 3 rows"):
         run_recipe(_recipe(), tmp_path, quiet=True)

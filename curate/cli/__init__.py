@@ -9,10 +9,12 @@ from __future__ import annotations
 import click
 
 from curate._version import __version__
+from curate.cli import audit as _audit
 from curate.cli import captions as _captions
 from curate.cli import data as _data
 from curate.cli import dedup as _dedup
 from curate.cli import model as _model
+from curate.cli import rank as _rank
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -28,7 +30,7 @@ def cli() -> None:
     """
 
 
-for _module in (_data, _dedup, _captions, _model):
+for _module in (_data, _dedup, _captions, _model, _audit, _rank):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

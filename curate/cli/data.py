@@ -236,9 +236,18 @@ def info(run_dir):
     rem = removal_frame(table)
     click.echo(f"run folder: {run_dir}")
     if summary:
-        click.echo(f"source: {summary['config']['name']} ({summary['source']['kind']}, split {summary['config']['split']})")
-    click.echo(f"rows: {table.height} = {int(rem['keep'].sum())} kept + {int((~rem['keep']).sum())} removed")
-    reasons = rem.filter(~pl.col("keep")).group_by(["removed_by", "removed_reason"]).len().sort("len", descending=True)
+        click.echo(
+            f"source: {summary['config']['name']} ({summary['source']['kind']}, split {summary['config']['split']})"
+        )
+    click.echo(
+        f"rows: {table.height} = {int(rem['keep'].sum())} kept + {int((~rem['keep']).sum())} removed"
+    )
+    reasons = (
+        rem.filter(~pl.col("keep"))
+        .group_by(["removed_by", "removed_reason"])
+        .len()
+        .sort("len", descending=True)
+    )
     for by, why, n in reasons.iter_rows():
         click.echo(f"  {n:6d}  {by}: {why}")
     click.echo("columns:")

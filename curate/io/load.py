@@ -61,7 +61,9 @@ def _open_dataset(name: str, split: str, streaming: bool, data_files_ext: str | 
 
         short = name.split(":", 1)[1]
         if short not in BUILTINS:
-            raise UsageError(f"--dataset {name}: unknown built-in set (use builtin:{', builtin:'.join(BUILTINS)})")
+            raise UsageError(
+                f"--dataset {name}: unknown built-in set (use builtin:{', builtin:'.join(BUILTINS)})"
+            )
         return load_builtin(short), "builtin", None
     path = Path(name).expanduser()
     if path.is_file():

@@ -55,12 +55,17 @@ def test_imagefolder_with_metadata_captions(tmp_path):
 def test_files_with_relative_image_paths(tmp_path, fmt):
     names = _write_images(tmp_path / "imgs")
     df = pl.DataFrame(
-        {"path": [f"imgs/{n}" for n in names] + ["imgs/missing.png"], "caption": ["a", "b", "c", "d", "e"]}
+        {
+            "path": [f"imgs/{n}" for n in names] + ["imgs/missing.png"],
+            "caption": ["a", "b", "c", "d", "e"],
+        }
     )
     path = tmp_path / f"data.{fmt}"
     {"parquet": df.write_parquet, "jsonl": df.write_ndjson, "csv": df.write_csv}[fmt](path)
     s = ingest(
-        IngestConfig(name=str(path), image_column="path", caption_column="caption"), tmp_path / "run", quiet=True
+        IngestConfig(name=str(path), image_column="path", caption_column="caption"),
+        tmp_path / "run",
+        quiet=True,
     )
     table = read_table(tmp_path / "run")
     _check_invariant(s, table)
@@ -73,7 +78,11 @@ def test_parquet_with_image_bytes_and_list_captions(tmp_path):
         {"img": [_png(0), _png(1), b""], "text": [["first", "alt first"], ["second"], ["third"]]}
     )
     df.write_parquet(tmp_path / "d.parquet")
-    s = ingest(IngestConfig(name=str(tmp_path / "d.parquet"), image_column="img"), tmp_path / "run", quiet=True)
+    s = ingest(
+        IngestConfig(name=str(tmp_path / "d.parquet"), image_column="img"),
+        tmp_path / "run",
+        quiet=True,
+    )
     table = read_table(tmp_path / "run")
     _check_invariant(s, table)
     assert table["captions"].to_list()[0] == ["first", "alt first"]
@@ -82,7 +91,8 @@ def test_parquet_with_image_bytes_and_list_captions(tmp_path):
 
 
 def test_save_to_disk_folder_split_and_ids(tmp_path):
-    from datasets import Dataset, DatasetDict, Features, Image as HFImage, Value
+    from datasets import Dataset, DatasetDict, Features, Value
+    from datasets import Image as HFImage
 
     feats = Features({"image": HFImage(), "text": Value("string"), "key": Value("string")})
     rows = {
@@ -90,11 +100,15 @@ def test_save_to_disk_folder_split_and_ids(tmp_path):
         "text": ["x", "y", "z"],
         "key": ["a", "b", "a"],
     }
-    DatasetDict({"validation": Dataset.from_dict(rows, features=feats)}).save_to_disk(str(tmp_path / "ds"))
+    DatasetDict({"validation": Dataset.from_dict(rows, features=feats)}).save_to_disk(
+        str(tmp_path / "ds")
+    )
     with pytest.raises(UsageError, match="--split 'train'"):
         ingest(IngestConfig(name=str(tmp_path / "ds")), tmp_path / "r0", quiet=True)
     s = ingest(
-        IngestConfig(name=str(tmp_path / "ds"), split="validation", id_column="key"), tmp_path / "run", quiet=True
+        IngestConfig(name=str(tmp_path / "ds"), split="validation", id_column="key"),
+        tmp_path / "run",
+        quiet=True,
     )
     table = read_table(tmp_path / "run")
     _check_invariant(s, table)
@@ -120,7 +134,9 @@ def test_builtin_photos_every_bad_class_is_a_row(photos_run_template):
     assert by_transform["bad_truncated"] == "truncated"
     assert by_transform["bad_zero_bytes"] == "empty_image"
     assert by_transform["bad_empty_caption"] == "empty_caption"
-    converted = table.filter(pl.col("src_gt_transform").is_in(["bad_rgba", "bad_palette", "bad_16bit"]))
+    converted = table.filter(
+        pl.col("src_gt_transform").is_in(["bad_rgba", "bad_palette", "bad_16bit"])
+    )
     assert converted["status"].to_list() == ["ok"] * 3
     assert ImageStore(photos_run_template).get(converted["sample_id"].to_list())[0].mode == "RGB"
 
@@ -139,7 +155,9 @@ def test_limit_and_unknown_columns(tmp_path):
     s = ingest(IngestConfig(name="builtin:digits", limit=7), tmp_path / "run", quiet=True)
     assert s["rows"] == 7
     with pytest.raises(UsageError, match="--caption-column 'nope'"):
-        ingest(IngestConfig(name="builtin:digits", caption_column="nope"), tmp_path / "r2", quiet=True)
+        ingest(
+            IngestConfig(name="builtin:digits", caption_column="nope"), tmp_path / "r2", quiet=True
+        )
 
 
 def test_unreachable_hub_name_is_one_clear_error(tmp_path):

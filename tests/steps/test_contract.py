@@ -25,6 +25,18 @@ EXAMPLES: dict[str, dict] = {
     "validate": {"min_side": 64, "min_caption_words": 3},
     "select": {"where": "width > 100", "reason": "too wide"},
     "export": {"format": "parquet"},
+    "captions": {"strategy": "rt", "p": 0.5, "only": "width > 100"},
+    "dedup_images": {"tiers": ["exact", "phash"]},
+    "dedup_captions": {"tiers": ["exact", "minhash"]},
+    "rank": {"model": "digits-tiny", "batch_size": 32, "flag_top_fraction": 0.1},
+    "audit": {"oracle": True, "num_samples": 8, "steps": 4, "resolution": 16},
+    "train": {
+        "steps": 2,
+        "batch_size": 8,
+        "resolution": 8,
+        "checkpoint_every": 0,
+        "report_samples": 2,
+    },
 }
 
 
@@ -68,7 +80,9 @@ def test_step_handles_an_empty_table(name, photos_run):
     empty = read_table(photos_run).head(0)
     out = compute_step(step, empty, _ctx(photos_run, "empty"))
     assert out.height == 0
-    assert sorted(c for c in out.columns if c not in empty.columns) == sorted(step.produced_columns())
+    assert sorted(c for c in out.columns if c not in empty.columns) == sorted(
+        step.produced_columns()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -1,0 +1,134 @@
+"""Calibration: plant known copies of the user's own images and measure each tier's threshold.
+
+For a sample of images, every transform in ``curate.dedup.planting`` makes one copy. All pairs
+among originals and copies are scored per tier; pairs from the same original are positives,
+everything else negatives. Precision and recall per tier and threshold (and recall per
+transform) tell the user which threshold fits their data instead of copying a paper's.
+Duplicates already present among the sampled originals would count as false positives; pass
+their group keys (``groups``) to count them as positives instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from curate.dedup.planting import TRANSFORMS, plant_copies
+
+HASH_RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16, 20)
+COSINE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def tier_similarity(
+    kind: str, images: Sequence, device: str = "cpu", **options
+) -> tuple[np.ndarray, str]:
+    """All-pairs similarity ``(N, N)`` under tier ``kind`` and the tier's threshold unit.
+
+    Hash tiers return the Hamming distance (unit ``"radius"``; the mirrored hash counts);
+    embedding tiers the cosine (unit ``"cosine"``).
+    """
+    if kind in ("phash", "dhash"):
+        from curate.dedup.hashing import hamming, image_hashes
+
+        codes, flipped = image_hashes(images, kind, mirrored=True)
+        d = hamming(codes[:, None, :], codes[None, :, :])  # (N, N)
+        d = np.minimum(d, hamming(flipped[:, None, :], codes[None, :, :]))
+        d = np.minimum(d, d.T)
+        return d.astype(np.float32), "radius"
+    from curate.dedup.embed import get_image_embedder
+
+    emb = get_image_embedder(kind, device=device, **options).embed(list(images))
+    return emb @ emb.T, "cosine"
+
+
+def calibrate_images(
+    images: Sequence,
+    ids: Sequence[str],
+    tiers: Sequence[str] = ("phash", "dhash", "sscd"),
+    transforms: Sequence[str] = tuple(TRANSFORMS),
+    seed: int = 0,
+    device: str = "cpu",
+    tier_options: dict[str, dict] | None = None,
+    radii: Sequence[int] = HASH_RADII,
+    thresholds: Sequence[float] = COSINE_THRESHOLDS,
+    groups: Sequence[str] | None = None,
+) -> dict:
+    """Precision/recall per tier and threshold on planted copies of ``images``.
+
+    Returns ``{"n_originals", "n_copies", "transforms", "rows": [...], "best": {tier: row}}``;
+    each row holds tier, threshold, unit, precision, recall, f1 and ``recall_<transform>``.
+    ``groups`` (one key per original) marks originals that are already duplicates of each other,
+    so their copies count as positives rather than false positives.
+    """
+    copies = plant_copies(images, ids, transforms, seed=seed)
+    all_images = list(images) + [c[0] for c in copies]
+    source = np.array(list(ids) + [c[1] for c in copies], dtype=object)
+    group_of = dict(zip(ids, groups if groups is not None else ids, strict=True))
+    truth = np.array([group_of[s] for s in source], dtype=object)
+    kind = np.array(["original"] * len(images) + [c[2] for c in copies], dtype=object)
+    n = len(all_images)
+    iu = np.triu_indices(n, 1)
+    positive = (truth[:, None] == truth[None, :])[iu]
+    # A copy's pair with its own original tells which transform it survived.
+    is_orig = kind == "original"
+    rows = []
+    best: dict[str, dict] = {}
+    for tier in tiers:
+        sim, unit = tier_similarity(tier, all_images, device, **(tier_options or {}).get(tier, {}))
+        values = sim[iu]
+        grid = radii if unit == "radius" else thresholds
+        for thr in grid:
+            pred = values <= thr if unit == "radius" else values >= thr
+            tp = int((pred & positive).sum())
+            npred = int(pred.sum())
+            precision = tp / npred if npred else 1.0
+            recall = tp / int(positive.sum()) if positive.any() else 1.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            row = {
+                "tier": tier,
+                "unit": unit,
+                "threshold": thr,
+                "precision": round(precision, 4),
+                "recall": round(recall, 4),
+                "f1": round(f1, 4),
+            }
+            # Per transform: the fraction of copies matched to their own original.
+            orig_index = {sid: i for i, sid in enumerate(source[is_orig])}
+            for t in transforms:
+                rows_t = np.flatnonzero(kind == t)
+                s = sim[rows_t, [orig_index[sid] for sid in source[rows_t]]]
+                hit = s <= thr if unit == "radius" else s >= thr
+                row[f"recall_{t}"] = round(float(hit.mean()), 4) if len(hit) else None
+            rows.append(row)
+            if tier not in best or row["f1"] > best[tier]["f1"]:
+                best[tier] = row
+    return {
+        "n_originals": len(images),
+        "n_copies": len(copies),
+        "transforms": list(transforms),
+        "rows": rows,
+        "best": best,
+    }
+
+
+def format_calibration(result: dict) -> str:
+    """A plain-text table of a ``calibrate_images`` result."""
+    transforms = result["transforms"]
+    head = ["tier", "thr", "prec", "recall", "f1", *transforms]
+    lines = [
+        f"{result['n_originals']} originals, {result['n_copies']} planted copies "
+        f"({', '.join(transforms)})",
+        "  ".join(f"{h:>7}" for h in head),
+    ]
+    for r in result["rows"]:
+        thr = f"d<={r['threshold']}" if r["unit"] == "radius" else f">={r['threshold']}"
+        vals = [r["tier"], thr, r["precision"], r["recall"], r["f1"]]
+        vals += [r[f"recall_{t}"] for t in transforms]
+        lines.append("  ".join(f"{v:>7}" if isinstance(v, str) else f"{v:>7.3f}" for v in vals))
+    for tier, r in result["best"].items():
+        lines.append(
+            f"best {tier}: threshold {r['threshold']} ({r['unit']}) f1 {r['f1']:.3f} "
+            f"precision {r['precision']:.3f} recall {r['recall']:.3f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Duplicate evidence from several tiers, combined into one grouping.
+
+A tier turns one kind of signal (a pixel hash, a perceptual hash, an embedding) into candidate
+edges plus a direct pair test ``pair_sim(a, b)`` (similarity, NaN when the pair does not match).
+Groups are formed from the union of all tiers' edges, and a member joins its group's kept sample
+when *any* tier matches that pair directly: hashes miss flips and crops that SSCD catches, SSCD
+misses some heavy JPEG that hashes catch, so each tier's evidence counts on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from curate.dedup.clusters import Groups, Guard, group
+from curate.dedup.search import (
+    BINARY_FLAT_MAX,
+    Edges,
+    cosine_knn,
+    hamming_nn,
+    hamming_pairs,
+    knn_edges,
+)
+
+PairSim = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Tier:
+    """One tier's evidence: candidate edges and a direct pair test."""
+
+    name: str
+    edges: Edges
+    pair_sim: PairSim
+    nn_sim: np.ndarray | None = None  # (N,) each row's best similarity to another row
+    info: dict = field(default_factory=dict)
+
+
+def exact_tier(keys: Sequence[str | None], name: str = "exact") -> Tier:
+    """Rows with equal non-null ``keys`` (e.g. pixel hashes) match with similarity 1."""
+    codes = np.full(len(keys), -1, np.int64)
+    seen: dict[str, int] = {}
+    for row, key in enumerate(keys):
+        if key is not None:
+            codes[row] = seen.setdefault(key, len(seen))
+    ii, jj = [], []
+    first: dict[int, int] = {}
+    for row, c in enumerate(codes):
+        if c < 0:
+            continue
+        if c in first:
+            ii.append(first[c])
+            jj.append(row)
+        else:
+            first[c] = row
+    edges = Edges.build(np.array(ii, np.int64), np.array(jj, np.int64), np.ones(len(ii)))
+
+    def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        same = (codes[a] == codes[b]) & (codes[a] >= 0)
+        return np.where(same, 1.0, np.nan).astype(np.float32)
+
+    counts = np.bincount(codes[codes >= 0]) if (codes >= 0).any() else np.zeros(0, int)
+    nn = (
+        np.where((codes >= 0) & (counts[np.maximum(codes, 0)] > 1), 1.0, 0.0)
+        if len(counts)
+        else None
+    )
+    return Tier(name, edges, pair_sim, nn_sim=nn)
+
+
+def hash_tier(
+    codes: np.ndarray,
+    radius: int,
+    mirrored: np.ndarray | None = None,
+    name: str = "phash",
+    valid: np.ndarray | None = None,
+) -> Tier:
+    """Rows whose hashes (or one's mirrored hash) are within Hamming ``radius``."""
+    from curate.dedup.hashing import hamming
+
+    bits = codes.shape[1] * 8
+    n = len(codes)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    idx = np.flatnonzero(valid)
+    edges = hamming_pairs(codes[idx], radius)
+    if mirrored is not None:
+        edges = edges.union(hamming_pairs(codes[idx], radius, queries=mirrored[idx]))
+    edges = Edges(idx[edges.i], idx[edges.j], edges.sim)
+    nn = None
+    if len(idx) <= BINARY_FLAT_MAX:  # exact nearest neighbours are affordable: histogram them
+        nn = np.full(n, np.nan, np.float32)
+        nn[idx] = hamming_nn(codes[idx], None if mirrored is None else mirrored[idx])
+
+    def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = hamming(codes[a], codes[b])
+        if mirrored is not None:
+            d = np.minimum(d, hamming(mirrored[a], codes[b]))
+        ok = (d <= radius) & valid[a] & valid[b]
+        return np.where(ok, 1.0 - d / bits, np.nan).astype(np.float32)
+
+    info = {"radius": radius, "mirrored": mirrored is not None}
+    return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
+
+
+def embedding_tier(
+    vectors: np.ndarray,
+    threshold: float,
+    name: str,
+    k: int = 10,
+    method: str = "auto",
+    valid: np.ndarray | None = None,
+    kmeans_clusters: int = 0,
+    seed: int = 0,
+    norm_rank: int = 0,
+    norm_margin: float = 0.0,
+) -> Tier:
+    """Rows whose embeddings have cosine >= ``threshold``.
+
+    ``kmeans_clusters > 0`` searches SemDeDup-style (Abbas et al. 2023): k-means on the
+    embeddings, then all pairs inside each cluster; otherwise each row's ``k`` nearest neighbours.
+
+    ``norm_rank > 0`` adds score normalisation (Pizzi et al. 2022, SSCD, section 3.4): a pair
+    must also beat both rows' background similarity, the cosine to their ``norm_rank``-th
+    nearest neighbour, by ``norm_margin``. Textures and tiles of one photo sit close to many
+    images at once; a real copy stands out from its background. An image with more than
+    ``norm_rank`` copies has a copy as its background, so its weaker copies are left to the
+    other tiers; below ``norm_rank + 1`` rows normalisation is off.
+    """
+    n = len(vectors)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    idx = np.flatnonzero(valid)
+    x = np.ascontiguousarray(vectors[idx], np.float32)
+    nn = np.full(n, np.nan, np.float32)
+    background = np.full(n, -np.inf, np.float32)
+    use_norm = norm_rank > 0 and len(idx) > norm_rank
+    if len(idx) >= 2:
+        sims, nbr = cosine_knn(x, k=max(k, norm_rank if use_norm else 0), method=method, seed=seed)
+        nn[idx] = sims[:, 0]
+        if use_norm:
+            background[idx] = sims[:, norm_rank - 1]
+        sims, nbr = sims[:, :k], nbr[:, :k]
+        if kmeans_clusters > 0:
+            local = semdedup_pairs(x, threshold, kmeans_clusters, seed=seed)
+        else:
+            local = knn_edges(sims, nbr, threshold)
+        edges = Edges(idx[local.i], idx[local.j], local.sim)
+        if use_norm:
+            ok = edges.sim - np.maximum(background[edges.i], background[edges.j]) >= norm_margin
+            edges = edges.filter(ok)
+    else:
+        edges = Edges.empty()
+
+    def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        s = np.einsum("nd,nd->n", vectors[a], vectors[b])
+        ok = (s >= threshold) & valid[a] & valid[b]
+        if use_norm:
+            ok &= s - np.maximum(background[a], background[b]) >= norm_margin
+        return np.where(ok, np.clip(s, 0, 1), np.nan).astype(np.float32)
+
+    info = {
+        "threshold": threshold,
+        "k": k,
+        "kmeans_clusters": kmeans_clusters,
+        "norm_rank": norm_rank if use_norm else 0,
+        "norm_margin": norm_margin,
+    }
+    return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
+
+
+def semdedup_pairs(
+    x: np.ndarray, threshold: float, n_clusters: int, seed: int = 0, max_block: int = 4096
+) -> Edges:
+    """All pairs with cosine >= ``threshold`` inside each spherical k-means cluster."""
+    import faiss
+
+    n, dim = x.shape
+    k = int(max(1, min(n_clusters, n // 2)))
+    if k > 1:
+        km = faiss.Kmeans(dim, k, niter=20, seed=seed % 2**31, spherical=True, verbose=False)
+        km.train(x)
+        _, assign = km.index.search(x, 1)
+        assign = assign[:, 0]
+    else:
+        assign = np.zeros(n, np.int64)
+    parts = []
+    for c in np.unique(assign):
+        members = np.flatnonzero(assign == c)
+        for start in range(0, len(members), max_block):
+            rows = members[start : start + max_block]
+            s = x[rows] @ x[members].T  # (b, m)
+            r, col = np.nonzero(s >= threshold)
+            parts.append(Edges.build(rows[r], members[col], s[r, col]))
+    out = Edges.empty()
+    for p in parts:
+        out = out.union(p) if len(out) else p
+    return out
+
+
+@dataclass
+class Combined:
+    """The grouping from all tiers and, per duplicate row, which tiers match its kept sample."""
+
+    groups: Groups
+    evidence: list[str | None]  # comma-joined tier names per row (None for kept rows)
+    tier_sims: dict[str, np.ndarray]  # per tier: similarity of each row to its kept sample
+    per_tier: dict[str, Groups]  # each tier grouped on its own
+
+
+def combine_tiers(
+    n: int, tiers: Sequence[Tier], priority: np.ndarray, guard: Guard = "verify", mutual_m: int = 5
+) -> Combined:
+    """Group rows by the union of all tiers' edges; a member must match its kept sample in some
+    tier (``guard="verify"``), or each edge must be mutual (``"mutual"``), or neither (``"none"``).
+    """
+
+    def verify_with(ts: Sequence[Tier]):
+        def verify(rep: int, members: np.ndarray) -> np.ndarray:
+            a = np.full(len(members), rep, np.int64)
+            sims = np.stack([t.pair_sim(a, members) for t in ts])  # (tiers, members)
+            return np.nanmax(sims, axis=0)  # NaN where no tier matches
+
+        return verify
+
+    def run(ts: Sequence[Tier]) -> Groups:
+        edges = Edges.empty()
+        for t in ts:
+            edges = edges.union(t.edges) if len(edges) else t.edges
+        with np.errstate(all="ignore"), _quiet_nanmax():
+            return group(n, edges, priority, guard=guard, verify=verify_with(ts), mutual_m=mutual_m)
+
+    groups = run(tiers)
+    per_tier = {t.name: run([t]) for t in tiers}
+    dups = np.flatnonzero(groups.is_dup)
+    tier_sims: dict[str, np.ndarray] = {}
+    evidence: list[str | None] = [None] * n
+    names_per_row: list[list[str]] = [[] for _ in range(n)]
+    for t in tiers:
+        s = np.full(n, np.nan, np.float32)
+        if dups.size:
+            s[dups] = t.pair_sim(groups.rep[dups], dups)
+            for row in dups[~np.isnan(s[dups])]:
+                names_per_row[row].append(t.name)
+        tier_sims[t.name] = s
+    for row in dups:
+        evidence[row] = ",".join(names_per_row[row]) or "chain"
+    return Combined(groups, evidence, tier_sims, per_tier)
+
+
+class _quiet_nanmax:
+    """Silence numpy's 'All-NaN slice' warning: an all-NaN column means 'no tier matched'."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)

@@ -1,0 +1,152 @@
+"""``audit``: generate with a trained model and mark the training rows it copies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import polars as pl
+
+from curate.errors import DataError
+from curate.steps.base import DROP_SUFFIX, RunContext, Step
+
+
+@dataclass(frozen=True)
+class Audit(Step):
+    """Audits ``model`` (or, with ``oracle: true``, the empirical denoiser of the kept rows)
+    against the kept rows and adds, per training row:
+
+    * ``audit_nn_count``: generations whose pixel-space nearest training image is this image;
+    * ``audit_copies``: of those, how many are memorized (NN1/NN2 ratio below 1/3);
+    * ``audit_min_ratio``: the lowest NN1/NN2 ratio among them (null if none);
+    * ``audit_drop`` (only with ``drop_copied``): a reason on rows copied at least that often.
+
+    Duplicate rows of one image share its counts. Rows outside the training set get nulls.
+    ``audit.json``, ``samples.parquet`` and the sample PNGs go to the step's artifact folder;
+    the report section goes to the run report.
+    """
+
+    name: ClassVar[str] = "audit"
+    requires: ClassVar[tuple[str, ...]] = ("sample_id", "status", "width", "height", "mode")
+
+    model: str | None = None
+    oracle: bool = False
+    num_samples: int = 256
+    features: Literal["pixel", "sscd", "clip"] = "pixel"
+    steps: int = 50
+    sampler: Literal["ddim", "euler", "heun"] | None = None  # None: ddim (euler for oracle)
+    batch_size: int = 64
+    resolution: int | None = None
+    text_encoder: str | None = None  # conditional models: default from the model's config
+    drop_copied: int | None = None
+
+    def produced_columns(self) -> tuple[str, ...]:
+        cols = ("audit_nn_count", "audit_copies", "audit_min_ratio")
+        return cols + (("audit" + DROP_SUFFIX,) if self.drop_copied is not None else ())
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.oracle == (self.model is not None):
+            problems.append("model: give either model (a model folder) or oracle: true")
+        elif self.model is not None and not Path(self.model).exists():
+            problems.append(f"model: {self.model} does not exist")
+        if self.num_samples < 2:
+            problems.append("num_samples: must be at least 2")
+        if self.steps < 1:
+            problems.append("steps: must be at least 1")
+        if self.batch_size < 1:
+            problems.append("batch_size: must be at least 1")
+        if self.drop_copied is not None and self.drop_copied < 1:
+            problems.append("drop_copied: must be at least 1 (or null to mark nothing)")
+        return problems
+
+    def _empty(self, height: int) -> pl.DataFrame:
+        cols = {
+            "audit_nn_count": pl.Series([None] * height, dtype=pl.Int64),
+            "audit_copies": pl.Series([None] * height, dtype=pl.Int64),
+            "audit_min_ratio": pl.Series([None] * height, dtype=pl.Float64),
+        }
+        if self.drop_copied is not None:
+            cols["audit" + DROP_SUFFIX] = pl.Series([None] * height, dtype=pl.String)
+        return pl.DataFrame(cols)
+
+    def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        from curate.audit.audit import (
+            AuditSettings,
+            image_shape,
+            model_text_encoder,
+            run_audit,
+            training_set_from_table,
+        )
+
+        if table.height == 0:
+            return self._empty(0)
+        settings = AuditSettings(
+            num_samples=self.num_samples,
+            features=self.features,
+            steps=self.steps,
+            sampler=self.sampler,
+            seed=ctx.seed,
+            batch_size=self.batch_size,
+        )
+        store = ctx.images()
+        if self.oracle:
+            from curate.audit.oracle import EmpiricalDenoiser
+
+            train = training_set_from_table(table, store, resolution=self.resolution, where="audit")
+            denoiser = EmpiricalDenoiser(train.images).to(ctx.device)
+            model_name = "oracle: empirical denoiser of the kept rows"
+        else:
+            from curate.models.denoiser import load_denoiser
+
+            denoiser = load_denoiser(self.model, ctx.device)
+            channels, size, _ = image_shape(denoiser)
+            if self.resolution is not None and self.resolution != size:
+                raise DataError(
+                    f"audit.resolution {self.resolution} differs from the model's {size}; remove it"
+                )
+            train = training_set_from_table(
+                table, store, resolution=size, channels=channels, where="audit"
+            )
+            model_name = str(self.model)
+        encoder = None
+        if getattr(denoiser, "conditional", False):
+            encoder = model_text_encoder(denoiser, self.text_encoder, ctx.device)
+        result = run_audit(
+            denoiser,
+            train,
+            ctx.artifact_dir(),
+            settings,
+            device=ctx.device,
+            quiet=ctx.quiet,
+            model_name=model_name,
+            report=ctx.report,
+            text_encoder=encoder,
+        )
+        m = result.summary["metrics"]
+        ctx.stats.update(
+            memorized_fraction=result.summary["memorized_fraction"],
+            memorized_fraction_nl2=m["normalized_l2"]["fraction_memorized"],
+            similarity_p95=m["similarity"]["p95"],
+            frechet=m["frechet"]["value"],
+            frechet_name=m["frechet"]["name"],
+        )
+
+        counts = result.training_counts(train)
+        out = table.select("sample_id").join(
+            counts, on="sample_id", how="left", maintain_order="left"
+        )
+        cols = {
+            "audit_nn_count": out["nn_count"].cast(pl.Int64),
+            "audit_copies": out["copies"].cast(pl.Int64),
+            "audit_min_ratio": out["min_ratio"].cast(pl.Float64),
+        }
+        if self.drop_copied is not None:
+            reason = f"copied by the model in >= {self.drop_copied} audited generations"
+            hit = (out["copies"] >= self.drop_copied).fill_null(False)
+            cols["audit" + DROP_SUFFIX] = pl.Series(
+                [reason if h else None for h in hit.to_list()], dtype=pl.String
+            )
+            ctx.stats["dropped"] = int(hit.sum())
+        return pl.DataFrame(cols)

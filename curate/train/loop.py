@@ -1,0 +1,566 @@
+"""The training loop: one config dataclass, one ``Trainer``, one ``train()`` entry point.
+
+Every random draw is a function of ``(seed, sample_id, stream position)``: which samples a step
+sees, their timesteps and noise, the caption drawn from a list. Nothing depends on global RNG
+state, so a run resumed from a checkpoint continues exactly as if it had never stopped.
+
+Output folder::
+
+    OUT/model_index.json, unet/, scheduler/ (, vae/, text_encoder/ ...)   diffusers pipeline
+    OUT/curate_train.json                                                resolved config + stats
+    OUT/text_encoder.safetensors                                         tiny-clip weights, if used
+    OUT/checkpoints/step-NNNNNNN/{model,ema,optimizer}.safetensors, state.json
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from curate.errors import UsageError
+from curate.models.denoiser import CURATE_CONFIG, DiffusersDenoiser
+from curate.models.presets import ModelBundle, build_model, preset_defaults, save_pipeline
+from curate.seeding import rng_for, torch_generator
+from curate.train.data import TrainData, positions_to_indices, stream_positions
+from curate.train.loss import ambient_loss, ddpm_loss, fixed_noise, redrawn_noise
+
+CaptionTransform = Callable[[str, str, int], str]
+
+# config keys that must match when resuming (the others may change, e.g. --steps)
+_RESUME_KEYS = (
+    "objective",
+    "sigma_n",
+    "ambient_noise",
+    "model",
+    "resolution",
+    "channels",
+    "conditioning",
+    "text_encoder",
+    "prediction_type",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "sigma_n_column",
+    "noisy_only_column",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Resolved training settings (saved as ``curate_train.json``)."""
+
+    objective: Literal["ddpm", "ambient"] = "ddpm"
+    sigma_n: float = 0.5  # ambient: noise level (VE units of the model's input) of the noisy copies
+    ambient_noise: Literal["fixed", "redraw"] = "fixed"  # "redraw" is the broken control
+    ambient_form: Literal["auto", "ve", "vp"] = "auto"  # auto: vp for latent models
+    sigma_n_column: str | None = None  # per-sample sigma_n (null -> sigma_n)
+    noisy_only_column: str | None = None  # True -> the sample is never seen clean
+    model: str = "tiny"
+    resolution: int | None = None  # image resolution; None -> the preset's
+    channels: int = 1
+    conditioning: Literal["none", "caption"] = "none"
+    text_encoder: str = "minilm"
+    caption_dropout: float = 0.0  # probability of training on the empty caption
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    steps: int = 2000
+    batch_size: int = 64
+    grad_accum: int = 1
+    lr: float | None = None  # None -> the preset's
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # 0 disables EMA
+    checkpoint_every: int = 1000  # 0: only the final model
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on cuda, never on cpu
+    seed: int = 0
+    log_every: int = 25
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` naming the flag of the first bad setting."""
+        checks = [
+            (self.objective in ("ddpm", "ambient"), "--objective must be ddpm or ambient"),
+            (self.sigma_n >= 0, "--sigma-n must be >= 0"),
+            (self.ambient_noise in ("fixed", "redraw"), "--ambient-noise must be fixed or redraw"),
+            (self.conditioning in ("none", "caption"), "--conditioning must be none or caption"),
+            (self.steps >= 0, "--steps must be >= 0"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.grad_accum >= 1, "--grad-accum must be >= 1"),
+            (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)"),
+            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
+            (self.channels in (1, 3), "--channels must be 1 or 3"),
+            (0 <= self.caption_dropout < 1, "--caption-dropout must be in [0, 1)"),
+            (
+                self.mixed_precision in ("auto", "no", "bf16"),
+                "--mixed-precision must be auto, no or bf16",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UsageError(msg)
+        if self.objective == "ddpm" and (self.sigma_n_column or self.noisy_only_column):
+            raise UsageError("--sigma-n-column/--noisy-only-column need --objective ambient")
+        preset_defaults(self.model)  # raises on an unknown --model
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path | None
+    step: int
+    losses: list[tuple[int, float]]
+    seconds: float
+
+
+class Trainer:
+    """Owns the model, EMA copy and optimizer; ``run(until)`` trains to a global step."""
+
+    def __init__(
+        self,
+        data: TrainData,
+        config: TrainConfig,
+        *,
+        device: str = "cpu",
+        caption_transform: CaptionTransform | None = None,
+        quiet: bool = False,
+        accelerate: bool | None = None,
+    ):
+        config.validate()
+        self.config = config
+        self.data = data
+        self.quiet = quiet
+        self.caption_transform = caption_transform
+        if len(data) == 0:
+            raise UsageError("no training samples")
+        if config.channels != data.channels:
+            raise UsageError(f"--channels {config.channels} but the data has {data.channels}")
+
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.accelerator = None
+        self.rank, self.world = 0, 1
+        use_acc = world > 1 if accelerate is None else accelerate
+        mp = config.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if str(device).startswith("cuda") else "no"
+        if mp == "bf16" and not str(device).startswith("cuda"):
+            raise UsageError(
+                "--mixed-precision bf16 needs --device cuda; mixed precision is GPU-only"
+            )
+        self.mixed_precision = mp
+        if use_acc:
+            from accelerate import Accelerator
+
+            self.accelerator = Accelerator(mixed_precision=mp, cpu=str(device) == "cpu")
+            device = str(self.accelerator.device)
+            self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = device
+
+        bundle: ModelBundle = build_model(
+            config.model,
+            channels=config.channels,
+            resolution=config.resolution or data.resolution,
+            text_encoder=config.text_encoder if config.conditioning == "caption" else None,
+            prediction_type=config.prediction_type,
+            device=device,
+            seed=config.seed,
+        )
+        if bundle.image_resolution != data.resolution:
+            raise UsageError(
+                f"--resolution: the data is {data.resolution}px but --model {config.model} "
+                f"makes {bundle.image_resolution}px; load the data at the model's resolution"
+            )
+        self.bundle = bundle
+        self.denoiser = DiffusersDenoiser(bundle.unet, bundle.scheduler_config, vae=bundle.vae)
+        self.denoiser.to(device)
+        self.text_encoder = bundle.text_encoder
+        self.form = config.ambient_form
+        if self.form == "auto":
+            self.form = "vp" if bundle.latent else "ve"
+        self.lr = config.lr if config.lr is not None else bundle.default_lr
+        self.optimizer = torch.optim.AdamW(
+            bundle.unet.parameters(), lr=self.lr, weight_decay=config.weight_decay
+        )
+        self.ema = None
+        if config.ema_decay > 0:
+            self.ema = copy.deepcopy(bundle.unet).eval().requires_grad_(False)
+        if self.accelerator is not None:
+            unet, self.optimizer = self.accelerator.prepare(bundle.unet, self.optimizer)
+            self.denoiser.unet = unet
+        self.step = 0
+        self.losses: list[tuple[int, float]] = []
+        self.seconds = 0.0
+        self.model_shape = (
+            self.denoiser.channels,
+            self.denoiser.resolution,
+            self.denoiser.resolution,
+        )
+        self._sigma_n = self._per_sample_sigma_n()
+        self._fixed: torch.Tensor | None = None
+        numel = len(data) * math.prod(self.model_shape)
+        if config.objective == "ambient" and config.ambient_noise == "fixed" and numel <= 1 << 27:
+            self._fixed = fixed_noise(
+                config.seed, data.sample_ids, self.model_shape
+            )  # (N, C, H, W)
+
+    # -- per-sample quantities -----------------------------------------------------------
+    def _per_sample_sigma_n(self) -> np.ndarray:
+        base = np.full(len(self.data), float(self.config.sigma_n))
+        if self.config.objective == "ambient" and self.data.sigma_n is not None:
+            col = np.asarray(self.data.sigma_n, dtype=float)
+            if np.any(col[np.isfinite(col)] < 0):
+                raise UsageError(
+                    f"--sigma-n-column {self.config.sigma_n_column}: values must be >= 0"
+                )
+            base = np.where(np.isfinite(col), col, base)
+        return base
+
+    def _noise_draws(
+        self, ids: list[str], positions: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uniform u (b,) for the timestep and Gaussian eta (b, C, H, W), per (sample, position)."""
+        u = torch.empty(len(ids))
+        eta = torch.empty((len(ids), *self.model_shape))
+        for j, (sid, pos) in enumerate(zip(ids, positions, strict=True)):
+            g = torch_generator(self.config.seed, "train", sid, int(pos))
+            u[j] = torch.rand((), generator=g)
+            eta[j] = torch.randn(self.model_shape, generator=g)
+        return u, eta
+
+    def _captions(self, idx: np.ndarray, epochs: np.ndarray, positions: np.ndarray) -> list[str]:
+        out = []
+        for i, ep, pos in zip(idx, epochs, positions, strict=True):
+            sid = self.data.sample_ids[i]
+            choices = self.data.captions[i]
+            rng = rng_for(self.config.seed, "caption", sid, int(pos))
+            cap = choices[int(rng.integers(len(choices)))] if len(choices) > 1 else choices[0]
+            if self.caption_transform is not None:
+                cap = self.caption_transform(cap, sid, int(ep))
+            if self.config.caption_dropout and rng.random() < self.config.caption_dropout:
+                cap = ""
+            out.append(cap)
+        return out
+
+    # -- one micro-batch -----------------------------------------------------------------
+    def micro_loss(self, micro: int) -> torch.Tensor:
+        """Per-sample losses (b,) of micro-batch ``micro`` of the current step."""
+        cfg = self.config
+        positions = stream_positions(
+            self.step, micro, cfg.grad_accum, cfg.batch_size, self.rank, self.world
+        )
+        idx, epochs = positions_to_indices(positions, len(self.data), cfg.seed)
+        ids = [self.data.sample_ids[i] for i in idx]
+        x0 = self.data.batch(idx).to(self.device)
+        if self.bundle.latent:
+            x0 = self.denoiser.encode_images(x0)  # (b, 4, h, w) scaled latents
+        u, eta = self._noise_draws(ids, positions)
+        sched = self.denoiser.schedule
+        num_t = sched.num_timesteps
+        t_lo = torch.zeros(len(ids), dtype=torch.long)
+        sigma_n = torch.as_tensor(self._sigma_n[idx], dtype=torch.float32)
+        if cfg.objective == "ambient" and self.data.noisy_only is not None:
+            only = torch.as_tensor(self.data.noisy_only[idx], dtype=torch.bool)
+            first = sched.first_t_at_least(sigma_n).clamp(max=num_t - 1)
+            t_lo = torch.where(only, first, t_lo)
+        t = (t_lo + (u * (num_t - t_lo)).floor().long()).clamp(max=num_t - 1)  # (b,)
+        sigma = sched.sigmas[t].to(self.device)
+        eta = eta.to(self.device)
+        cond = None
+        if self.text_encoder is not None:
+            cond = self.text_encoder.encode(self._captions(idx, epochs, positions))
+        with self._autocast():
+            if cfg.objective == "ddpm":
+                return ddpm_loss(self.denoiser, x0, sigma, eta, cond)
+            if cfg.ambient_noise == "fixed":
+                eps = (
+                    self._fixed[idx]
+                    if self._fixed is not None
+                    else fixed_noise(cfg.seed, ids, self.model_shape)
+                )
+            else:
+                eps = redrawn_noise(cfg.seed, ids, self.model_shape, epochs)
+            return ambient_loss(
+                self.denoiser,
+                x0,
+                sigma,
+                eta,
+                sigma_n.to(self.device),
+                eps.to(self.device),
+                cond,
+                form=self.form,
+            )
+
+    def _autocast(self):
+        import contextlib
+
+        if self.mixed_precision == "bf16" and self.accelerator is None:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.accelerator is not None:
+            return self.accelerator.autocast()
+        return contextlib.nullcontext()
+
+    # -- one optimizer step --------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimizer step (grad accumulation, clipping, EMA); returns the mean loss."""
+        cfg = self.config
+        unet = self.denoiser.unet
+        unet.train()
+        if cfg.warmup_steps:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr * min(1.0, (self.step + 1) / cfg.warmup_steps)
+        total = 0.0
+        for micro in range(cfg.grad_accum):
+            sync_ctx = self._no_sync(micro)
+            with sync_ctx:
+                loss = self.micro_loss(micro).mean() / cfg.grad_accum
+                if self.accelerator is not None:
+                    self.accelerator.backward(loss)
+                else:
+                    loss.backward()
+            total += float(loss.detach())
+        if cfg.grad_clip:
+            if self.accelerator is not None:
+                self.accelerator.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self._update_ema()
+        return total
+
+    def _no_sync(self, micro: int):
+        import contextlib
+
+        last = micro == self.config.grad_accum - 1
+        if self.accelerator is not None and not last:
+            return self.accelerator.no_sync(self.denoiser.unet)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        # warm-up of the decay (as in diffusers' EMAModel) so early EMA weights are not stale
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        ema_p = list(self.ema.parameters())
+        raw_p = list(self._raw_unet().parameters())
+        torch._foreach_lerp_(ema_p, raw_p, 1 - decay)
+
+    def _raw_unet(self) -> torch.nn.Module:
+        unet = self.denoiser.unet
+        if self.accelerator is not None:
+            unet = self.accelerator.unwrap_model(unet)
+        return unet
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, until: int | None = None, out_dir: Path | str | None = None) -> TrainResult:
+        """Train to global step ``until`` (default ``config.steps``), checkpointing into out_dir."""
+        until = self.config.steps if until is None else until
+        from tqdm.auto import tqdm
+
+        main = self.rank == 0
+        bar = tqdm(
+            total=until,
+            initial=self.step,
+            disable=self.quiet or not main,
+            desc=f"training ({self.config.objective})",
+            unit="step",
+        )
+        t0 = time.perf_counter()
+        recent: list[float] = []
+        while self.step < until:
+            loss = self.train_step()
+            if not math.isfinite(loss):
+                raise UsageError(
+                    f"training diverged at step {self.step} (loss {loss}); lower --lr or use --grad-clip"
+                )
+            recent.append(loss)
+            if self.step % self.config.log_every == 0 or self.step == until:
+                self.losses.append((self.step, float(np.mean(recent))))
+                bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+                recent = []
+            bar.update(1)
+            every = self.config.checkpoint_every
+            if out_dir is not None and main and every and self.step % every == 0:
+                self.save_checkpoint(out_dir)
+        bar.close()
+        self.seconds += time.perf_counter() - t0
+        return TrainResult(Path(out_dir) if out_dir else None, self.step, self.losses, self.seconds)
+
+    def eval_denoiser(self) -> DiffusersDenoiser:
+        """A frozen denoiser over the EMA weights (or a copy of the raw ones without EMA)."""
+        unet = copy.deepcopy(self.ema if self.ema is not None else self._raw_unet())
+        den = DiffusersDenoiser(unet, self.bundle.scheduler_config, vae=self.bundle.vae)
+        return den.eval().requires_grad_(False)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def save_checkpoint(self, out_dir: Path | str) -> Path:
+        """Write ``OUT/checkpoints/step-N`` atomically; keep the newest ``keep_checkpoints``."""
+        from safetensors.torch import save_file
+
+        root = Path(out_dir) / "checkpoints"
+        final = root / f"step-{self.step:07d}"
+        tmp = root / f".tmp-step-{self.step:07d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(_contiguous(self._raw_unet().state_dict()), str(tmp / "model.safetensors"))
+        if self.ema is not None:
+            save_file(_contiguous(self.ema.state_dict()), str(tmp / "ema.safetensors"))
+        tensors, meta = _flatten_optimizer(self.optimizer.state_dict())
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = {
+            "step": self.step,
+            "config": dataclasses.asdict(self.config),
+            "optimizer": meta,
+            "losses": self.losses,
+            "seconds": self.seconds,
+        }
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        old = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for stale in old[: max(len(old) - self.config.keep_checkpoints, 0)]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: Path | str) -> None:
+        """Restore weights, EMA, optimizer and step from a checkpoint folder."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        state = json.loads((path / "state.json").read_text())
+        saved = state["config"]
+        for key in _RESUME_KEYS:
+            if saved.get(key) != getattr(self.config, key):
+                flag = "--" + key.replace("_", "-")
+                raise UsageError(
+                    f"--resume: {flag} was {saved.get(key)!r} in the checkpoint but is "
+                    f"{getattr(self.config, key)!r} now; use the same value or a new --out"
+                )
+        dev = str(self.device)
+        self._raw_unet().load_state_dict(load_file(str(path / "model.safetensors"), device=dev))
+        if self.ema is not None and (path / "ema.safetensors").exists():
+            self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device=dev))
+        tensors = load_file(str(path / "optimizer.safetensors"), device=dev)
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"]))
+        self.step = int(state["step"])
+        self.losses = [tuple(x) for x in state.get("losses", [])]
+        self.seconds = float(state.get("seconds", 0.0))
+
+    # -- final output ----------------------------------------------------------------------
+    def save(self, out_dir: Path | str, extra: dict[str, Any] | None = None) -> Path:
+        """Write the diffusers pipeline (EMA weights when enabled) and ``curate_train.json``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        unet = self.ema if self.ema is not None else self._raw_unet()
+        save_pipeline(
+            out,
+            unet,
+            self.bundle.scheduler_config,
+            vae=self.bundle.vae,
+            text_encoder=self.text_encoder,
+        )
+        info = {
+            "config": dataclasses.asdict(self.config),
+            "resolved": {
+                "lr": self.lr,
+                "device": str(self.device),
+                "mixed_precision": self.mixed_precision,
+                "ambient_form": self.form,
+                "image_resolution": self.bundle.image_resolution,
+                "model_shape": list(self.model_shape),
+                "parameters": sum(p.numel() for p in unet.parameters()),
+                "weights": "ema" if self.ema is not None else "raw",
+                "world_size": self.world,
+            },
+            "text_encoder": self.text_encoder.spec() if self.text_encoder is not None else None,
+            "data": {"num_samples": len(self.data)},
+            "result": {"step": self.step, "seconds": round(self.seconds, 2), "losses": self.losses},
+            "versions": _versions(),
+        }
+        if extra:
+            info.update(extra)
+        (out / CURATE_CONFIG).write_text(json.dumps(info, indent=1, default=str))
+        return out
+
+
+def latest_checkpoint(out_dir: Path | str) -> Path | None:
+    """The newest ``OUT/checkpoints/step-N`` folder, or None."""
+    steps = sorted(p for p in (Path(out_dir) / "checkpoints").glob("step-*") if p.is_dir())
+    return steps[-1] if steps else None
+
+
+def train(
+    data: TrainData,
+    out_dir: Path | str,
+    config: TrainConfig,
+    *,
+    device: str = "cpu",
+    caption_transform: CaptionTransform | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    extra_info: dict[str, Any] | None = None,
+) -> Path:
+    """Train on ``data`` and write the model folder ``out_dir``; returns its path."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise UsageError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+    if overwrite and not resume and out.exists():
+        shutil.rmtree(out)
+    trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
+    if resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise UsageError(
+                f"--resume: no checkpoint under {out / 'checkpoints'}; train without --resume"
+            )
+        trainer.load_checkpoint(ckpt)
+    trainer.run(config.steps, out)
+    if trainer.rank == 0:
+        if config.checkpoint_every and trainer.step % config.checkpoint_every:
+            trainer.save_checkpoint(out)
+        trainer.save(out, extra_info)
+    return out
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as safetensors tensors plus JSON metadata (param groups, scalars)."""
+    tensors, scalars = {}, {}
+    for pid, entry in sd["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{pid}.{name}"] = value.detach().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+
+    from curate import __version__
+
+    return {"curate": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}

@@ -1,0 +1,152 @@
+"""Training objectives, unreduced: each returns one loss value per sample (B,).
+
+Both objectives work through the denoiser interface ``D(x, sigma, cond) -> x0_hat`` (VE units,
+x = x0 + sigma * eps) and weight the x0-space error by ``denoiser.loss_weight(sigma)``, which
+makes the ``ddpm`` loss exactly the model's native DDPM loss (|eps_hat - eps|^2 for an eps model).
+
+``ambient`` is Shah et al. 2025, "Does Generation Require Memorization?" (seeds.md §1(b)):
+below a per-sample noise level sigma_n the usual loss on the clean image; at and above it the
+network only sees a FIXED noisy copy x~ = x0 + sigma_n * eps_i, with input
+x~ + sqrt(sigma^2 - sigma_n^2) * eta and the Tweedie-corrected target
+
+    Y_hat = (1 - sigma_n^2 / sigma^2) * D + (sigma_n^2 / sigma^2) * x_in,   loss = w |Y_hat - x~|^2.
+
+Since E[x~ | x_in] = (sigma_n^2/sigma^2) x_in + (1 - sigma_n^2/sigma^2) E[x0 | x_in], the minimiser
+over D is still E[x0 | x_in]. The effective weight on D's error, w * (1 - sigma_n^2/sigma^2)^2,
+vanishes as sigma -> sigma_n from above; this is the paper's loss and is left uncorrected.
+``eps_i`` must be fixed per sample (:func:`fixed_noise`); redrawing it lets the network average
+the noise away and learn the clean images (the failure the paper warns about).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from curate.models.denoiser import _bcast
+from curate.seeding import sample_normal
+
+
+def fixed_noise(seed: int, sample_ids: Sequence[str], shape: tuple[int, ...]) -> torch.Tensor:
+    """The ambient noise eps_i (N, *shape), drawn once from ``(seed, sample_id)``; never redrawn."""
+    return sample_normal(seed, list(sample_ids), shape, "ambient-noise")
+
+
+def redrawn_noise(
+    seed: int, sample_ids: Sequence[str], shape: tuple[int, ...], epoch: Sequence[int]
+) -> torch.Tensor:
+    """The broken control: a new eps_i every epoch. Only for showing that fixed noise matters."""
+    out = torch.empty((len(sample_ids), *shape))
+    for i, (sid, ep) in enumerate(zip(sample_ids, epoch, strict=True)):
+        out[i] = sample_normal(seed, [sid], shape, "ambient-noise", int(ep))[0]
+    return out
+
+
+def _mask(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return mask.to(x.device).reshape(-1, *([1] * (x.ndim - 1)))  # (B, 1, 1, 1) bool
+
+
+def _per_sample_mean(err: torch.Tensor) -> torch.Tensor:
+    return err.flatten(1).mean(dim=1)  # (B,)
+
+
+def ddpm_loss(
+    denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    eta: torch.Tensor,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Standard denoising loss (B,): input x0 + sigma * eta, target x0, native weighting."""
+    x_in = x0 + _bcast(sigma, x0) * eta  # (B, C, H, W)
+    d = denoiser(x_in, sigma, cond)
+    return denoiser.loss_weight(sigma) * _per_sample_mean((d - x0) ** 2)
+
+
+def ambient_inputs(
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_n: torch.Tensor,
+    eps: torch.Tensor,
+    eta: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Network input, regression target and the ambient mask, in VE units.
+
+    Clean branch (sigma < sigma_n): input x0 + sigma * eta, target x0. Ambient branch
+    (sigma >= sigma_n): input x~ + sqrt(sigma^2 - sigma_n^2) * eta, target x~ = x0 + sigma_n * eps.
+    """
+    amb = sigma >= sigma_n  # (B,)
+    s, sn = _bcast(sigma, x0), _bcast(sigma_n, x0)
+    x_noisy = x0 + sn * eps  # x~, the fixed noisy copy
+    extra = (s**2 - sn**2).clamp(min=0).sqrt()
+    m = _mask(amb, x0)
+    x_in = torch.where(m, x_noisy + extra * eta, x0 + s * eta)
+    target = torch.where(m, x_noisy, x0)
+    return x_in, target, amb
+
+
+def tweedie_noisy_estimate(
+    d: torch.Tensor, x_in: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor
+) -> torch.Tensor:
+    """E[x~ | x_in] from an x0 estimate D: (1 - sigma_n^2/sigma^2) D + (sigma_n^2/sigma^2) x_in."""
+    r = _bcast(sigma_n**2 / sigma**2, d)
+    return (1 - r) * d + r * x_in
+
+
+def ambient_loss(
+    denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    eta: torch.Tensor,
+    sigma_n: torch.Tensor,
+    eps: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    form: str = "ve",
+) -> torch.Tensor:
+    """Ambient loss (B,) with per-sample ``sigma_n`` (B,) and fixed noise ``eps`` (B, C, H, W).
+
+    ``form="vp"`` computes the ambient branch in VP coordinates (the form used for latent
+    models, seeds.md §1(b)): same input and minimiser, error measured on VP-scaled data, i.e.
+    the VE error divided by (1 + sigma_n^2).
+    """
+    sigma_n = torch.as_tensor(sigma_n, dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
+    x_in, target, amb = ambient_inputs(x0, sigma, sigma_n, eps, eta)
+    d = denoiser(x_in, sigma, cond)
+    if form == "vp":
+        s_t = sigma / (1 + sigma**2).sqrt()
+        s_n = sigma_n / (1 + sigma_n**2).sqrt()
+        x_t = x_in / _bcast((1 + sigma**2).sqrt(), x_in)
+        x_n = target / _bcast((1 + sigma_n**2).sqrt(), target)
+        est = vp_noisy_estimate(x_t, d, s_t, s_n)
+    elif form == "ve":
+        est = tweedie_noisy_estimate(d, x_in, sigma, sigma_n)
+        x_n = target
+    else:
+        raise ValueError(f"form must be 've' or 'vp', got {form!r}")
+    m = _mask(amb, x0)
+    pred = torch.where(m, est, d)
+    tgt = torch.where(m, x_n, x0)
+    return denoiser.loss_weight(sigma) * _per_sample_mean((pred - tgt) ** 2)
+
+
+# --- the VP form (seeds.md §1(b), "VP / latent version") -------------------------------------
+
+
+def vp_ambient_input(
+    x_n: torch.Tensor, s_t: torch.Tensor, s_n: torch.Tensor, eta: torch.Tensor
+) -> torch.Tensor:
+    """x_t = r x_n + k eta with r = sqrt((1 - s_t^2)/(1 - s_n^2)), k = sqrt(s_t^2 - r^2 s_n^2)."""
+    r = ((1 - s_t**2) / (1 - s_n**2)).sqrt()
+    k = (s_t**2 - r**2 * s_n**2).clamp(min=0).sqrt()
+    return _bcast(r, x_n) * x_n + _bcast(k, x_n) * eta
+
+
+def vp_noisy_estimate(
+    x_t: torch.Tensor, x0_hat: torch.Tensor, s_t: torch.Tensor, s_n: torch.Tensor
+) -> torch.Tensor:
+    """x_n_hat = (x_t + (k^2/s_t^2)(sqrt(1 - s_t^2) x0_hat - x_t)) / r  (VP Tweedie estimate)."""
+    r = ((1 - s_t**2) / (1 - s_n**2)).sqrt()
+    k2 = (s_t**2 - r**2 * s_n**2).clamp(min=0)
+    a = _bcast((1 - s_t**2).sqrt(), x_t)
+    return (x_t + _bcast(k2 / s_t**2, x_t) * (a * x0_hat - x_t)) / _bcast(r, x_t)

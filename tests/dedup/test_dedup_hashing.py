@@ -1,0 +1,78 @@
+"""Perceptual hashes and the Hamming-radius search behind the phash/dhash tiers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from curate.dedup.hashing import codes_to_hex, dct_matrix, hamming, hex_to_codes, image_hashes
+from curate.dedup.search import hamming_pairs
+
+
+def test_dct_matrix_is_orthonormal():
+    c = dct_matrix(32)
+    np.testing.assert_allclose(c @ c.T, np.eye(32), atol=1e-5)
+
+
+def test_phash_matches_imagehash_bit_for_bit(photos):
+    imagehash = pytest.importorskip("imagehash")
+    ours = image_hashes(photos, "phash")
+    theirs = np.array([np.packbits(imagehash.phash(im).hash.ravel()) for im in photos])
+    assert (hamming(ours, theirs) == 0).all()
+
+
+@pytest.mark.parametrize("kind", ["phash", "dhash"])
+def test_planted_copies_are_close_and_distinct_photos_far(planted, kind):
+    images, truth, kinds = planted
+    codes, mirrored = image_hashes(images, kind, mirrored=True)
+    assert codes.shape == (len(images), 8) and codes.dtype == np.uint8
+    orig = {t: i for i, (t, k) in enumerate(zip(truth, kinds, strict=True)) if k == "original"}
+    for i, (t, k) in enumerate(zip(truth, kinds, strict=True)):
+        if k in ("exact", "jpeg", "resize"):
+            assert hamming(codes[i], codes[orig[t]]) <= 6, (k, t)
+        if k == "flip":
+            # The mirrored hash of the copy equals the original's hash: flips are found.
+            assert hamming(mirrored[i], codes[orig[t]]) <= 6, t
+    o = np.array(sorted(orig.values()))
+    d = hamming(codes[o][:, None], codes[o][None])
+    np.fill_diagonal(d, 64)
+    assert d.min() > 12
+
+
+def test_hex_round_trip(photos):
+    codes = image_hashes(photos, "dhash")
+    assert (hex_to_codes(codes_to_hex(codes)) == codes).all()
+
+
+def _random_codes(n: int, near: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 8), dtype=np.uint8)
+    bits = np.unpackbits(base[:near], axis=1)
+    for row in range(near):
+        flip = rng.choice(64, size=int(rng.integers(0, 7)), replace=False)
+        bits[row, flip] ^= 1
+    return np.concatenate([base, np.packbits(bits, axis=1)])
+
+
+@pytest.mark.parametrize("method", ["flat", "multihash"])
+def test_faiss_radius_search_equals_brute_force(method):
+    codes = _random_codes(3000, 300)
+    ref = hamming_pairs(codes, 6, method="numpy")
+    got = hamming_pairs(codes, 6, method=method)
+    assert len(ref) >= 300  # every planted near copy
+    assert set(got.pairs()) == set(ref.pairs())
+    np.testing.assert_allclose(got.sim, ref.sim)
+
+
+def test_radius_is_inclusive_and_mirrored_queries_find_the_pair():
+    a = np.zeros((1, 8), np.uint8)
+    b = a.copy()
+    b[0, 0] = 0b0000_0111  # 3 bits apart
+    codes = np.concatenate([a, b, np.full((1, 8), 255, np.uint8)])
+    assert len(hamming_pairs(codes, 3)) == 1
+    assert len(hamming_pairs(codes, 2)) == 0
+    # A query code that is item 2's mirror, equal to item 0's hash, links items 2 and 0.
+    queries = codes.copy()
+    queries[2] = a[0]
+    pairs = hamming_pairs(codes, 0, queries=queries)
+    assert (pairs.i.tolist(), pairs.j.tolist()) == ([0], [2])

