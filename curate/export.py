@@ -19,7 +19,7 @@ import polars as pl
 
 from curate._version import __version__
 from curate.errors import DataError, UsageError
-from curate.table import SAMPLE_ID, removal_frame
+from curate.table import SAMPLE_ID, caption_lists, removal_frame
 
 log = logging.getLogger("curate")
 Format = Literal["disk", "parquet", "hub"]
@@ -30,27 +30,23 @@ CAPTION_COLUMN = "text"
 def export_columns(table: pl.DataFrame) -> pl.DataFrame:
     """The per-row metadata columns of the exported dataset (images are added separately).
 
-    The caption column holds the rewritten caption where a step wrote one (``caption_new``),
-    as a list when the step produced several captions per sample; source columns keep their
-    original names.
+    The caption column holds what the row trains with (``curate.table.caption_lists``): the
+    rewritten caption where a step wrote one, the merged captions of a collapsed duplicate
+    group, or the original. It is a list column when any row has more than one caption (the
+    diffusers trainers draw one per use), else a string. Source columns keep their names.
     """
-    text = pl.col("caption")
-    if "caption_new" in table.columns:
-        new = table["caption_new"]
-        if new.dtype == pl.List(pl.String):
-            text = pl.coalesce(pl.col("caption_new"), pl.concat_list(pl.col("caption")))
-        else:
-            text = pl.coalesce(pl.col("caption_new"), pl.col("caption"))
+    lists = caption_lists(table)
+    multi = table.height > 0 and int(lists.list.len().max() or 0) > 1
+    text = lists if multi else lists.list.first()
     src = [c for c in table.columns if c.startswith("src_")]
     return table.select(
         pl.col(SAMPLE_ID),
-        text.alias(CAPTION_COLUMN),
         *[
             pl.col(c).alias(c[4:])
             for c in src
             if c[4:] not in (SAMPLE_ID, CAPTION_COLUMN, IMAGE_COLUMN)
         ],
-    )
+    ).insert_column(1, text.alias(CAPTION_COLUMN))
 
 
 def removed_manifest(table: pl.DataFrame) -> pl.DataFrame:

@@ -91,3 +91,31 @@ def kept_mask(table: pl.DataFrame) -> pl.Series:
 def ok_mask(table: pl.DataFrame) -> pl.Series:
     """True for rows that ingest accepted (steps compute on these; others get nulls)."""
     return table[STATUS] == STATUS_OK
+
+
+def caption_lists(table: pl.DataFrame) -> pl.Series:
+    """The captions each row trains with, as a list per row (empty for rows without any).
+
+    In order of precedence: a rewrite by the ``captions`` step (``caption_new``: a string, or a
+    list for ``mc``), the distinct captions of a collapsed same-image group
+    (``dedup_images_captions``), the source's own caption list (``captions``), and ``caption``.
+    The trainer draws one per use; export writes them (as a list column when any row has more
+    than one).
+    """
+    candidates: list[pl.Expr] = []
+    if "caption_new" in table.columns:
+        new = pl.col("caption_new")
+        if table.schema["caption_new"] != pl.List(pl.String):
+            new = pl.concat_list(new)
+        candidates.append(pl.when(pl.col("caption_new").is_not_null()).then(new))
+    if "dedup_images_captions" in table.columns:
+        merged = pl.col("dedup_images_captions")
+        candidates.append(pl.when(merged.list.len() > 0).then(merged))
+    if "captions" in table.columns:
+        candidates.append(pl.when(pl.col("captions").list.len() > 0).then(pl.col("captions")))
+    if "caption" in table.columns:
+        candidates.append(pl.when(pl.col("caption").is_not_null()).then(pl.concat_list("caption")))
+    if not candidates:
+        return pl.Series("captions", [[] for _ in range(table.height)], dtype=pl.List(pl.String))
+    expr = pl.coalesce(candidates).fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    return table.select(expr.alias("captions"))["captions"]

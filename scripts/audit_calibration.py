@@ -211,8 +211,10 @@ def plot(c: dict) -> None:
         (axes[1], "nl2", 1.4, "normalised L2 (alpha 0.5, k 50)"),
         (axes[2], "sim", 0.9, "top-1 pixel cosine"),
     ):
-        ax.hist(c[f"oracle_{key}"], bins=40, alpha=0.6, label="oracle samples")
-        ax.hist(c[f"heldout_{key}"], bins=40, alpha=0.6, label="held-out digits")
+        both = np.concatenate([c[f"oracle_{key}"], c[f"heldout_{key}"], [thr]])
+        bins = np.linspace(both.min(), both.max(), 41)  # shared bins: both sets visible
+        ax.hist(c[f"oracle_{key}"], bins=bins, alpha=0.6, label="oracle samples")
+        ax.hist(c[f"heldout_{key}"], bins=bins, alpha=0.6, label="held-out digits")
         ax.axvline(thr, color="k", ls="--", lw=1, label=f"threshold {thr:.3g}")
         ax.set_xlabel(label)
     axes[0].legend(fontsize=8)

@@ -118,3 +118,20 @@ def test_hub_export_needs_repo_id_and_a_token(cleaned_run, monkeypatch):
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(cleaned_run / "nope"), raising=False)
     with pytest.raises(UsageError, match="Hugging Face token"):
         export_run(cleaned_run, "hub", repo_id="me/clean")
+
+
+def test_merged_duplicate_captions_export_as_a_list_and_feed_the_trainer(photos_run):
+    from curate.train.data import from_table
+
+    table = read_table(photos_run)
+    merged = pl.when(pl.col("source_index") == 1).then(pl.lit(["cap a", "cap b"])).otherwise(None)
+    table = table.with_columns(dedup_images_captions=merged.cast(pl.List(pl.String)))
+    s = export_run(photos_run, "parquet", table=table)
+    data = pl.read_parquet(next((Path(s["out"]) / "data").glob("*.parquet")))
+    assert data.schema["text"] == pl.List(pl.String)
+    texts = data["text"].to_list()
+    assert texts[1] == ["cap a", "cap b"] and texts[0] == [table["caption"][0]]
+    from curate.io.store import ImageStore
+
+    train = from_table(table, ImageStore(photos_run), channels=1, resolution=8)
+    assert train.captions[train.sample_ids.index("s00000001")] == ["cap a", "cap b"]

@@ -68,28 +68,17 @@ def images_to_tensor(images: Sequence, channels: int, resolution: int) -> torch.
 
 
 def kept_mask(table) -> np.ndarray:
-    """Rows selection keeps: ``status == "ok"`` and every ``*_drop`` column null."""
-    import polars as pl
+    """Rows selection keeps (``curate.table.kept_mask``), as a numpy bool array."""
+    from curate.table import kept_mask as table_kept_mask
 
-    expr = pl.col("status") == "ok" if "status" in table.columns else pl.lit(True)
-    for col in table.columns:
-        if col.endswith("_drop"):
-            expr = expr & pl.col(col).is_null()
-    return table.select(expr.alias("keep"))["keep"].to_numpy().astype(bool)
+    return table_kept_mask(table).to_numpy().astype(bool)
 
 
 def _captions_of(table) -> list[list[str]]:
-    if "captions" in table.columns:
-        caps = table["captions"].to_list()
-        fallback = table["caption"].to_list() if "caption" in table.columns else [None] * len(caps)
-        out = []
-        for lst, one in zip(caps, fallback, strict=True):
-            lst = [c for c in (lst or []) if c]
-            out.append(lst or ([one] if one else [""]))
-        return out
-    if "caption" in table.columns:
-        return [[c or ""] for c in table["caption"].to_list()]
-    return [[""] for _ in range(table.height)]
+    """What each row trains with (``curate.table.caption_lists``); [""] for uncaptioned rows."""
+    from curate.table import caption_lists
+
+    return [lst or [""] for lst in caption_lists(table).to_list()]
 
 
 def from_table(
