@@ -35,8 +35,9 @@ def _hash(*parts: object) -> str:
     return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def step_fingerprint(step: Step, upstream: str) -> str:
-    return _hash(upstream, step.name, step.config())
+def step_fingerprint(step: Step, upstream: str, seed: int = 0) -> str:
+    """A step's cache key: its config, the run seed and everything upstream of it."""
+    return _hash(upstream, step.name, step.config(), seed)
 
 
 def base_table(run_dir: Path) -> pl.DataFrame:
@@ -94,7 +95,7 @@ def _step_dir(run_dir: Path, index: int, step: Step) -> Path:
 def _run_one(
     step: Step, index: int, table: pl.DataFrame, upstream: str, ctx: RunContext, force: bool
 ) -> tuple[pl.DataFrame, str, StepResult]:
-    fp = step_fingerprint(step, upstream)
+    fp = step_fingerprint(step, upstream, ctx.seed)
     sdir = _step_dir(ctx.run_dir, index, step)
     done = sdir / DONE_FILE
     cols_file = sdir / COLUMNS_FILE

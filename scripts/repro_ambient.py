@@ -238,6 +238,9 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=Path, default=None, help="output folder")
+    ap.add_argument(
+        "--aggregate-only", action="store_true", help="summarise cached runs; train nothing"
+    )
     if ap.parse_known_args()[0].quick:  # quick values become defaults; explicit flags still win
         ap.set_defaults(**QUICK)
     args = ap.parse_args()
@@ -271,6 +274,9 @@ def main() -> None:
             if cache.exists() and json.loads(cache.read_text()).get("cfg") == cfg_key:
                 runs.append(json.loads(cache.read_text()))
                 print(f"cached: {key}")
+                continue
+            if args.aggregate_only:
+                print(f"not run: {key}")
                 continue
             print(f"training {key} ...", flush=True)
             res = run_one(setting, seed, data, ref_feats, args)

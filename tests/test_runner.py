@@ -118,3 +118,15 @@ def test_a_step_breaking_the_contract_is_caught(tmp_path, registry, monkeypatch)
     )
     with pytest.raises(RuntimeError, match="returned 3 rows"):
         run_recipe(_recipe(), tmp_path, quiet=True)
+
+
+def test_changing_the_seed_recomputes_steps(tmp_path, registry):
+    run_recipe(_recipe(), tmp_path, quiet=True)
+    raw = {
+        "seed": 1,
+        "dataset": {"name": "builtin:digits", "limit": 30},
+        "steps": [{"counting": {}}, {"counting2": {"fail": False}}],
+    }
+    CALLS.clear()
+    results = run_recipe(parse_recipe(raw), tmp_path, quiet=True)
+    assert CALLS == ["counting", "counting2"] and not any(r.skipped for r in results)

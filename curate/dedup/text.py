@@ -7,8 +7,8 @@ per-caption minimum is a ``np.minimum.reduceat`` over the caption boundaries.
 
 from __future__ import annotations
 
-import hashlib
 import re
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -58,8 +58,22 @@ def shingles(text: str, n: int = 2) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
-def _hash64(token: str) -> int:
-    return int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")
+def _hash64(tokens: Sequence[str]) -> np.ndarray:
+    """Stable 64-bit hashes of strings, ``(len(tokens),)`` uint64.
+
+    CRC-32 and Adler-32 (both C, no per-call object) give 64 raw bits; the splitmix64 finaliser
+    (Steele et al. 2014) then spreads them, so nearby strings get unrelated hashes.
+    """
+    raw = np.fromiter(
+        ((zlib.crc32(b) << 32) | zlib.adler32(b) for b in (t.encode("utf-8") for t in tokens)),
+        dtype=np.uint64,
+        count=len(tokens),
+    )
+    with np.errstate(over="ignore"):
+        z = raw + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 class MinHasher:
@@ -84,7 +98,13 @@ class MinHasher:
         for cap in captions:
             ids = [vocab.setdefault(s, len(vocab)) for s in set(shingles(cap or "", self.ngram))]
             token_ids.append(np.array(sorted(ids), np.int64))
-        hashes = np.array([_hash64(s) for s in vocab], dtype=np.uint64)  # (V,)
+        hashes = _hash64(list(vocab))  # (V,)
+        # Every distinct shingle is permuted once: (V, K) values, then gathered per caption.
+        perm = np.empty((len(hashes), self.num_perm), np.uint32)
+        with np.errstate(over="ignore"):
+            for start in range(0, len(hashes), chunk * 4):
+                x = hashes[start : start + chunk * 4, None]  # (v, 1)
+                perm[start : start + len(x)] = (self.a * x + self.b) >> np.uint64(32)
         sig = np.full((len(captions), self.num_perm), _MAX_HASH, np.uint32)
         for start in range(0, len(captions), chunk):
             part = token_ids[start : start + chunk]
@@ -93,11 +113,8 @@ class MinHasher:
             if rows.size == 0:
                 continue
             flat = np.concatenate([part[r] for r in rows])  # (T,)
-            x = hashes[flat][:, None]  # (T, 1)
-            with np.errstate(over="ignore"):
-                h = ((self.a[None, :] * x + self.b[None, :]) >> np.uint64(32)).astype(np.uint32)
             offsets = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
-            sig[start + rows] = np.minimum.reduceat(h, offsets, axis=0)  # (R, K)
+            sig[start + rows] = np.minimum.reduceat(perm[flat], offsets, axis=0)  # (R, K)
         return sig
 
 

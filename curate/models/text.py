@@ -42,16 +42,18 @@ class TextEncoder:
     @torch.no_grad()
     def encode(self, captions: list[str]) -> torch.Tensor:
         """Embeddings (B, L, D) on ``self.device``; repeated captions come from a cache."""
-        missing = list(dict.fromkeys(c for c in captions if c not in self._cache))
+        # look up into a local dict first: filling the cache may evict this batch's own entries
+        found = {c: self._cache[c] for c in captions if c in self._cache}
+        missing = [c for c in dict.fromkeys(captions) if c not in found]
         if missing:
             embs = self._encode(missing).float()  # (M, L, D)
             for cap, emb in zip(missing, embs, strict=True):
-                self._cache[cap] = emb
+                found[cap] = self._cache[cap] = emb
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         if not captions:
             return torch.empty((0, self.max_length, self.dim), device=self.device)
-        return torch.stack([self._cache[c] for c in captions])
+        return torch.stack([found[c] for c in captions])
 
     def spec(self) -> dict:
         """What is needed to rebuild this encoder (saved with a trained model)."""
