@@ -182,6 +182,8 @@ def write_outputs(out: Path, runs: list[dict], args, extra: dict) -> None:
             f"{row['memorized_mean']:.3f} ± {row['memorized_std']:.3f} | "
             f"{row['fd_mean']:.3f} ± {row['fd_std']:.3f} |"
         )
+    if extra.get("not_run"):
+        lines += ["", f"Not run (yet): {', '.join(extra['not_run'])}."]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot(out / "memorization.png", table)
 
@@ -247,7 +249,8 @@ def main() -> None:
     out = args.out or Path("reports/ambient") / ("quick" if args.quick else "full")
     (out / "runs").mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    command = " ".join(["python scripts/repro_ambient.py", *sys.argv[1:]])
+    flags = [a for a in sys.argv[1:] if a != "--aggregate-only"]
+    command = " ".join(["python scripts/repro_ambient.py", *flags])
     extra = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     extra["command"] = command
 
@@ -277,6 +280,7 @@ def main() -> None:
                 continue
             if args.aggregate_only:
                 print(f"not run: {key}")
+                extra.setdefault("not_run", []).append(key)
                 continue
             print(f"training {key} ...", flush=True)
             res = run_one(setting, seed, data, ref_feats, args)
