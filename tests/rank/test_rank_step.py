@@ -76,3 +76,22 @@ def test_unconditional_model_refuses_caption_conditioning(tiny_pipeline, digits_
             ctx,
         )
     assert "rank_gap" not in read_table(digits_run).columns
+
+
+def test_conditional_model_ranks_with_own_caption_and_reports_the_gap(tmp_path, digits_run):
+    from curate.models.presets import build_model, save_pipeline
+
+    bundle = build_model("tiny", channels=1, resolution=16, text_encoder="tiny-clip", seed=0)
+    save_pipeline(
+        tmp_path / "cond", bundle.unet, bundle.scheduler_config, text_encoder=bundle.text_encoder
+    )
+    ctx = RunContext(run_dir=digits_run, quiet=True)
+    step = Rank(
+        model=str(tmp_path / "cond"), condition="caption", text_encoder="tiny-clip", batch_size=8
+    )
+    table = apply_step(digits_run, step, ctx)
+    for col in ("rank_vgr", "rank_vgr_empty", "rank_gap"):
+        assert table[col].null_count() == 0
+    gap = (table["rank_vgr"] - table["rank_vgr_empty"] - table["rank_gap"]).abs().max()
+    assert gap < 1e-9
+    assert table["rank_gap"].abs().max() > 0  # the caption changes the model's prediction
