@@ -204,16 +204,26 @@ def apply_step(
     return table
 
 
+def reason_kind(reason: pl.Expr) -> pl.Expr:
+    """A removal reason without its per-row details (sample ids, scores in parentheses), so the
+    summary counts "duplicate image and caption of ..." once, not once per kept sample."""
+    return (
+        reason.str.replace_all(r"\s*\([^)]*\)", "")
+        .str.replace_all(r"\b[A-Za-z][\w~#-]*\d[\w~#.-]*\b", "…")
+        .str.strip_chars()
+    )
+
+
 def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> dict:
     """Write ``stats.json`` and the report's summary section (counts per step and reason)."""
     from curate.report import Report, esc, html_table, thumb_grid
 
-    rem = removal_frame(table)
+    rem = removal_frame(table).with_columns(reason_kind=reason_kind(pl.col("removed_reason")))
     counts = (
         rem.filter(~pl.col("keep"))
-        .group_by(["removed_by", "removed_reason"])
+        .group_by(["removed_by", "reason_kind"])
         .len()
-        .sort(["removed_by", "removed_reason"])
+        .sort(["removed_by", "reason_kind"])
     )
     stats = {
         "rows": table.height,
@@ -259,14 +269,16 @@ def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> d
             store = None
         body.append("<h3>Removed samples</h3>")
         for (by, why), group in removed.group_by(
-            ["removed_by", "removed_reason"], maintain_order=True
+            ["removed_by", "reason_kind"], maintain_order=True
         ):
             sample = group.head(max_thumbs)
             ids = sample[SAMPLE_ID].to_list()
             images = store.get(ids) if store is not None else [None] * len(ids)
+            details = sample["removed_reason"].to_list()
+            captions = sample["caption"].to_list()
             items = [
-                (img, f"{sid}: {cap or ''}")
-                for img, sid, cap in zip(images, ids, sample["caption"].to_list(), strict=True)
+                (img, f"{sid}: {cap or ''}" + (f" [{d}]" if d != why else ""))
+                for img, sid, cap, d in zip(images, ids, captions, details, strict=True)
             ]
             body.append(
                 f'<div class="group"><b>{esc(by)}</b>: {esc(why)} '

@@ -130,3 +130,19 @@ def test_changing_the_seed_recomputes_steps(tmp_path, registry):
     CALLS.clear()
     results = run_recipe(parse_recipe(raw), tmp_path, quiet=True)
     assert CALLS == ["counting", "counting2"] and not any(r.skipped for r in results)
+
+
+def test_summary_groups_reasons_without_per_row_details():
+    from curate.runner import reason_kind
+
+    reasons = pl.DataFrame(
+        {
+            "r": [
+                "duplicate of s00000001 (sscd 0.91)",
+                "duplicate of s00000042 (phash)",
+                "smaller than 16px",
+            ]
+        }
+    )
+    kinds = reasons.select(reason_kind(pl.col("r")))["r"].to_list()
+    assert kinds == ["duplicate of …", "duplicate of …", "smaller than 16px"]
