@@ -119,3 +119,23 @@ def caption_lists(table: pl.DataFrame) -> pl.Series:
         return pl.Series("captions", [[] for _ in range(table.height)], dtype=pl.List(pl.String))
     expr = pl.coalesce(candidates).fill_null(pl.lit([], dtype=pl.List(pl.String)))
     return table.select(expr.alias("captions"))["captions"]
+
+
+def evaluate_rule(table: pl.DataFrame, rule: str, key: str) -> pl.Series:
+    """A boolean per row from a column name or a SQL rule over columns (``vgr_pct >= 0.9``).
+
+    ``key`` names the recipe key in the one-line error (``select.where``, ``captions.only``).
+    Nulls stay null: the caller decides what a missing value means.
+    """
+    if rule in table.columns:
+        hit = table[rule]
+    else:
+        try:
+            hit = table.select(pl.sql_expr(rule).alias("hit"))["hit"]
+        except Exception as err:
+            raise DataError(
+                f"{key} {rule!r} failed on this table: {str(err).splitlines()[0]}"
+            ) from None
+    if hit.dtype != pl.Boolean:
+        raise DataError(f"{key} {rule!r} must be true/false per row, got {hit.dtype}")
+    return hit

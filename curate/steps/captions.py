@@ -9,8 +9,8 @@ from typing import ClassVar, Literal
 import polars as pl
 
 from curate.captions.transforms import check_params, make_transform
-from curate.errors import DataError
 from curate.steps.base import RunContext, Step
+from curate.table import evaluate_rule
 
 _EXAMPLES_IN_REPORT = 12
 
@@ -98,19 +98,7 @@ class Captions(Step):
         ok = table["status"] == "ok"
         if self.only is None:
             return ok
-        if self.only in table.columns:
-            hit = table[self.only]
-        else:
-            try:
-                hit = table.select(pl.sql_expr(self.only).alias("hit"))["hit"]
-            except Exception as err:
-                raise DataError(
-                    f"captions.only {self.only!r} failed on this table: {str(err).splitlines()[0]}"
-                ) from None
-        if hit.dtype != pl.Boolean:
-            raise DataError(
-                f"captions.only {self.only!r} must be true/false per row, got {hit.dtype}"
-            )
+        hit = evaluate_rule(table, self.only, "captions.only")
         return ok & hit.fill_null(False)
 
     def _rewrite(self, table: pl.DataFrame, target: pl.Series, ctx: RunContext) -> pl.DataFrame:

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 import polars as pl
 
-from curate.errors import DataError
 from curate.steps.base import DROP_SUFFIX, RunContext, Step
+from curate.table import evaluate_rule
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,7 @@ class Select(Step):
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         col = self.produced_columns()[0]
         reason = self.reason or f"{self.action} rule: {self.where}"
-        try:
-            hit = table.select(pl.sql_expr(self.where).alias("hit"))["hit"]
-        except Exception as err:
-            raise DataError(
-                f"select.where {self.where!r} failed on this table: {str(err).splitlines()[0]}"
-            ) from None
-        if hit.dtype != pl.Boolean:
-            raise DataError(
-                f"select.where {self.where!r} must be true/false per row, got {hit.dtype}"
-            )
+        hit = evaluate_rule(table, self.where, "select.where")
         remove = hit if self.action == "drop" else ~hit
         ok = table["status"] == "ok"
         ctx.stats["rule_null"] = int((hit.is_null() & ok).sum())
