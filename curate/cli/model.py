@@ -104,6 +104,13 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
     help="Probability of training on the empty caption.",
 )
 @click.option(
+    "--embedding-noise",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="gn: add lambda * N(0, I) to each caption embedding, redrawn at every use.",
+)
+@click.option(
     "--prediction-type",
     type=click.Choice(["epsilon", "v_prediction", "sample"]),
     default="epsilon",
@@ -166,7 +173,7 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
 def train(
     dataset, out, objective, sigma_n, sigma_n_column, noisy_only_column, ambient_noise, model,
     resolution, channels, conditioning, text_encoder, caption_transform, caption_p,
-    caption_dropout, prediction_type, steps, batch_size, grad_accum, lr, warmup_steps, ema_decay,
+    caption_dropout, embedding_noise, prediction_type, steps, batch_size, grad_accum, lr, warmup_steps, ema_decay,
     checkpoint_every, mixed_precision, resume, overwrite, dry_run, seed, device, quiet,
 ):  # fmt: skip
     """Train a diffusion model on a dataset (`accelerate launch -m curate train ...` for GPUs)."""
@@ -191,6 +198,7 @@ def train(
         conditioning=conditioning,
         text_encoder=text_encoder,
         caption_dropout=caption_dropout,
+        embedding_noise=embedding_noise,
         prediction_type=prediction_type,
         steps=steps,
         batch_size=batch_size,
@@ -295,13 +303,20 @@ def train(
     metavar="mc|rc|rt|cwr|rna",
     help="Rewrite each prompt (e.g. rna, an inference-time mitigation).",
 )
+@click.option(
+    "--embedding-noise",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="gn at inference: lambda * N(0, I) on each prompt embedding (seeded per sample).",
+)
 @seed_option
 @device_option
 @quiet_option
 @curate_errors
 def sample(
     model_dir, num, out, steps, method, batch_size, prompts, prompts_from, caption_transform,
-    seed, device, quiet,
+    embedding_noise, seed, device, quiet,
 ):  # fmt: skip
     """Generate images from a trained model (a folder, or `digits-tiny` shipped with curate)."""
     from curate.device import resolve_device
@@ -329,6 +344,13 @@ def sample(
             tf = make_transform(caption_transform, seed=seed)
             texts = [tf(t, str(i), 0) for i, t in enumerate(texts)]
         cond = text_encoder_for_model(den, dev).encode(texts)  # (num, L, D)
+        if embedding_noise > 0:
+            from curate.captions.transforms import gaussian_noise_per_sample
+
+            keys = [f"prompt{i}" for i in range(num)]
+            cond = gaussian_noise_per_sample(cond, embedding_noise, seed, keys, 0)
+    elif embedding_noise > 0:
+        raise UsageError(f"{model_dir} is unconditional: --embedding-noise needs a text model")
     elif prompts:
         raise UsageError(f"{model_dir} is unconditional: drop --prompt/--prompts-from")
     x = run_sample(

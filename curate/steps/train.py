@@ -34,6 +34,7 @@ class Train(Step):
     text_encoder: str = "minilm"
     caption_transform: str | None = None
     caption_p: float | None = None
+    embedding_noise: float = 0.0
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     steps: int = 2000
     batch_size: int = 64
@@ -63,6 +64,7 @@ class Train(Step):
             channels=channels,
             conditioning=self.conditioning,
             text_encoder=self.text_encoder,
+            embedding_noise=self.embedding_noise,
             prediction_type=self.prediction_type,
             steps=self.steps,
             batch_size=self.batch_size,

@@ -73,6 +73,7 @@ class TrainConfig:
     conditioning: Literal["none", "caption"] = "none"
     text_encoder: str = "minilm"
     caption_dropout: float = 0.0  # probability of training on the empty caption
+    embedding_noise: float = 0.0  # gn: lambda * N(0, I) on caption embeddings, redrawn per draw
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     steps: int = 2000
     batch_size: int = 64
@@ -102,6 +103,7 @@ class TrainConfig:
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.channels in (1, 3), "--channels must be 1 or 3"),
             (0 <= self.caption_dropout < 1, "--caption-dropout must be in [0, 1)"),
+            (self.embedding_noise >= 0, "--embedding-noise must be >= 0"),
             (
                 self.mixed_precision in ("auto", "no", "bf16"),
                 "--mixed-precision must be auto, no or bf16",
@@ -277,7 +279,18 @@ class Trainer:
         eta = eta.to(self.device)
         cond = None
         if self.text_encoder is not None:
-            cond = self.text_encoder.encode(self._captions(idx, epochs, positions))
+            captions = self._captions(idx, epochs, positions)
+            cond = self.text_encoder.encode(captions)
+            if cfg.embedding_noise > 0:
+                from curate.captions.transforms import gaussian_noise_per_sample
+
+                # one draw per (sample, stream position); empty (dropped) captions stay clean,
+                # as the unconditional branch does at sampling time
+                keys = [f"{sid}@{int(p)}" for sid, p in zip(ids, positions, strict=True)]
+                keep = torch.tensor([c != "" for c in captions], device=cond.device)
+                cond = gaussian_noise_per_sample(
+                    cond, cfg.embedding_noise, cfg.seed, keys, 0, mask=keep
+                )
         with self._autocast():
             if cfg.objective == "ddpm":
                 return ddpm_loss(self.denoiser, x0, sigma, eta, cond)

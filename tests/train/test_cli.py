@@ -112,3 +112,11 @@ def test_train_step_writes_model_and_report(tmp_path, digits_run):
     step.compute(table, ctx)
     info = json.loads((run / "model" / "curate_train.json").read_text())
     assert info["result"]["step"] == 2
+
+
+def test_embedding_noise_on_an_unconditional_model_is_a_usage_error(tmp_path):
+    res = CliRunner().invoke(
+        sample,
+        ["digits-tiny", "--num", "2", "--out", str(tmp_path / "s"), "--embedding-noise", "0.5"],
+    )
+    assert res.exit_code == 2 and "--embedding-noise needs a text model" in res.output

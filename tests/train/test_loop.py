@@ -240,3 +240,21 @@ def test_grad_accumulation_matches_the_larger_batch(digits8):
     b.run(1)
     for pa, pb in zip(a.bundle.unet.parameters(), b.bundle.unet.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-4)  # Adam step 1 ~ lr = 1e-3
+
+
+def test_embedding_noise_changes_the_loss_deterministically(digits8):
+    """gn at training: a seeded perturbation of the caption embedding, none at lambda 0."""
+    x, caps = digits8
+    data = from_tensors(x[:4], captions=caps[:4])
+
+    def loss(lam):
+        cfg = _cfg(
+            conditioning="caption", text_encoder="tiny-clip", batch_size=4, embedding_noise=lam
+        )
+        return Trainer(data, cfg, quiet=True).micro_loss(0)
+
+    clean, noisy, again = loss(0.0), loss(0.5), loss(0.5)
+    assert torch.equal(noisy, again)
+    assert not torch.allclose(clean, noisy)
+    with pytest.raises(UsageError, match="--embedding-noise"):
+        loss(-1.0)
