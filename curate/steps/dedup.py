@@ -136,6 +136,28 @@ def _hist_section(nn: dict[str, np.ndarray]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def _group_dtypes(
+    prefix: str, tiers: tuple[str, ...], extra: dict[str, pl.DataType]
+) -> dict[str, pl.DataType]:
+    """The columns a dedup step adds, in order: a cluster id per tier, the grouping, ``extra``,
+    and the drop reason."""
+    d: dict[str, pl.DataType] = {f"{prefix}_{t}_cluster": pl.String for t in tiers}
+    d.update(
+        {
+            f"{prefix}_cluster": pl.String,
+            f"{prefix}_cluster_size": pl.Int32,
+            f"{prefix}_is_dup": pl.Boolean,
+            f"{prefix}_dup_of": pl.String,
+            f"{prefix}_similarity": pl.Float32,
+            f"{prefix}_evidence": pl.String,
+            f"{prefix}_type": pl.String,
+            **extra,
+            f"{prefix}{DROP_SUFFIX}": pl.String,
+        }
+    )
+    return d
+
+
 @dataclass(frozen=True)
 class DedupImages(Step):
     """Groups duplicate images; adds per-tier cluster ids, the kept sample, types and drops.
@@ -190,22 +212,7 @@ class DedupImages(Step):
         return tuple(self._dtypes())
 
     def _dtypes(self) -> dict[str, pl.DataType]:
-        p = self.name
-        d: dict[str, pl.DataType] = {f"{p}_{t}_cluster": pl.String for t in self.tiers}
-        d.update(
-            {
-                f"{p}_cluster": pl.String,
-                f"{p}_cluster_size": pl.Int32,
-                f"{p}_is_dup": pl.Boolean,
-                f"{p}_dup_of": pl.String,
-                f"{p}_similarity": pl.Float32,
-                f"{p}_evidence": pl.String,
-                f"{p}_type": pl.String,
-                f"{p}_captions": pl.List(pl.String),
-                f"{p}{DROP_SUFFIX}": pl.String,
-            }
-        )
-        return d
+        return _group_dtypes(self.name, self.tiers, {f"{self.name}_captions": pl.List(pl.String)})
 
     def required_columns(self) -> tuple[str, ...]:
         cols = list(self.requires)
@@ -487,22 +494,7 @@ class DedupCaptions(Step):
         return tuple(self._dtypes())
 
     def _dtypes(self) -> dict[str, pl.DataType]:
-        p = self.name
-        d: dict[str, pl.DataType] = {f"{p}_{t}_cluster": pl.String for t in self.tiers}
-        d.update(
-            {
-                f"{p}_cluster": pl.String,
-                f"{p}_cluster_size": pl.Int32,
-                f"{p}_is_dup": pl.Boolean,
-                f"{p}_dup_of": pl.String,
-                f"{p}_similarity": pl.Float32,
-                f"{p}_evidence": pl.String,
-                f"{p}_type": pl.String,
-                f"{p}_flag": pl.Boolean,
-                f"{p}{DROP_SUFFIX}": pl.String,
-            }
-        )
-        return d
+        return _group_dtypes(self.name, self.tiers, {f"{self.name}_flag": pl.Boolean})
 
     def required_columns(self) -> tuple[str, ...]:
         cols = list(self.requires)
