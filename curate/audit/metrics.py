@@ -223,13 +223,20 @@ def pixel_neighbours(
         )
     k_used = min(max(k, 2), len(reps))
     dist, idx = search(samples, x[reps], k=k_used, metric="l2", batch_size=batch_size)
+    return _neighbours(dist, idx, reps, copies, k_used)
+
+
+def _neighbours(
+    dist: np.ndarray, idx: np.ndarray, reps: np.ndarray, copies: np.ndarray, k: int
+) -> PixelNeighbours:
+    """``PixelNeighbours`` from sorted distances/indices over the distinct images ``reps``."""
     return PixelNeighbours(
         nn1=reps[idx[:, 0]],
         nn2=reps[idx[:, 1]],
         d1=dist[:, 0],
         d2=dist[:, 1],
         mean_k=dist.mean(axis=1),
-        k=k_used,
+        k=k,
         nn1_copies=copies[idx[:, 0]],
         num_distinct=len(reps),
     )
@@ -258,16 +265,7 @@ def leave_one_out_neighbours(
     k_used = min(max(k, 2), len(reps) - 1)
     dist, idx = search(x[queries], x[reps], k=k_used + 1, metric="l2", batch_size=batch_size)
     dist, idx = dist[:, 1:], idx[:, 1:]  # column 0 is the image itself (distance 0)
-    return PixelNeighbours(
-        nn1=reps[idx[:, 0]],
-        nn2=reps[idx[:, 1]],
-        d1=dist[:, 0],
-        d2=dist[:, 1],
-        mean_k=dist.mean(axis=1),
-        k=k_used,
-        nn1_copies=copies[idx[:, 0]],
-        num_distinct=len(reps),
-    )
+    return _neighbours(dist, idx, reps, copies, k_used)
 
 
 def nn_ratio(d1: np.ndarray, d2: np.ndarray) -> np.ndarray:

@@ -158,6 +158,26 @@ def _group_dtypes(
     return d
 
 
+def _group_stats(n, members, groups, drops, counts, tiers, g) -> dict:
+    """Counters a dedup step records in ``stats.json``: totals, per type and per tier."""
+    by_tier = {}
+    for t in tiers:
+        tier = g.combined.per_tier[t.name]
+        by_tier[t.name] = {
+            "edges": len(t.edges),
+            "groups": len(set(tier.rep[tier.is_dup])),
+            "duplicates": int(tier.is_dup.sum()),
+        }
+    return {
+        "rows": n,
+        "groups": len(members),
+        "duplicates": int(groups.is_dup.sum()),
+        "dropped": int(sum(d is not None for d in drops)),
+        "by_type": counts,
+        "by_tier": by_tier,
+    }
+
+
 @dataclass(frozen=True)
 class DedupImages(Step):
     """Groups duplicate images; adds per-tier cluster ids, the kept sample, types and drops.
@@ -388,31 +408,7 @@ class DedupImages(Step):
         sorted_frame = _scatter(view, ok_mask, cols, dtypes)
         out = sorted_frame[pos.tolist()] if len(pos) else sorted_frame
 
-        ctx.stats.update(
-            {
-                "rows": n,
-                "groups": len(members),
-                "duplicates": int(groups.is_dup.sum()),
-                "dropped": int(sum(d is not None for d in drops)),
-                "by_type": counts,
-                "by_tier": {
-                    t.name: {
-                        "edges": len(t.edges),
-                        "groups": int(
-                            len(
-                                set(
-                                    g.combined.per_tier[t.name].rep[
-                                        g.combined.per_tier[t.name].is_dup
-                                    ]
-                                )
-                            )
-                        ),
-                        "duplicates": int(g.combined.per_tier[t.name].is_dup.sum()),
-                    }
-                    for t in tiers
-                },
-            }
-        )
+        ctx.stats.update(_group_stats(n, members, groups, drops, counts, tiers, g))
         self._report(ctx, ok, g, members, types)
         return out
 
@@ -644,22 +640,7 @@ class DedupCaptions(Step):
 
         sorted_frame = _scatter(view, ok_mask, cols, dtypes)
         out = sorted_frame[pos.tolist()] if len(pos) else sorted_frame
-        ctx.stats.update(
-            {
-                "rows": n,
-                "groups": len(members),
-                "duplicates": int(groups.is_dup.sum()),
-                "dropped": int(sum(d is not None for d in drops)),
-                "by_type": counts,
-                "by_tier": {
-                    t.name: {
-                        "edges": len(t.edges),
-                        "duplicates": int(g.combined.per_tier[t.name].is_dup.sum()),
-                    }
-                    for t in tiers
-                },
-            }
-        )
+        ctx.stats.update(_group_stats(n, members, groups, drops, counts, tiers, g))
         self._report(ctx, g, members, captions, types)
         return out
 
