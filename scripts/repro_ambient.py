@@ -54,7 +54,9 @@ QUICK = dict(
 
 def settings(args) -> list[dict]:
     """The runs of the sweep: baseline, ambient per sigma_n, and the redrawn-noise control."""
-    runs = [{"name": "baseline", "objective": "ddpm", "sigma_n": 0.0, "noise": "fixed"}]
+    runs = []
+    if not args.no_baseline:
+        runs.append({"name": "baseline", "objective": "ddpm", "sigma_n": 0.0, "noise": "fixed"})
     for sn in args.sigma_n:
         runs.append(
             {"name": f"ambient-{sn:g}", "objective": "ambient", "sigma_n": sn, "noise": "fixed"}
@@ -124,6 +126,8 @@ def run_one(setting: dict, seed: int, data: TrainData, ref_feats, args) -> dict:
         res = evaluate(den, data.images, ref_feats, args, seed)
         evals.append({"step": step, **res})
         print(f"  {setting['name']} seed {seed} step {step}: {res}", flush=True)
+    if args.save_models:  # the final EMA model, e.g. a memorizing baseline for guided sampling
+        tr.save(args.save_models / f"{setting['name']}-seed{seed}")
     return {
         **setting,
         "seed": seed,
@@ -235,11 +239,17 @@ def main() -> None:
     ap.add_argument(
         "--control-sigma-n", type=float, nargs="*", default=[2.0], help="redraw control"
     )
+    ap.add_argument(
+        "--no-baseline", action="store_true", help="skip the ddpm run (split a sweep)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--num-samples", type=int, default=1000, help="samples per evaluation")
     ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=Path, default=None, help="output folder")
+    ap.add_argument(
+        "--save-models", type=Path, default=None, help="write each run's final model here"
+    )
     ap.add_argument(
         "--aggregate-only", action="store_true", help="summarise cached runs; train nothing"
     )

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from curate.cli.common import curate_errors, device_option, quiet_option, seed_option
+from curate.cli.common import (
+    amg_config,
+    amg_options,
+    curate_errors,
+    device_option,
+    guidance_scale_option,
+    quiet_option,
+    seed_option,
+)
 
 
 @click.command("audit")
@@ -93,6 +101,8 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
     help="Text encoder of a text-conditional model (minilm, tiny-clip, or an id/path) "
     "[default: the one in the model's training config]. Prompts are the training captions.",
 )
+@guidance_scale_option
+@amg_options
 @seed_option
 @device_option
 @quiet_option
@@ -114,16 +124,23 @@ def audit(
     features_model: str | None,
     fd_reference: str | None,
     text_encoder: str | None,
+    guidance_scale: float,
     seed: int,
     device: str,
     quiet: bool,
+    **amg_flags,
 ) -> None:
     """Generate from MODEL_DIR and measure memorization against the training run folder.
+
+    With --amg the audit runs twice from the same seeds, plain and with anti-memorization
+    guidance (searching the --train run; --amg-train is not needed), and reports both side by
+    side: OUT (plain), OUT/amg (guided, with amg_steps.parquet), OUT/comparison.json.
 
     \b
     Example:
       curate audit models/digits --train runs/digits --num-samples 512 --out audits/digits
       curate audit --oracle --train runs/digits --resolution 16 --out audits/oracle
+      curate audit models/digits --train runs/digits --out audits/amg --amg
     """
     from curate.audit.audit import AuditSettings, image_shape, load_training_set, run_audit
     from curate.cli.common import setup_logging
@@ -131,6 +148,10 @@ def audit(
     from curate.errors import UsageError
 
     setup_logging(quiet)
+    if amg_flags.get("amg") and amg_flags.get("amg_train") and amg_flags["amg_train"] != train_dir:
+        raise UsageError("--amg-train differs from --train; the audit guides against --train")
+    amg_flags["amg_train"] = None
+    amg_cfg, _ = amg_config(amg_flags)
     if oracle == (model_dir is not None):
         raise UsageError("give either MODEL_DIR or --oracle (exactly one)")
     settings = AuditSettings(
@@ -173,6 +194,32 @@ def audit(
         from curate.audit.audit import model_text_encoder
 
         encoder = model_text_encoder(denoiser, text_encoder, device)
+    extra = dict(fd_reference=reference, fd_reference_name=f"kept rows of {fd_reference}")
+    if amg_cfg is not None:
+        from curate.guidance.run import audit_with_amg
+
+        result, guided, comparison = audit_with_amg(
+            denoiser, train, out_dir, settings, amg_cfg, device=device, quiet=quiet,
+            model_name=name, text_encoder=encoder, guidance_scale=guidance_scale, **extra,
+        )  # fmt: skip
+        for metric, plain_v, amg_v in comparison["table"]:
+            click.echo(f"{metric}: plain {plain_v or '-'} | AMG {amg_v or '-'}")
+        click.echo(
+            f"wrote {out_dir}/comparison.json, {out_dir}/amg/ and {out_dir}/report/index.html"
+        )
+        return
+    sampler_fn = None
+    if guidance_scale != 1.0:
+        import functools
+
+        from curate.guidance.run import uncond_embedding
+        from curate.models.sampling import sample
+
+        if encoder is None:
+            raise UsageError("--guidance-scale needs a text-conditional model")
+        sampler_fn = functools.partial(
+            sample, uncond=uncond_embedding(encoder, device), cfg_scale=guidance_scale
+        )
     result = run_audit(
         denoiser,
         train,
@@ -182,8 +229,8 @@ def audit(
         quiet=quiet,
         model_name=name,
         text_encoder=encoder,
-        fd_reference=reference,
-        fd_reference_name=f"kept rows of {fd_reference}",
+        sampler=sampler_fn,
+        **extra,
     )
     m = result.summary["metrics"]
     click.echo(

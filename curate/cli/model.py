@@ -7,7 +7,16 @@ from pathlib import Path
 
 import click
 
-from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.cli.common import (
+    amg_config,
+    amg_options,
+    curate_errors,
+    device_option,
+    guidance_scale_option,
+    quiet_option,
+    seed_option,
+    setup_logging,
+)
 
 
 @click.command()
@@ -310,15 +319,27 @@ def train(
     show_default=True,
     help="gn at inference: lambda * N(0, I) on each prompt embedding (seeded per sample).",
 )
+@guidance_scale_option
+@amg_options
 @seed_option
 @device_option
 @quiet_option
 @curate_errors
 def sample(
     model_dir, num, out, steps, method, batch_size, prompts, prompts_from, caption_transform,
-    embedding_noise, seed, device, quiet,
+    embedding_noise, guidance_scale, seed, device, quiet, **amg_flags,
 ):  # fmt: skip
-    """Generate images from a trained model (a folder, or `digits-tiny` shipped with curate)."""
+    """Generate images from a trained model (a folder, or `digits-tiny` shipped with curate).
+
+    With --amg, anti-memorization guidance steers each sample away from its nearest training
+    image while they are too similar, and OUT gets amg_steps.parquet (one row per sample and
+    step), amg.json and report/index.html with the similarity trajectories.
+
+    \b
+    Examples:
+      curate sample digits-tiny --num 64 --out samples/
+      curate sample models/digits --num 64 --out samples-amg/ --amg --amg-train runs/digits
+    """
     from curate.device import resolve_device
     from curate.errors import UsageError
     from curate.models.denoiser import load_denoiser
@@ -326,13 +347,14 @@ def sample(
     from curate.models.text import text_encoder_for_model
 
     setup_logging(quiet)
+    amg_cfg, amg_train = amg_config(amg_flags)
     if prompts and prompts_from:
         raise UsageError("pass either --prompt or --prompts-from, not both")
     dev = resolve_device(device)
     den = load_denoiser(model_dir, dev)
     if prompts_from:
         prompts = tuple(_run_prompts(prompts_from))
-    cond = None
+    cond, uncond, encoder = None, None, None
     texts: list[str | None] = [None] * num
     if den.conditional:
         if not prompts:
@@ -343,7 +365,12 @@ def sample(
 
             tf = make_transform(caption_transform, seed=seed)
             texts = [tf(t, str(i), 0) for i, t in enumerate(texts)]
-        cond = text_encoder_for_model(den, dev).encode(texts)  # (num, L, D)
+        encoder = text_encoder_for_model(den, dev)
+        cond = encoder.encode(texts)  # (num, L, D)
+        if guidance_scale != 1.0:
+            from curate.guidance.run import uncond_embedding
+
+            uncond = uncond_embedding(encoder, dev)
         if embedding_noise > 0:
             from curate.captions.transforms import gaussian_noise_per_sample
 
@@ -353,13 +380,26 @@ def sample(
         raise UsageError(f"{model_dir} is unconditional: --embedding-noise needs a text model")
     elif prompts:
         raise UsageError(f"{model_dir} is unconditional: drop --prompt/--prompts-from")
+    if guidance_scale != 1.0 and not den.conditional:
+        raise UsageError(f"{model_dir} is unconditional: --guidance-scale needs a text model")
+    amg = None
+    if amg_cfg is not None:
+        from curate.guidance.run import load_amg
+
+        amg = load_amg(den, amg_train, amg_cfg, device=dev, text_encoder=encoder)
     x = run_sample(
         den, num, steps=steps, method=method, seed=seed, cond=cond, batch_size=batch_size,
-        device=dev, progress=not quiet,
+        device=dev, progress=not quiet, uncond=uncond, cfg_scale=guidance_scale, guidance=amg,
     )  # fmt: skip
     if den.vae is not None:
         x = torch_cat_decode(den, x, batch_size, dev)
     paths = save_images(x, out)
+    per_amg = {}
+    if amg is not None:
+        from curate.guidance.run import write_amg
+
+        write_amg(amg, out)
+        per_amg = {r["sample"]: r for r in amg.samples_frame().iter_rows(named=True)}
     with open(out / "samples.jsonl", "w", encoding="utf-8") as fh:
         for i, (p, t) in enumerate(zip(paths, texts, strict=True)):
             rec = {
@@ -369,9 +409,19 @@ def sample(
                 "seed": seed,
                 "method": method,
                 "steps": steps,
+                "guidance_scale": guidance_scale,
             }
+            if amg is not None:
+                rec.update({k: v for k, v in per_amg[i].items() if k != "sample"})
             fh.write(json.dumps(rec) + "\n")
     click.echo(f"{num} samples written to {out}")
+    if amg is not None:
+        summary = json.loads((out / "amg.json").read_text())
+        click.echo(
+            f"AMG guided {summary['guided_samples']} of {num} samples "
+            f"({summary['active_steps_mean']:.2f} guided steps per sample); "
+            f"see {out}/report/index.html"
+        )
 
 
 def torch_cat_decode(den, x, batch_size: int, device: str):

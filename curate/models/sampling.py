@@ -10,12 +10,18 @@ All three integrate the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sig
 * ``heun``: Karras noise levels, second order (Karras et al. 2022, Algorithm 1); 2 calls per step.
 
 Sample ``i`` starts from noise derived from ``(seed, i)``, so results do not depend on batching.
+
+Classifier-free guidance (Ho & Salimans 2022) is one affine combination in x0 space,
+``x0 = x0_u + s0 * (x0_c - x0_u)``, which equals the usual combination of eps predictions at
+the same ``(x, sigma)`` because eps = (x - x0) / sigma is affine in x0. A ``guidance`` object
+(e.g. ``curate.guidance.amg.AMG``) may replace the whole x0 prediction of each step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import torch
 
@@ -26,8 +32,61 @@ from curate.seeding import sample_normal
 Method = Literal["ddim", "euler", "heun"]
 METHODS = ("ddim", "euler", "heun")
 
-# callback(step_index, sigma, x, x0_hat) -> None or a replacement x0_hat (used by guidance)
+# callback(step_index, sigma, x, x0_hat) -> None or a replacement x0_hat
 Callback = Callable[[int, float, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+class Guidance(Protocol):
+    """Replaces the x0 prediction of each sampler step (the first evaluation of a Heun step)."""
+
+    def __call__(
+        self, denoiser, x: torch.Tensor, sigma: float, cond: CFGCond | None, step: int,
+        rows: list[int],
+    ) -> torch.Tensor: ...  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CFGCond:
+    """The conditioning of one batch: embeddings, and the unconditional ones with scale ``s0``."""
+
+    cond: torch.Tensor  # (B, L, D) or (B, D)
+    uncond: torch.Tensor | None = None  # same shape; None: no classifier-free guidance
+    scale: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        return self.uncond is not None and self.scale != 1.0
+
+    def rows(self, index: torch.Tensor | slice) -> CFGCond:
+        u = self.uncond[index] if self.uncond is not None else None
+        return CFGCond(self.cond[index], u, self.scale)
+
+
+def cfg_branches(
+    denoiser, x: torch.Tensor, sigma: float | torch.Tensor, cond: CFGCond | None
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(x0_u, x0_c)``: the unconditional (None without CFG) and conditional x0 predictions."""
+    sig = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
+    if sig.ndim == 0:
+        sig = sig.expand(x.shape[0])
+    if cond is None:
+        return None, denoiser(x, sig, None)
+    x0_c = denoiser(x, sig, cond.cond)
+    x0_u = denoiser(x, sig, cond.uncond) if cond.guided else None
+    return x0_u, x0_c
+
+
+def cfg_combine(x0_u: torch.Tensor | None, x0_c: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x0_u + scale * (x0_c - x0_u)`` (just ``x0_c`` without an unconditional branch)."""
+    if x0_u is None:
+        return x0_c
+    return x0_u + scale * (x0_c - x0_u)
+
+
+def predict_x0(denoiser, x: torch.Tensor, sigma: float, cond: CFGCond | None) -> torch.Tensor:
+    """The sampler's x0 prediction: the denoiser, with classifier-free guidance when asked."""
+    x0_u, x0_c = cfg_branches(denoiser, x, sigma, cond)
+    return cfg_combine(x0_u, x0_c, cond.scale if cond is not None else 1.0)
 
 
 def sampling_sigmas(denoiser, steps: int, method: str = "ddim") -> torch.Tensor:
@@ -65,11 +124,16 @@ def sample(
     progress: bool = True,
     callback: Callback | None = None,
     clip: bool | None = None,
+    uncond: torch.Tensor | None = None,
+    cfg_scale: float = 1.0,
+    guidance: Guidance | None = None,
 ) -> torch.Tensor:
     """``num`` samples (num, C, H, W) in model space: images in [-1, 1] for pixel models.
 
-    ``cond`` holds one row per sample ((num, L, D) or (num, D)). ``clip`` (default: pixel
-    models only) clamps the result to [-1, 1]. A ``callback`` returning a tensor replaces x0_hat.
+    ``cond`` holds one row per sample ((num, L, D) or (num, D)); ``uncond`` the unconditional
+    embeddings (one row per sample, or one row for all) for classifier-free guidance with scale
+    ``cfg_scale``. ``clip`` (default: pixel models only) clamps the result to [-1, 1]. A
+    ``callback`` returning a tensor replaces x0_hat; a ``guidance`` replaces the prediction.
     """
     if num < 0:
         raise UsageError(f"--num must be >= 0, got {num}")
@@ -77,6 +141,14 @@ def sample(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if cond is not None and cond.shape[0] != num:
         raise UsageError(f"cond has {cond.shape[0]} rows for {num} samples; pass one per sample")
+    if cfg_scale != 1.0 and (cond is None or uncond is None):
+        raise UsageError("--guidance-scale needs a text-conditional model and an empty prompt")
+    if uncond is not None and cond is not None:
+        uncond = uncond.expand(num, *uncond.shape[1:]) if uncond.shape[0] == 1 else uncond
+        if uncond.shape != cond.shape:
+            raise UsageError(
+                f"uncond {tuple(uncond.shape)} does not match cond {tuple(cond.shape)}"
+            )
     sigmas = sampling_sigmas(denoiser, steps, method).tolist()
     shape = (denoiser.channels, denoiser.resolution, denoiser.resolution)
     clip = getattr(denoiser, "vae", None) is None if clip is None else clip
@@ -87,9 +159,13 @@ def sample(
     for start in range(0, num, batch_size):
         idx = list(range(start, min(start + batch_size, num)))
         x = initial_noise(seed, idx, shape).to(device) * sigmas[0]  # (b, C, H, W)
-        c = cond[idx[0] : idx[-1] + 1].to(device) if cond is not None else None
+        c = None
+        if cond is not None:
+            rows = slice(idx[0], idx[-1] + 1)
+            u = uncond[rows].to(device) if uncond is not None else None
+            c = CFGCond(cond[rows].to(device), u, float(cfg_scale))
         for i in range(steps):
-            x = _step(denoiser, x, sigmas[i], sigmas[i + 1], c, method, i, callback)
+            x = _step(denoiser, x, sigmas[i], sigmas[i + 1], c, method, i, callback, guidance, idx)
             bar.update(len(idx))
         out.append(x.clamp(-1, 1) if clip else x)
     bar.close()
@@ -98,8 +174,11 @@ def sample(
     return torch.cat(out).cpu()
 
 
-def _denoise(denoiser, x, sigma, cond, i, callback):
-    x0 = denoiser(x, torch.full((x.shape[0],), sigma, device=x.device), cond)
+def _denoise(denoiser, x, sigma, cond, i, callback, guidance, rows):
+    if guidance is not None:
+        x0 = guidance(denoiser, x, sigma, cond, i, rows)
+    else:
+        x0 = predict_x0(denoiser, x, sigma, cond)
     if callback is not None:
         replaced = callback(i, sigma, x, x0)
         if replaced is not None:
@@ -107,15 +186,15 @@ def _denoise(denoiser, x, sigma, cond, i, callback):
     return x0
 
 
-def _step(denoiser, x, sigma, sigma_next, cond, method, i, callback):
+def _step(denoiser, x, sigma, sigma_next, cond, method, i, callback, guidance, rows):
     """One sampler step from ``sigma`` to ``sigma_next``."""
-    x0 = _denoise(denoiser, x, sigma, cond, i, callback)
+    x0 = _denoise(denoiser, x, sigma, cond, i, callback, guidance, rows)
     d = (x - x0) / sigma  # dx/dsigma of the probability-flow ODE
     x_next = x + (sigma_next - sigma) * d
     if method == "heun" and sigma_next > 0:
         # Heun's correction (Karras et al. 2022, Alg. 1, lines 9-11); guidance sees only the
         # first evaluation of each step
-        x0_next = denoiser(x_next, torch.full((x.shape[0],), sigma_next, device=x.device), cond)
+        x0_next = predict_x0(denoiser, x_next, sigma_next, cond)
         d_next = (x_next - x0_next) / sigma_next
         x_next = x + (sigma_next - sigma) * (d + d_next) / 2
     return x_next

