@@ -239,9 +239,7 @@ def main() -> None:
     ap.add_argument(
         "--control-sigma-n", type=float, nargs="*", default=[2.0], help="redraw control"
     )
-    ap.add_argument(
-        "--no-baseline", action="store_true", help="skip the ddpm run (split a sweep)"
-    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip the ddpm run (split a sweep)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--num-samples", type=int, default=1000, help="samples per evaluation")
     ap.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
