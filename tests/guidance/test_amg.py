@@ -266,3 +266,42 @@ def test_pixel_cosine_similarity_on_a_conditional_model_uses_all_three_guidances
     assert positive.height > 0 and (positive["s1"] > 0).all()
     assert (4.0 - steps["s1"] - steps["s2"] >= 1.0 - 1e-6).all()
     assert (steps["grad_norm"] > 0).all()
+
+
+@pytest.fixture(scope="module")
+def latent_model():
+    """A tiny random latent (Stable-Diffusion-shaped) denoiser: 4x8x8 latents, 3x16x16 images."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=2, norm_num_groups=4,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+    )  # fmt: skip
+    from curate.models.presets import default_scheduler_config
+
+    den = DiffusersDenoiser(unet, default_scheduler_config(), vae=vae)
+    return den.eval().requires_grad_(False)
+
+
+def test_latent_model_is_measured_on_decoded_images_and_guided_through_the_decoder(latent_model):
+    g = torch.Generator().manual_seed(0)
+    train = _Train(torch.rand(6, 3, 16, 16, generator=g) * 2 - 1)
+    cond = torch.randn(3, 4, 16, generator=g)
+    amg = build_amg(latent_model, train, AMGConfig(threshold="always", scales=(0, 0, 1)))
+    assert amg.index.image_shape == (3, 16, 16)  # images, not latents
+    plain = sample(latent_model, 3, steps=3, seed=0, cond=cond, progress=False)
+    guided = sample(latent_model, 3, steps=3, seed=0, cond=cond, progress=False, guidance=amg)
+    assert plain.shape == (3, 4, 8, 8) and not torch.allclose(plain, guided)
+    assert (amg.steps_frame()["grad_norm"] > 0).all()  # the gradient crossed the VAE decoder
+    closed = build_amg(latent_model, train, AMGConfig(threshold="constant", lambdas=(-1e-9,) * 2))
+    assert torch.equal(
+        plain, sample(latent_model, 3, steps=3, seed=0, cond=cond, progress=False, guidance=closed)
+    )
