@@ -115,7 +115,7 @@ def amg_options(fn):
             default=None,
             metavar="C1,C2,C3",
             help="Despecification, caption-deduplication and dissimilarity scales "
-            "[default: 5,5,1 for pixel and pixel-cosine; 5,5,5 for sscd].",
+            "[default: 5,5,10 for pixel and pixel-cosine; 5,5,5 for sscd].",
         ),
         click.option(
             "--amg-threshold",
@@ -129,8 +129,16 @@ def amg_options(fn):
             "--amg-lambda",
             default=None,
             metavar="MIN,MAX",
-            help="Threshold range on the similarity's scale [default: -1.8,-1.6 for pixel; "
+            help="Threshold range on the similarity's scale [default: -1.8,-1.4 for pixel; "
             "0.9,0.95 for pixel-cosine; 0.4,0.5 for sscd].",
+        ),
+        click.option(
+            "--amg-k",
+            type=click.IntRange(min=1),
+            default=50,
+            show_default=True,
+            help="Neighbours in nL2's denominator (pixel); the paper's 50 suits tens of "
+            "thousands of training images, use fewer for small sets.",
         ),
         click.option(
             "--amg-guidances",
@@ -147,7 +155,7 @@ def amg_options(fn):
 def amg_config(kwargs: dict):
     """Pop the ``--amg*`` values from a command's kwargs; the AMGConfig, or None without --amg."""
     keys = ("amg", "amg_train", "amg_features", "amg_features_model", "amg_scales",
-            "amg_threshold", "amg_lambda", "amg_guidances")  # fmt: skip
+            "amg_threshold", "amg_lambda", "amg_guidances", "amg_k")  # fmt: skip
     vals = {k: kwargs.pop(k) for k in keys}
     if not vals["amg"]:
         set_flags = [k for k in keys[1:] if k == "amg_train" and vals[k]]
@@ -165,5 +173,6 @@ def amg_config(kwargs: dict):
         lambdas=vals["amg_lambda"],
         guidances=vals["amg_guidances"],
         features_model=vals["amg_features_model"],
+        k=vals["amg_k"],
     )
     return config, vals["amg_train"]

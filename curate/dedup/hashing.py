@@ -1,14 +1,18 @@
 """Perceptual image hashes (pHash, dHash), vectorised over a batch in numpy.
 
 Each hash is 64 bits packed into 8 ``uint8`` (``np.packbits``), the layout faiss binary indexes
-take. Only the resize is done per image (PIL); the DCT and comparisons run on the whole stack.
+take. Only decoding and the resize are done per image (PIL, on a thread pool: PIL releases the
+GIL while it decodes, converts and resizes); the DCT and comparisons run on the whole stack.
 A mirrored hash (the hash of the horizontally flipped image) comes from the same resized pixels,
 so a flip can be matched without decoding the image twice.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Literal
 
@@ -16,18 +20,72 @@ import numpy as np
 
 HashKind = Literal["phash", "dhash"]
 HASH_BITS = 64
+# Images per task of the decode pool: enough to make the per-task overhead negligible, few
+# enough to balance the threads on a small batch.
+_TASK_IMAGES = 16
+# The resize first box-averages by the largest integer factor that leaves at least this many
+# times the target size, then applies LANCZOS (PIL's ``reducing_gap``): at 3 Pillow documents
+# the result as indistinguishable from a full LANCZOS in most cases, and it costs a fraction of
+# it on large images (3 ms -> 0.3 ms for 1024 px to 32 px).
+_REDUCING_GAP = 3.0
+# A JPEG given as a file or bytes is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
+# still leaves this many times the hash grid on each side; LANCZOS then averages the rest.
+_DRAFT_FACTOR = 4
 
 
-def grey_stack(images: Sequence, size: tuple[int, int]) -> np.ndarray:
-    """Greyscale pixels of each image resized to ``size`` (w, h), as float32 ``(N, h, w)``."""
+def default_workers() -> int:
+    """Decode threads used when ``workers`` is not given: the machine's cores, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _open(source, size: tuple[int, int]):
+    """A PIL image from a path or encoded bytes; JPEG is set to decode greyscale, scaled down.
+
+    Drafting is only done for sources opened here: a caller's image object may be shared with
+    other features that need the full picture.
+    """
     from PIL import Image
 
+    img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+    if img.format == "JPEG":
+        img.draft("L", (size[0] * _DRAFT_FACTOR, size[1] * _DRAFT_FACTOR))
+    return img
+
+
+def _grey(image, size: tuple[int, int]) -> np.ndarray:
+    """One image as greyscale ``(h, w)`` uint8 at ``size``."""
+    from PIL import Image
+
+    if isinstance(image, str | os.PathLike | bytes | bytearray):
+        image = _open(image, size)
+    # LANCZOS averages over the whole source area, so a re-encode or a resize of the same
+    # picture lands on nearly the same tiny image.
+    grey = image.convert("L")
+    return np.asarray(grey.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP))
+
+
+def grey_stack(images: Sequence, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
+    """Greyscale pixels of each image resized to ``size`` (w, h), as float32 ``(N, h, w)``.
+
+    ``images`` holds PIL images (decoded or still lazy), image file paths or encoded bytes.
+    ``workers`` threads decode and resize (default ``default_workers()``); the result does not
+    depend on it.
+    """
     w, h = size
     out = np.empty((len(images), h, w), dtype=np.float32)
-    for i, img in enumerate(images):
-        # LANCZOS averages over the whole source area, so a re-encode or a resize of the same
-        # picture lands on nearly the same tiny image.
-        out[i] = np.asarray(img.convert("L").resize((w, h), Image.Resampling.LANCZOS), np.float32)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(images) <= _TASK_IMAGES:
+        for i, img in enumerate(images):
+            out[i] = _grey(img, size)
+        return out
+
+    def task(start: int) -> None:
+        for i in range(start, min(start + _TASK_IMAGES, len(images))):
+            out[i] = _grey(images[i], size)  # disjoint rows per task: no lock needed
+
+    with ThreadPoolExecutor(min(workers, -(-len(images) // _TASK_IMAGES))) as pool:
+        for _ in pool.map(task, range(0, len(images), _TASK_IMAGES)):
+            pass  # re-raises the first error of a task
     return out
 
 
@@ -60,18 +118,25 @@ def dhash_from_grey(grey: np.ndarray) -> np.ndarray:
 
 
 def image_hashes(
-    images: Sequence, kind: HashKind = "phash", *, mirrored: bool = False
+    images: Sequence,
+    kind: HashKind = "phash",
+    *,
+    mirrored: bool = False,
+    workers: int | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """64-bit hashes of ``images`` as packed ``(N, 8)`` uint8.
 
-    With ``mirrored=True`` also returns the hashes of the horizontally flipped images.
+    ``images`` holds PIL images, image file paths or encoded image bytes (see ``grey_stack``;
+    ``workers`` decode threads). With ``mirrored=True`` also returns the hashes of the
+    horizontally flipped images.
     """
     if kind == "phash":
-        grey = grey_stack(images, (32, 32))  # (N, 32, 32); 4x the hash side, as pHash prescribes
+        # (N, 32, 32); 4x the hash side, as pHash prescribes
+        grey = grey_stack(images, (32, 32), workers)
         codes = phash_from_grey(grey)
         flipped = phash_from_grey(grey[:, :, ::-1]) if mirrored else None
     elif kind == "dhash":
-        grey = grey_stack(images, (9, 8))  # (N, 8, 9)
+        grey = grey_stack(images, (9, 8), workers)  # (N, 8, 9)
         codes = dhash_from_grey(grey)
         flipped = dhash_from_grey(np.ascontiguousarray(grey[:, :, ::-1])) if mirrored else None
     else:

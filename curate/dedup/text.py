@@ -1,12 +1,15 @@
 """Caption duplicates: exact after normalisation, MinHash + LSH, and sentence embeddings.
 
-MinHash is vectorised: every distinct shingle is hashed once to 64 bits, then all ``num_perm``
-hash functions are applied to all shingles of a chunk of captions as one (T, K) array, and the
-per-caption minimum is a ``np.minimum.reduceat`` over the caption boundaries.
+MinHash is vectorised: all captions are normalised by one regex pass over their joined text,
+every distinct word is hashed once to 64 bits, a shingle's hash is a chain of its word hashes
+computed with numpy over all shingles at once, then all ``num_perm`` hash functions are applied to
+the shingles of a block of captions as one (T, K) array, and the per-caption minimum is a
+``np.minimum.reduceat`` over the caption boundaries.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import zlib
 from collections.abc import Sequence
@@ -19,6 +22,12 @@ from curate.seeding import rng_for
 
 _URL = re.compile(r"(https?://\S+|www\.\S+)", re.IGNORECASE)
 _NON_WORD = re.compile(r"[^\w]+", re.UNICODE)
+# The batch path (``_normalized_lines``) works on lower-cased text, where these two match what
+# ``_URL`` and ``_NON_WORD`` replace, faster: no case folding (of the letters in "http" and
+# "www" only "s" has a lower-case variant under it, U+017F), and whitespace is left for
+# ``str.split`` to collapse, which splits on exactly the characters ``\s`` matches.
+_URL_LOWER = re.compile(r"http[s\u017f]?://\S+|www\.\S+")
+_NON_WORD_NON_SPACE = re.compile(r"[^\w\s]+", re.UNICODE)
 _MAX_HASH = np.uint32(0xFFFFFFFF)
 
 
@@ -31,6 +40,28 @@ def normalize_caption(text: str | None) -> str:
     return " ".join(text.split())
 
 
+def _normalized_lines(texts: Sequence[str | None]) -> list[str]:
+    """Each text lower-cased, URLs and punctuation to spaces, by one pass over the joined texts.
+
+    Newlines inside a text become spaces first (whitespace either way), so the texts can be
+    joined by newlines and split back. Neither the URL pattern nor lower-casing looks across a
+    newline, so ``line.split()`` equals ``normalize_caption(text).split()`` for every text.
+    """
+    if not texts:
+        return []
+    joined = "\n".join([t.replace("\n", " ") if t else "" for t in texts]).lower()
+    joined = _NON_WORD_NON_SPACE.sub(" ", _URL_LOWER.sub(" ", joined)).replace("_", " ")
+    lines = joined.split("\n")
+    if len(lines) != len(texts):  # cannot happen: no step above adds or removes a newline
+        raise AssertionError("caption normalisation changed the number of captions")
+    return lines
+
+
+def normalize_captions(texts: Sequence[str | None]) -> list[str]:
+    """``[normalize_caption(t) for t in texts]``, computed over all texts at once."""
+    return [" ".join(line.split()) for line in _normalized_lines(texts)]
+
+
 def exact_caption_pairs(captions: Sequence[str | None]) -> Edges:
     """Edges (sim 1) joining each caption to the first earlier row with the same normalised text.
 
@@ -38,8 +69,7 @@ def exact_caption_pairs(captions: Sequence[str | None]) -> Edges:
     """
     first: dict[str, int] = {}
     ii, jj = [], []
-    for row, cap in enumerate(captions):
-        key = normalize_caption(cap)
+    for row, key in enumerate(normalize_captions(captions)):
         if not key:
             continue
         if key in first:
@@ -69,11 +99,62 @@ def _hash64(tokens: Sequence[str]) -> np.ndarray:
         dtype=np.uint64,
         count=len(tokens),
     )
+    return _splitmix64(raw)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 step (golden-ratio increment, then its finaliser) of uint64 values.
+
+    A bijection of 64-bit values, so distinct inputs keep distinct outputs.
+    """
     with np.errstate(over="ignore"):
-        z = raw + np.uint64(0x9E3779B97F4A7C15)
+        z = x + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
+
+
+def shingle_hashes(captions: Sequence[str | None], n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of the word ``n``-gram shingles of every caption, all captions at once.
+
+    The shingles of a caption are those of ``shingles`` (the whole text when it has fewer than
+    ``n`` words). A shingle of words ``w1 .. wm`` hashes to ``z_m`` with ``z_0 = 0`` and
+    ``z_k = splitmix64(z_(k-1) XOR h(w_k))``, ``h`` the ``_hash64`` of a word: equal shingles get
+    equal hashes and distinct ones distinct hashes up to 64-bit collisions, so the Jaccard
+    similarity of shingle sets is kept.
+
+    Returns ``(hashes (T,) uint64, counts (N,) int64)``: the shingles of caption ``i`` are the
+    ``counts[i]`` entries after ``counts[:i].sum()``. A caption can list a repeated shingle more
+    than once; MinHash minima do not depend on repeats.
+    """
+    if n < 1:
+        raise ValueError(f"ngram must be >= 1, got {n}")
+    split = [line.split() for line in _normalized_lines(captions)]
+    words_per = np.fromiter(map(len, split), np.int64, len(split))  # (N,)
+    words = list(itertools.chain.from_iterable(split))
+    vocab = dict.fromkeys(words)  # distinct words in first-seen order
+    index = dict(zip(vocab, range(len(vocab)), strict=True))
+    word_hash = _hash64(list(vocab))[
+        np.fromiter(map(index.__getitem__, words), np.int64, len(words))
+    ]  # (W,): the hash of every word of every caption, caption after caption
+    counts = np.where(words_per >= n, words_per - n + 1, np.minimum(words_per, 1))  # (N,)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.uint64), counts
+    word_start = np.cumsum(words_per) - words_per  # (N,) first word of each caption
+    shingle_start = np.cumsum(counts) - counts  # (N,) first shingle of each caption
+    owner = np.repeat(np.arange(len(counts)), counts)  # (T,) caption of each shingle
+    first = word_start[owner] + (np.arange(total) - shingle_start[owner])  # (T,) first word
+    length = np.minimum(words_per, n)[owner]  # (T,) words in the shingle: n, or fewer
+    z = np.zeros(total, np.uint64)
+    short = bool((length < n).any())
+    for k in range(n):
+        if short:
+            active = k < length
+            z[active] = _splitmix64(z[active] ^ word_hash[first[active] + k])
+        else:
+            z = _splitmix64(z ^ word_hash[first + k])
+    return z, counts
 
 
 class MinHasher:
@@ -91,30 +172,34 @@ class MinHasher:
         self.a = rng.integers(1, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.b = rng.integers(0, 2**63, num_perm, dtype=np.uint64)
 
-    def signatures(self, captions: Sequence[str | None], chunk: int = 4096) -> np.ndarray:
-        """(N, num_perm) uint32 signatures; captions without shingles get all-max rows."""
-        vocab: dict[str, int] = {}
-        token_ids: list[np.ndarray] = []
-        for cap in captions:
-            ids = [vocab.setdefault(s, len(vocab)) for s in set(shingles(cap or "", self.ngram))]
-            token_ids.append(np.array(sorted(ids), np.int64))
-        hashes = _hash64(list(vocab))  # (V,)
-        # Every distinct shingle is permuted once: (V, K) values, then gathered per caption.
-        perm = np.empty((len(hashes), self.num_perm), np.uint32)
-        with np.errstate(over="ignore"):
-            for start in range(0, len(hashes), chunk * 4):
-                x = hashes[start : start + chunk * 4, None]  # (v, 1)
-                perm[start : start + len(x)] = (self.a * x + self.b) >> np.uint64(32)
-        sig = np.full((len(captions), self.num_perm), _MAX_HASH, np.uint32)
-        for start in range(0, len(captions), chunk):
-            part = token_ids[start : start + chunk]
-            lengths = np.array([len(t) for t in part])
-            rows = np.flatnonzero(lengths)
-            if rows.size == 0:
-                continue
-            flat = np.concatenate([part[r] for r in rows])  # (T,)
-            offsets = np.concatenate([[0], np.cumsum(lengths[rows])[:-1]])
-            sig[start + rows] = np.minimum.reduceat(perm[flat], offsets, axis=0)  # (R, K)
+    def signatures(self, captions: Sequence[str | None], block: int = 2048) -> np.ndarray:
+        """(N, num_perm) uint32 signatures; captions without shingles get all-max rows.
+
+        Shingles are permuted ``block`` at a time (whole captions per block, so the (block, K)
+        uint64 array stays in cache) and reduced to per-caption minima.
+        """
+        hashes, counts = shingle_hashes(captions, self.ngram)
+        sig = np.full((len(counts), self.num_perm), _MAX_HASH, np.uint32)
+        rows = np.flatnonzero(counts)  # captions with shingles
+        if rows.size == 0:
+            return sig
+        ends = np.cumsum(counts[rows])  # (R,) end of each caption's shingles
+        starts = ends - counts[rows]
+        a, b = self.a[None, :], self.b[None, :]
+        buf = np.empty((max(block, int(counts.max())), self.num_perm), np.uint64)
+        lo = 0  # first caption (index into rows) of the block
+        while lo < len(rows):
+            # The captions whose shingles end within ``block`` of this block's first shingle.
+            hi = max(int(np.searchsorted(ends, starts[lo] + block, side="right")), lo + 1)
+            s0, s1 = int(starts[lo]), int(ends[hi - 1])
+            v = buf[: s1 - s0]
+            with np.errstate(over="ignore"):
+                np.multiply(hashes[s0:s1, None], a, out=v)  # a_k * x + b_k (mod 2^64)
+                np.add(v, b, out=v)
+            # The top 32 bits are monotone in the 64-bit value, so minimum first, shift after.
+            mins = np.minimum.reduceat(v, starts[lo:hi] - s0, axis=0)  # (hi - lo, K)
+            sig[rows[lo:hi]] = (mins >> np.uint64(32)).astype(np.uint32)
+            lo = hi
         return sig
 
 
@@ -162,44 +247,80 @@ def minhash_pairs(
     return signature_pairs(sig, threshold, max_bucket_pairs)
 
 
+def _band_keys(block: np.ndarray) -> np.ndarray:
+    """One uint64 key per row of a band ``(M, r)`` uint32: a splitmix64 chain over the values.
+
+    Equal bands get equal keys; unequal bands share a key only by a 64-bit collision, which at
+    worst adds a candidate that the full-signature check then drops.
+    """
+    z = np.zeros(len(block), np.uint64)
+    for col in range(block.shape[1]):
+        z = _splitmix64(z ^ block[:, col].astype(np.uint64))
+    return z
+
+
+def _bucket_candidates(
+    keys: np.ndarray, max_bucket_pairs: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Candidate pairs (positions in ``keys``) of the rows that share a key.
+
+    Every member of a bucket is paired with the bucket's first row (a star); buckets of 3 to
+    ``max_bucket_pairs`` rows also get all their pairs.
+    """
+    order = np.argsort(keys, kind="stable")  # equal keys keep row order: the head is the lowest
+    sk = keys[order]
+    start = np.ones(len(sk), bool)
+    start[1:] = sk[1:] != sk[:-1]
+    bucket = np.cumsum(start) - 1  # (M,) bucket of each sorted position
+    sizes = np.bincount(bucket)
+    size = sizes[bucket]
+    if not (size > 1).any():
+        return None
+    head = np.flatnonzero(start)[bucket]  # (M,) sorted position of the bucket's first row
+    pos = np.arange(len(sk))
+    star = (size > 1) & (pos != head)
+    ii, jj = [head[star]], [pos[star]]
+    # All pairs of the small buckets: each member with every later member of its bucket.
+    small = np.flatnonzero((size > 2) & (size <= max_bucket_pairs))
+    if small.size:
+        later = size[small] - 1 - (small - head[small])  # (S,) members after each one
+        first = np.repeat(small, later)
+        step = np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later) + 1
+        ii.append(first)
+        jj.append(first + step)
+    return order[np.concatenate(ii)], order[np.concatenate(jj)]
+
+
 def signature_pairs(sig: np.ndarray, threshold: float, max_bucket_pairs: int = 64) -> Edges:
-    """LSH candidate pairs of MinHash signatures (N, K), verified on the full signature."""
+    """LSH candidate pairs of MinHash signatures (N, K), verified on the full signature.
+
+    Rows are bucketed per band on a 64-bit key of the band. Buckets larger than
+    ``max_bucket_pairs`` are linked as a star to their first member (enough to form the group;
+    the clustering guard verifies members against the kept caption).
+    """
     n, k = sig.shape
     valid = np.flatnonzero((sig != _MAX_HASH).any(axis=1))
     if valid.size < 2:
         return Edges.empty()
     bands, rows = _cached_lsh_params(round(float(threshold), 4), k)
+    part = sig[valid]
     cand_i, cand_j = [], []
     for band in range(bands):
-        block = np.ascontiguousarray(sig[valid, band * rows : (band + 1) * rows])
-        keys = block.view(np.dtype((np.void, block.dtype.itemsize * rows))).ravel()
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        start = np.ones(len(sk), bool)
-        start[1:] = sk[1:] != sk[:-1]
-        bucket = np.cumsum(start) - 1
-        sizes = np.bincount(bucket)
-        multi = sizes[bucket] > 1
-        if not multi.any():
-            continue
-        heads = order[np.flatnonzero(start)][bucket]  # first member of each row's bucket
-        # Star edges to the bucket head, for every multi-member bucket.
-        star = multi & (order != heads)
-        cand_i.append(valid[heads[star]])
-        cand_j.append(valid[order[star]])
-        # All pairs inside small buckets, so near-duplicates of a non-head member are seen too.
-        for b_id in np.flatnonzero((sizes > 2) & (sizes <= max_bucket_pairs)):
-            members = valid[order[bucket == b_id]]
-            a, c = np.triu_indices(len(members), 1)
-            cand_i.append(members[a])
-            cand_j.append(members[c])
+        found = _bucket_candidates(
+            _band_keys(part[:, band * rows : (band + 1) * rows]), max_bucket_pairs
+        )
+        if found is not None:
+            cand_i.append(valid[found[0]])
+            cand_j.append(valid[found[1]])
     if not cand_i:
         return Edges.empty()
-    cand = Edges.build(
-        np.concatenate(cand_i), np.concatenate(cand_j), np.zeros(sum(map(len, cand_i)))
-    )
-    est = (sig[cand.i] == sig[cand.j]).mean(axis=1).astype(np.float32)  # Jaccard estimate
-    return Edges(cand.i, cand.j, est).filter(est >= threshold)
+    a, b = np.concatenate(cand_i), np.concatenate(cand_j)
+    # Distinct pairs with i < j, sorted by (i, j): one int64 key per pair (i, j < n).
+    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    ci, cj = key // n, key % n
+    est = (np.count_nonzero(sig[ci] == sig[cj], axis=1) / k).astype(np.float32)  # Jaccard
+    keep = est >= threshold
+    return Edges(ci[keep], cj[keep], est[keep])
 
 
 def minhash_similarity(sig: np.ndarray, i: int, others: np.ndarray) -> np.ndarray:

@@ -82,6 +82,7 @@ def amg_config_from_options(
     lambdas: str | None = None,
     guidances: str = "spe,dup,sim",
     features_model: str | None = None,
+    k: int = 50,
 ) -> AMGConfig:
     """The config of the ``--amg-*`` flags shared by ``curate sample`` and ``curate audit``."""
     config = AMGConfig(
@@ -91,6 +92,7 @@ def amg_config_from_options(
         lambdas=parse_floats(lambdas, 2, "--amg-lambda"),
         guidances=tuple(g.strip() for g in guidances.split(",") if g.strip()),
         features_model=features_model,
+        k=k,
     )
     config.validate()
     return config
