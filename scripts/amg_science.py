@@ -272,7 +272,31 @@ def write_report(table, args) -> None:
     (OUT / "results.json").write_text(json.dumps({"args": vars(args) | {"models": str(
         args.models)}, "rows": rows}, indent=1, default=str))  # fmt: skip
     (OUT / "table.md").write_text("\n".join(lines) + "\n")
+    plot(rows, OUT / "amg.png")
     print("\n".join(lines))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Memorized fraction and FD_randconv per setting, one panel pair per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(10, 3.2 * len(kinds)), squeeze=False)
+    for ax_row, kind in zip(axes, kinds, strict=True):
+        rs = [r for r in rows if r["model"] == kind]
+        names = [r["setting"].replace("AMG ", "AMG\n") for r in rs]
+        for ax, key, label in ((ax_row[0], "memorized", "memorized (NN1/NN2 < 1/3)"),
+                               (ax_row[1], "fd_randconv", "FD_randconv (not FID)")):  # fmt: skip
+            ax.bar(names, [r[key][0] for r in rs], yerr=[r[key][1] for r in rs],
+                   color=["grey", "tab:green", "tab:red", "tab:orange"][: len(rs)])  # fmt: skip
+            ax.set_title(f"{kind}: {label}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def amg_options(fn):
             "--amg-lambda",
             default=None,
             metavar="MIN,MAX",
-            help="Threshold range on the similarity's scale [default: -1.8,-1.4 for pixel; "
+            help="Threshold range on the similarity's scale [default: -1.7,-1.4 for pixel; "
             "0.9,0.95 for pixel-cosine; 0.4,0.5 for sscd].",
         ),
         click.option(
