@@ -127,6 +127,7 @@ def sample(
     uncond: torch.Tensor | None = None,
     cfg_scale: float = 1.0,
     guidance: Guidance | None = None,
+    autocast: bool | None = None,
 ) -> torch.Tensor:
     """``num`` samples (num, C, H, W) in model space: images in [-1, 1] for pixel models.
 
@@ -134,6 +135,8 @@ def sample(
     embeddings (one row per sample, or one row for all) for classifier-free guidance with scale
     ``cfg_scale``. ``clip`` (default: pixel models only) clamps the result to [-1, 1]. A
     ``callback`` returning a tensor replaces x0_hat; a ``guidance`` replaces the prediction.
+    ``autocast`` (default: on for CUDA) runs the network in bfloat16/float16 mixed precision;
+    the sampler's state and the x0 predictions stay float32.
     """
     if num < 0:
         raise UsageError(f"--num must be >= 0, got {num}")
@@ -156,22 +159,46 @@ def sample(
 
     bar = tqdm(total=num * steps, disable=not progress, desc=f"sampling ({method})", unit="step")
     out = []
-    for start in range(0, num, batch_size):
-        idx = list(range(start, min(start + batch_size, num)))
-        x = initial_noise(seed, idx, shape).to(device) * sigmas[0]  # (b, C, H, W)
-        c = None
-        if cond is not None:
-            rows = slice(idx[0], idx[-1] + 1)
-            u = uncond[rows].to(device) if uncond is not None else None
-            c = CFGCond(cond[rows].to(device), u, float(cfg_scale))
-        for i in range(steps):
-            x = _step(denoiser, x, sigmas[i], sigmas[i + 1], c, method, i, callback, guidance, idx)
-            bar.update(len(idx))
-        out.append(x.clamp(-1, 1) if clip else x)
+    with _mixed_precision(device, autocast):
+        for start in range(0, num, batch_size):
+            out.append(_sample_batch(
+                denoiser, start, num, batch_size, seed, shape, sigmas, cond, uncond, cfg_scale,
+                device, method, callback, guidance, bar, clip,
+            ))  # fmt: skip
     bar.close()
     if not out:
         return torch.empty((0, *shape))
     return torch.cat(out).cpu()
+
+
+def _mixed_precision(device: str, autocast: bool | None):
+    """An autocast context for CUDA (bfloat16 where supported), else a no-op."""
+    import contextlib
+
+    on = str(device).startswith("cuda") if autocast is None else autocast
+    if not on or not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _sample_batch(
+    denoiser, start, num, batch_size, seed, shape, sigmas, cond, uncond, cfg_scale, device,
+    method, callback, guidance, bar, clip,
+):  # fmt: skip
+    """One batch of samples ``start ..`` from noise to the end of the schedule."""
+    steps = len(sigmas) - 1
+    idx = list(range(start, min(start + batch_size, num)))
+    x = initial_noise(seed, idx, shape).to(device) * sigmas[0]  # (b, C, H, W)
+    c = None
+    if cond is not None:
+        rows = slice(idx[0], idx[-1] + 1)
+        u = uncond[rows].to(device) if uncond is not None else None
+        c = CFGCond(cond[rows].to(device), u, float(cfg_scale))
+    for i in range(steps):
+        x = _step(denoiser, x, sigmas[i], sigmas[i + 1], c, method, i, callback, guidance, idx)
+        bar.update(len(idx))
+    return (x.clamp(-1, 1) if clip else x).float()
 
 
 def _denoise(denoiser, x, sigma, cond, i, callback, guidance, rows):
