@@ -23,11 +23,12 @@ HASH_BITS = 64
 # Images per task of the decode pool: enough to make the per-task overhead negligible, few
 # enough to balance the threads on a small batch.
 _TASK_IMAGES = 16
-# The resize first box-averages by the largest integer factor that leaves at least this many
-# times the target size, then applies LANCZOS (PIL's ``reducing_gap``): at 3 Pillow documents
-# the result as indistinguishable from a full LANCZOS in most cases, and it costs a fraction of
-# it on large images (3 ms -> 0.3 ms for 1024 px to 32 px).
-_REDUCING_GAP = 3.0
+# pHash's resize first box-averages by the largest integer factor that leaves at least this
+# many times the target size, then applies LANCZOS (PIL's ``reducing_gap``): at 3 Pillow
+# documents the result as indistinguishable from a full LANCZOS in most cases, and it costs a
+# fraction of it on large images (3 ms -> 0.3 ms for 1024 px to 32 px). dHash's 9x8 grid keeps
+# the full LANCZOS: the box step moved its bits enough to lose recall on planted copies.
+PHASH_REDUCING_GAP = 3.0
 # A JPEG given as a file or bytes is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
 # still leaves this many times the hash grid on each side; LANCZOS then averages the rest.
 _DRAFT_FACTOR = 4
@@ -52,7 +53,7 @@ def _open(source, size: tuple[int, int]):
     return img
 
 
-def _grey(image, size: tuple[int, int]) -> np.ndarray:
+def _grey(image, size: tuple[int, int], reducing_gap: float | None) -> np.ndarray:
     """One image as greyscale ``(h, w)`` uint8 at ``size``."""
     from PIL import Image
 
@@ -61,27 +62,32 @@ def _grey(image, size: tuple[int, int]) -> np.ndarray:
     # LANCZOS averages over the whole source area, so a re-encode or a resize of the same
     # picture lands on nearly the same tiny image.
     grey = image.convert("L")
-    return np.asarray(grey.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP))
+    return np.asarray(grey.resize(size, Image.Resampling.LANCZOS, reducing_gap=reducing_gap))
 
 
-def grey_stack(images: Sequence, size: tuple[int, int], workers: int | None = None) -> np.ndarray:
+def grey_stack(
+    images: Sequence,
+    size: tuple[int, int],
+    workers: int | None = None,
+    reducing_gap: float | None = None,
+) -> np.ndarray:
     """Greyscale pixels of each image resized to ``size`` (w, h), as float32 ``(N, h, w)``.
 
     ``images`` holds PIL images (decoded or still lazy), image file paths or encoded bytes.
     ``workers`` threads decode and resize (default ``default_workers()``); the result does not
-    depend on it.
+    depend on it. ``reducing_gap`` is PIL's (None: a full LANCZOS).
     """
     w, h = size
     out = np.empty((len(images), h, w), dtype=np.float32)
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or len(images) <= _TASK_IMAGES:
         for i, img in enumerate(images):
-            out[i] = _grey(img, size)
+            out[i] = _grey(img, size, reducing_gap)
         return out
 
     def task(start: int) -> None:
         for i in range(start, min(start + _TASK_IMAGES, len(images))):
-            out[i] = _grey(images[i], size)  # disjoint rows per task: no lock needed
+            out[i] = _grey(images[i], size, reducing_gap)  # disjoint rows: no lock needed
 
     with ThreadPoolExecutor(min(workers, -(-len(images) // _TASK_IMAGES))) as pool:
         for _ in pool.map(task, range(0, len(images), _TASK_IMAGES)):
@@ -132,7 +138,7 @@ def image_hashes(
     """
     if kind == "phash":
         # (N, 32, 32); 4x the hash side, as pHash prescribes
-        grey = grey_stack(images, (32, 32), workers)
+        grey = grey_stack(images, (32, 32), workers, PHASH_REDUCING_GAP)
         codes = phash_from_grey(grey)
         flipped = phash_from_grey(grey[:, :, ::-1]) if mirrored else None
     elif kind == "dhash":

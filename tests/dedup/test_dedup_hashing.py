@@ -15,6 +15,8 @@ def test_dct_matrix_is_orthonormal():
 
 
 def test_phash_matches_imagehash_bit_for_bit(photos):
+    # The resize box-averages before LANCZOS (reducing_gap 3): on these photos that changes no
+    # bit of imagehash's full-LANCZOS pHash; on other images it can move a bit or two.
     imagehash = pytest.importorskip("imagehash")
     ours = image_hashes(photos, "phash")
     theirs = np.array([np.packbits(imagehash.phash(im).hash.ravel()) for im in photos])
@@ -37,6 +39,43 @@ def test_planted_copies_are_close_and_distinct_photos_far(planted, kind):
     d = hamming(codes[o][:, None], codes[o][None])
     np.fill_diagonal(d, 64)
     assert d.min() > 12
+
+
+def test_files_bytes_and_images_hash_alike_on_any_number_of_threads(photos, tmp_path):
+    import io
+
+    from PIL import Image
+
+    images = [im.rotate(a) for a in (0, 90, 180) for im in photos]  # 24: several pool tasks
+    paths, blobs = [], []
+    for k, im in enumerate(images):
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        blobs.append(buf.getvalue())
+        paths.append(tmp_path / f"{k}.png")
+        paths[-1].write_bytes(blobs[-1])
+    lazy = [Image.open(p) for p in paths]  # not decoded yet: decoded on the pool
+    for kind in ("phash", "dhash"):
+        ref = image_hashes(images, kind, mirrored=True, workers=1)
+        for source in (images, paths, [str(p) for p in paths], blobs, lazy):
+            for workers in (1, 3):
+                got = image_hashes(source, kind, mirrored=True, workers=workers)
+                assert (got[0] == ref[0]).all() and (got[1] == ref[1]).all(), (kind, workers)
+
+
+def test_jpeg_sources_decode_at_reduced_scale_close_to_full_decode(photos):
+    import io
+
+    from PIL import Image
+
+    blobs = []
+    for im in photos:
+        buf = io.BytesIO()
+        im.resize((1024, 1024)).save(buf, "JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    full = image_hashes([Image.open(io.BytesIO(b)).convert("RGB") for b in blobs], "phash")
+    drafted = image_hashes(blobs, "phash")  # bytes: greyscale decode at 1/8 scale (128 px)
+    assert hamming(full, drafted).max() <= 4
 
 
 def test_hex_round_trip(photos):
