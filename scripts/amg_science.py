@@ -183,15 +183,23 @@ def mean_std(runs: list[dict], key: str) -> tuple[float, float]:
 
 
 def settings_for(kind: str, args) -> list[tuple[str, AMGConfig | None]]:
-    """Plain, AMG with the defaults, and the paper's two ablations."""
+    """Plain, AMG, the paper's two ablations and, for the text model, single guidances."""
     feats = "pixel" if kind == "uncond" else "pixel-cosine"
-    base = dict(features=feats, scales=args.scales, k=args.k, lambdas=args.lambdas)
-    return [
+    lambdas = args.lambdas if kind == "uncond" else args.cond_lambdas
+    scales = args.scales if kind == "uncond" else args.cond_scales
+    base = dict(features=feats, scales=scales, k=args.k, lambdas=lambdas)
+    out = [
         ("plain", None),
         ("AMG (parabolic threshold)", AMGConfig(**base)),
         ("AMG at every step", AMGConfig(threshold="always", **base)),
         ("AMG, constant threshold", AMGConfig(threshold="constant", **base)),
     ]
+    if kind == "cond":
+        out += [
+            ("AMG, spe + dup only", AMGConfig(guidances=("spe", "dup"), **base)),
+            ("AMG, sim only", AMGConfig(guidances=("sim",), **base)),
+        ]
+    return out
 
 
 def evaluate(args) -> None:
@@ -208,14 +216,46 @@ def evaluate(args) -> None:
                 print(f"{kind} | {label} | seed {seed}: {res}", flush=True)
                 runs.append(res)
             table[(kind, label)] = runs
+        grid(setup, settings_for(kind, args)[1][1], args, OUT / f"samples_{kind}.png")
     write_report(table, args)
+
+
+def grid(setup: Setup, cfg: AMGConfig, args, path: Path, n: int = 16) -> None:
+    """Rows: plain samples, their nearest training digits, AMG samples from the same seeds,
+    their nearest training digits."""
+    from PIL import Image
+
+    small = argparse.Namespace(**{**vars(args), "num_samples": n})
+    kw = dict(steps=args.sample_steps, seed=args.seeds[0], batch_size=n, progress=False)
+    if setup.kind == "cond":
+        kw.update(cond=setup.encoder.encode(setup.captions[:n]),
+                  uncond=uncond_embedding(setup.encoder, "cpu"), cfg_scale=small.cfg_scale)  # fmt: skip
+    plain = sample(setup.den, n, **kw)
+    amg = build_amg(setup.den, setup.train, cfg, text_encoder=setup.encoder)
+    guided = sample(setup.den, n, guidance=amg, **kw)
+    rows = []
+    for x in (plain, guided):
+        nb = pixel_neighbours(x.flatten(1).numpy(), setup.train_x.flatten(1).numpy(), k=2)
+        rows += [x, setup.train_x[torch.as_tensor(nb.nn1)]]
+    res = plain.shape[-1]
+    scale = 4
+    canvas = Image.new("L", (n * (res * scale + 2), 4 * (res * scale + 2) + 6), 255)
+    for r, imgs in enumerate(rows):
+        arr = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        for c in range(n):
+            tile = Image.fromarray(arr[c, 0]).resize((res * scale,) * 2, Image.Resampling.NEAREST)
+            canvas.paste(tile, (c * (res * scale + 2), r * (res * scale + 2) + (6 if r > 1 else 0)))
+    canvas.save(path)
 
 
 SWEEP_LAMBDAS = {
     "pixel": [(-1.7, -0.5), (-1.6, -0.6), (-1.5, -0.5), (-1.5, -0.8), (-1.4, -0.4)],
-    "pixel-cosine": [(0.85, 0.92), (0.88, 0.95), (0.9, 0.95), (0.92, 0.97)],
+    "pixel-cosine": [(0.92, 0.98), (0.94, 0.985)],
 }
-SWEEP_C3 = [1.0, 3.0, 10.0]
+SWEEP_C3 = {"pixel": [1.0, 3.0, 10.0], "pixel-cosine": [10.0, 30.0, 100.0, 300.0, 1000.0]}
+# c1, c2: with cosine similarities near 1 and s0 = 3, c = 5 would spend the whole CFG budget on
+# despecification (s1 = s0 - 1) and leave none for caption deduplication; c = 1 splits it.
+SWEEP_C12 = {"pixel": (5.0, 5.0), "pixel-cosine": (1.0, 1.0)}
 
 
 def sweep(args) -> None:
@@ -231,8 +271,8 @@ def sweep(args) -> None:
         rows.append({"model": kind, "lambdas": None, "c3": None, **plain})
         print(f"{kind} plain: {plain}", flush=True)
         for lams in SWEEP_LAMBDAS[feats]:
-            for c3 in SWEEP_C3:
-                c1c2 = (5.0, 5.0)
+            for c3 in SWEEP_C3[feats]:
+                c1c2 = SWEEP_C12[feats]
                 cfg = AMGConfig(features=feats, lambdas=lams, scales=(*c1c2, c3), k=args.k)
                 key = json.dumps(cfg.to_dict(), sort_keys=True) + f"{args.num_samples}"
                 name = f"sweep-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
@@ -240,7 +280,8 @@ def sweep(args) -> None:
                 rows.append({"model": kind, "lambdas": list(lams), "c3": c3, **res})
                 print(f"{kind} lambdas {lams} c3 {c3}: {res}", flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "sweep.json").write_text(json.dumps(rows, indent=1))
+    stem = "sweep_" + "_".join(args.kinds)
+    (OUT / f"{stem}.json").write_text(json.dumps(rows, indent=1))
     keys = ["memorized", "fd_randconv", "prompt_accuracy", "guided_fraction",
             "active_step_fraction", "seconds"]  # fmt: skip
     lines = ["| model | lambda_min, lambda_max | c3 | " + " | ".join(keys) + " |",
@@ -250,7 +291,7 @@ def sweep(args) -> None:
         lam = "plain" if r["lambdas"] is None else f"{r['lambdas'][0]:g}, {r['lambdas'][1]:g}"
         c3 = "" if r["c3"] is None else f"{r['c3']:g}"
         lines.append(f"| {r['model']} | {lam} | {c3} | " + " | ".join(cells) + " |")
-    (OUT / "sweep.md").write_text("\n".join(lines) + "\n")
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -291,7 +332,8 @@ def plot(rows: list[dict], path: Path) -> None:
         for ax, key, label in ((ax_row[0], "memorized", "memorized (NN1/NN2 < 1/3)"),
                                (ax_row[1], "fd_randconv", "FD_randconv (not FID)")):  # fmt: skip
             ax.bar(names, [r[key][0] for r in rs], yerr=[r[key][1] for r in rs],
-                   color=["grey", "tab:green", "tab:red", "tab:orange"][: len(rs)])  # fmt: skip
+                   color=["grey", "tab:green", "tab:red", "tab:orange", "tab:purple",
+                          "tab:blue"][: len(rs)])  # fmt: skip
             ax.set_title(f"{kind}: {label}", fontsize=9)
             ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
@@ -315,6 +357,8 @@ def main() -> None:
     ap.add_argument("--cond-steps", type=int, default=6000, help="conditional training steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--out", type=Path, default=OUT, help="results folder")
+    ap.add_argument("--cond-lambdas", type=float, nargs=2, default=[0.94, 0.985])
+    ap.add_argument("--cond-scales", type=float, nargs=3, default=[1.0, 1.0, 1000.0])
     ap.add_argument("--k", type=int, default=8, help="nL2 neighbours (64 training images)")
     ap.add_argument(
         "--lambdas", type=float, nargs=2, default=None, help="threshold range (default: config)"

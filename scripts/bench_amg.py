@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def main() -> None:
         # active step in plain steps (detection included)
         "active_step_cost_vs_plain": round(every / plain, 3),
         "plain_ms_per_sample_step": round(1000 * plain / steps_total, 4),
-        "command": "python scripts/bench_amg.py",
+        "command": " ".join(["python scripts/bench_amg.py", *sys.argv[1:]]),
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bench.json").write_text(json.dumps(result, indent=1))
