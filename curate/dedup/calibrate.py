@@ -42,6 +42,16 @@ def tier_similarity(
     return emb @ emb.T, "cosine"
 
 
+def normalised_similarity(sim: np.ndarray, rank: int, margin: float) -> np.ndarray:
+    """``sim`` where a pair beats both rows' background (cosine to their ``rank``-th nearest
+    other row) by ``margin``, else -inf (never above any threshold)."""
+    others = sim.copy()
+    np.fill_diagonal(others, -np.inf)
+    background = -np.sort(-others, axis=1)[:, rank - 1]  # (N,)
+    ok = sim - np.maximum(background[:, None], background[None, :]) >= margin
+    return np.where(ok, sim, -np.inf).astype(np.float32)
+
+
 def calibrate_images(
     images: Sequence,
     ids: Sequence[str],
@@ -53,6 +63,8 @@ def calibrate_images(
     radii: Sequence[int] = HASH_RADII,
     thresholds: Sequence[float] = COSINE_THRESHOLDS,
     groups: Sequence[str] | None = None,
+    norm_rank: int = 32,
+    norm_margin: float = 0.08,
 ) -> dict:
     """Precision/recall per tier and threshold on planted copies of ``images``.
 
@@ -60,6 +72,11 @@ def calibrate_images(
     each row holds tier, threshold, unit, precision, recall, f1 and ``recall_<transform>``.
     ``groups`` (one key per original) marks originals that are already duplicates of each other,
     so their copies count as positives rather than false positives.
+
+    Embedding tiers are also scored with the dedup step's score normalisation (rows named
+    ``"<tier>-normalised"``): a pair counts only if its cosine beats both images' background,
+    the cosine to their ``norm_rank``-th nearest neighbour in the calibration set, by
+    ``norm_margin`` (the step's defaults). Skipped below ``norm_rank + 2`` images.
     """
     copies = plant_copies(images, ids, transforms, seed=seed)
     all_images = list(images) + [c[0] for c in copies]
@@ -74,8 +91,14 @@ def calibrate_images(
     is_orig = kind == "original"
     rows = []
     best: dict[str, dict] = {}
+    scored = []
     for tier in tiers:
         sim, unit = tier_similarity(tier, all_images, device, **(tier_options or {}).get(tier, {}))
+        scored.append((tier, sim, unit))
+        if unit == "cosine" and norm_rank > 0 and n > norm_rank + 1:
+            scored.append((f"{tier}-normalised", normalised_similarity(sim, norm_rank, norm_margin),
+                           unit))  # fmt: skip
+    for tier, sim, unit in scored:
         values = sim[iu]
         grid = radii if unit == "radius" else thresholds
         for thr in grid:

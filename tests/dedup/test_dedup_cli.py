@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from curate.cli import cli
@@ -64,3 +66,28 @@ def test_calibration_recall_grows_and_precision_falls_with_the_threshold(photos)
     assert recalls == sorted(recalls)  # a larger radius never loses a pair
     assert rows[0]["precision"] == 1.0
     assert res["best"]["dhash"]["f1"] == max(r["f1"] for r in rows)
+
+
+def test_calibration_scores_embedding_tiers_with_the_steps_normalisation():
+    from curate.dedup.calibrate import normalised_similarity
+
+    # rows 0 and 1: a copy pair standing out from a low background; rows 2-5: a texture-like
+    # crowd where every pair is similar, so no pair beats its background.
+    sim = np.full((6, 6), 0.1, np.float32)
+    sim[2:, 2:] = 0.8
+    sim[0, 1] = sim[1, 0] = 0.9
+    np.fill_diagonal(sim, 1.0)
+    norm = normalised_similarity(sim, rank=2, margin=0.08)
+    assert norm[0, 1] == pytest.approx(0.9)
+    assert np.isneginf(norm[2, 3]) and np.isneginf(norm[0, 2])
+
+
+def test_calibration_adds_normalised_rows_for_embedding_tiers(photos):
+    ids = [f"p{i}" for i in range(len(photos))]
+    res = calibrate_images(photos[:12], ids[:12], tiers=("pixel",), transforms=("jpeg", "flip"),
+                           norm_rank=4)  # fmt: skip
+    tiers = {r["tier"] for r in res["rows"]}
+    assert tiers == {"pixel", "pixel-normalised"}
+    raw = {r["threshold"]: r for r in res["rows"] if r["tier"] == "pixel"}
+    norm = {r["threshold"]: r for r in res["rows"] if r["tier"] == "pixel-normalised"}
+    assert all(norm[t]["recall"] <= raw[t]["recall"] for t in raw)  # it only removes pairs
