@@ -335,7 +335,9 @@ def plot(rows: list[dict], path: Path) -> None:
                    color=["grey", "tab:green", "tab:red", "tab:orange", "tab:purple",
                           "tab:blue"][: len(rs)])  # fmt: skip
             ax.set_title(f"{kind}: {label}", fontsize=9)
-            ax.tick_params(axis="x", labelsize=7)
+            ax.tick_params(axis="x", labelsize=7, labelrotation=25)
+            if key == "fd_randconv":
+                ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
