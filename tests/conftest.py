@@ -38,3 +38,56 @@ def photos_run(photos_run_template, tmp_path) -> Path:
     dst = tmp_path / "run"
     shutil.copytree(photos_run_template, dst)
     return dst
+
+
+def save_tiny_open_clip(folder: Path, name: str = "tiny-clip-test", width: int = 32):
+    """A randomly initialised open_clip model (both towers) small enough for CPU tests: its
+    model-config JSON (registered with open_clip under ``name``) and a state-dict checkpoint."""
+    import json
+
+    import open_clip
+    import torch
+
+    cfg = {
+        "embed_dim": width,
+        "vision_cfg": {
+            "image_size": 32, "layers": 2, "width": width, "patch_size": 8, "head_width": 16,
+        },
+        "text_cfg": {
+            "context_length": 16, "vocab_size": 49408, "width": width, "heads": 2, "layers": 1,
+        },
+    }  # fmt: skip
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    open_clip.add_model_config(path)
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    ckpt = folder / "tiny.pt"
+    torch.save(model.state_dict(), ckpt)
+    return path, ckpt
+
+
+@pytest.fixture
+def tiny_open_clip(tmp_path):
+    """``(config_json, checkpoint)`` of a tiny random open_clip model; see ``save_tiny_open_clip``."""
+    return save_tiny_open_clip(tmp_path)
+
+
+def save_tiny_diffusion_model(path: Path, text_encoder: str | None = None) -> Path:
+    """A randomly initialised ``tiny`` preset (1x16x16) saved as a pipeline folder, untrained;
+    ``text_encoder`` ("tiny-clip", "minilm") makes it text-conditional."""
+    import json
+
+    from curate.models.presets import build_model, save_pipeline
+
+    bundle = build_model("tiny", channels=1, resolution=16, text_encoder=text_encoder)
+    save_pipeline(path, bundle.unet, bundle.scheduler_config, text_encoder=bundle.text_encoder)
+    spec = bundle.text_encoder.spec() if bundle.text_encoder is not None else None
+    (path / "curate_train.json").write_text(json.dumps({"text_encoder": spec}))
+    return path
+
+
+@pytest.fixture
+def tiny_model():
+    """``save_tiny_diffusion_model`` as a fixture: ``tiny_model(path, text_encoder=None)``."""
+    return save_tiny_diffusion_model

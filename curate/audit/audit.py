@@ -52,6 +52,11 @@ DEFINITIONS = {
         "training images: how often the metric flags an image that is near, but not in, the "
         "training set (a false-positive check from the training data alone)."
     ),
+    "text_alignment": (
+        "CLIP score: 100 * cosine between each generation and its prompt under the named open_clip "
+        "model (text-conditional models; higher = closer to the prompt; comparable only under "
+        "one CLIP model)."
+    ),
     "frechet": (
         "Fréchet distance between Gaussians fitted to features of the generations and of the "
         "reference images (the training set unless 'reference' says otherwise); NOT an FID (no "
@@ -80,6 +85,8 @@ class AuditSettings:
     dup_eps: float = 0.0  # training images within this pixel L2 distance count as one image
     fd_features: Literal["pixel", "randconv"] = "pixel"
     fd_max_side: int = 16
+    alignment_clip: str | None = None  # open_clip model for the CLIP score of text models
+    alignment_pretrained: str | None = "laion2b_s34b_b79k"  # its tag or local checkpoint
 
     def validate(self) -> None:
         """Raise ``UsageError`` naming the flag for the first bad value."""
@@ -555,6 +562,8 @@ def run_audit(
     method = settings.sampler or ("ddim" if hasattr(denoiser, "schedule") else "euler")
     settings = replace(settings, sampler=method)
     cond, prompt_rows = None, None
+    if settings.alignment_clip and not getattr(denoiser, "conditional", False):
+        raise UsageError("--alignment-clip needs a text-conditional model (it scores prompts)")
     if getattr(denoiser, "conditional", False):
         if text_encoder is None:
             raise UsageError(
@@ -590,9 +599,37 @@ def run_audit(
         result.summary["nn_is_prompt_image_fraction"] = float(
             np.mean([a == b for a, b in zip(nn, own, strict=True)])
         )
+        _add_text_alignment(result, [train.captions[i] for i in prompt_rows], settings, device)
     result.summary["model"] = model_name
     write_audit(result, train, out_dir, report=report)
     return result
+
+
+def _add_text_alignment(
+    result: AuditResult, prompts: list[str], settings: AuditSettings, device: str
+) -> None:
+    """Per-sample ``clip_score`` and ``metrics.text_alignment`` (a note when not measured)."""
+    import polars as pl
+
+    if not settings.alignment_clip:
+        result.summary["metrics"]["text_alignment"] = {
+            "value": None,
+            "note": "not measured: pass --alignment-clip MODEL (and --alignment-pretrained "
+            "TAG|PATH) for the CLIP score",
+        }
+        return
+    from curate.audit.alignment import clip_scorer, clip_scores
+
+    scorer = clip_scorer(settings.alignment_clip, settings.alignment_pretrained, device=device)
+    scores = clip_scores(scorer, result.samples, prompts, batch_size=settings.batch_size)
+    result.per_sample = result.per_sample.with_columns(pl.Series("clip_score", scores))
+    result.summary["metrics"]["text_alignment"] = {
+        "name": f"CLIP score ({scorer.name})",
+        "value": float(np.mean(scores)),
+        "std": float(np.std(scores)),
+        "p5": float(np.percentile(scores, 5)),
+        "definition": DEFINITIONS["text_alignment"],
+    }
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -631,6 +668,10 @@ def write_audit(result: AuditResult, train: TrainingSet, out_dir: Path | str, re
         report = Report(out / "report", title="curate audit")
     report.add_section("audit", "Memorization audit", audit_section_html(result, train), order=10)
     return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def audit_section_html(result: AuditResult, train: TrainingSet, max_pairs: int = 48) -> str:
@@ -679,6 +720,11 @@ def audit_section_html(result: AuditResult, train: TrainingSet, max_pairs: int =
             "",
         ],
     ]
+    align = m.get("text_alignment")
+    if align is not None:
+        rows.append(
+            [align.get("name", "text alignment"), _fmt(align.get("value")), align.get("note", "")]
+        )
     header = ["metric", "generations", "training, leave-one-out (false-positive check)"]
     parts = [html_table(rows, header)]
     parts += [f'<p class="muted">Warning: {esc(w)}.</p>' for w in s.get("warnings", [])]

@@ -101,6 +101,18 @@ from curate.cli.common import (
     help="Text encoder of a text-conditional model (minilm, tiny-clip, or an id/path) "
     "[default: the one in the model's training config]. Prompts are the training captions.",
 )
+@click.option(
+    "--alignment-clip",
+    default=None,
+    help="open_clip model (name or model-config .json) scoring text alignment of a "
+    "text-conditional model's generations (CLIP score vs the prompt) [default: not measured].",
+)
+@click.option(
+    "--alignment-pretrained",
+    default="laion2b_s34b_b79k",
+    show_default=True,
+    help="Weights of --alignment-clip: an open_clip tag or a local checkpoint file.",
+)
 @guidance_scale_option
 @amg_options
 @seed_option
@@ -124,6 +136,8 @@ def audit(
     features_model: str | None,
     fd_reference: str | None,
     text_encoder: str | None,
+    alignment_clip: str | None,
+    alignment_pretrained: str,
     guidance_scale: float,
     seed: int,
     device: str,
@@ -165,6 +179,8 @@ def audit(
         dup_eps=dup_eps,
         fd_features=fd_features,
         features_model=features_model,
+        alignment_clip=alignment_clip,
+        alignment_pretrained=alignment_pretrained,
     )
     settings.validate()
     device = resolve_device(device)
@@ -242,6 +258,9 @@ def audit(
         f"> {m['similarity']['threshold']:.3g}: {m['similarity']['frac_above']:.1%}; "
         f"{m['frechet']['name']} {m['frechet']['value']:.4g}"
     )
+    align = m.get("text_alignment") or {}
+    if align.get("value") is not None:
+        click.echo(f"text alignment, {align['name']}: {align['value']:.2f}")
     for warning in result.summary["warnings"]:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out_dir}/audit.json and {out_dir}/report/index.html")

@@ -214,6 +214,11 @@ def _comparison_rows(plain, guided, seconds: tuple[float, float], amg: AMG) -> l
         ["top-1 similarity p95", f"{mp['similarity']['p95']:.3f}", f"{mg['similarity']['p95']:.3f}"],
         [f"{mp['frechet']['name']} (not FID)", f"{mp['frechet']['value']:.4g}",
          f"{mg['frechet']['value']:.4g}"],
+    ]  # fmt: skip
+    ap, ag = mp.get("text_alignment") or {}, mg.get("text_alignment") or {}
+    if ap.get("value") is not None and ag.get("value") is not None:
+        rows.append([f"text alignment, {ap['name']}", f"{ap['value']:.2f}", f"{ag['value']:.2f}"])
+    rows += [
         ["samples guided at >= 1 step", "", pct(float((per["amg_active_steps"] > 0).mean() or 0))],
         ["sampling wall time (s)", f"{seconds[0]:.1f}", f"{seconds[1]:.1f}"],
     ]  # fmt: skip

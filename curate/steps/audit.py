@@ -29,7 +29,9 @@ class Audit(Step):
     ``amg`` (keys of ``curate.guidance.amg.AMGConfig``: features, scales, threshold, lambdas,
     guidances, ...; ``{}`` for the defaults) also audits anti-memorization-guided sampling from
     the same seeds and reports both side by side; the columns still describe plain sampling.
-    ``guidance_scale`` is the classifier-free guidance scale of a text-conditional model.
+    ``guidance_scale`` is the classifier-free guidance scale of a text-conditional model;
+    ``alignment_clip`` (+ ``alignment_pretrained``) an open_clip model that scores its text
+    alignment (CLIP score against the prompts).
     """
 
     name: ClassVar[str] = "audit"
@@ -47,6 +49,8 @@ class Audit(Step):
     drop_copied: int | None = None
     guidance_scale: float = 1.0
     amg: dict[str, Any] | None = None
+    alignment_clip: str | None = None  # open_clip model: CLIP score of a text model's samples
+    alignment_pretrained: str | None = "laion2b_s34b_b79k"
 
     def amg_config(self):
         from curate.guidance.amg import AMGConfig
@@ -121,6 +125,8 @@ class Audit(Step):
             sampler=self.sampler,
             seed=ctx.seed,
             batch_size=self.batch_size,
+            alignment_clip=self.alignment_clip,
+            alignment_pretrained=self.alignment_pretrained,
         )
         store = ctx.images()
         if self.oracle:
@@ -181,6 +187,8 @@ class Audit(Step):
             frechet=m["frechet"]["value"],
             frechet_name=m["frechet"]["name"],
         )
+        if (m.get("text_alignment") or {}).get("value") is not None:
+            ctx.stats["clip_score"] = m["text_alignment"]["value"]
 
         counts = result.training_counts(train)
         out = table.select("sample_id").join(

@@ -63,20 +63,9 @@ def test_a_folder_that_is_not_a_model_is_a_model_error(digits_run, tmp_path):
     assert result.exit_code == 1 and "model_index.json" in result.output
 
 
-def _save_tiny_model(path, text_encoder=None):
-    """A randomly initialised ``tiny`` preset saved as a pipeline folder (no training)."""
-    from curate.models.presets import build_model, save_pipeline
-
-    bundle = build_model("tiny", channels=1, resolution=16, text_encoder=text_encoder)
-    save_pipeline(path, bundle.unet, bundle.scheduler_config, text_encoder=bundle.text_encoder)
-    spec = bundle.text_encoder.spec() if bundle.text_encoder is not None else None
-    (path / "curate_train.json").write_text(json.dumps({"text_encoder": spec}))
-    return path
-
-
 @pytest.mark.parametrize("text_encoder", [None, "tiny-clip"])
-def test_model_audit_end_to_end(digits_run, tmp_path, text_encoder):
-    model = _save_tiny_model(tmp_path / "model", text_encoder)
+def test_model_audit_end_to_end(digits_run, tmp_path, text_encoder, tiny_model):
+    model = tiny_model(tmp_path / "model", text_encoder)
     out = tmp_path / "audit"
     args = [str(model), "--train", str(digits_run), "--out", str(out), "--num-samples", "6"]
     args += ["--steps", "2", "--device", "cpu", "--quiet"]

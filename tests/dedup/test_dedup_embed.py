@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
@@ -78,40 +77,8 @@ def test_unknown_kind_is_a_usage_error():
         get_image_embedder("dino")
 
 
-def _tiny_clip(tmp_path):
-    """A randomly initialised open_clip model small enough for CPU tests, saved to disk."""
-    import open_clip
-    import torch
-
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 2,
-            "width": 32,
-            "patch_size": 8,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "context_length": 16,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    path = tmp_path / "tiny-clip-test.json"
-    path.write_text(json.dumps(cfg))
-    torch.manual_seed(0)
-    open_clip.add_model_config(path)
-    model = open_clip.create_model("tiny-clip-test", pretrained=None)
-    ckpt = tmp_path / "tiny.pt"
-    torch.save(model.state_dict(), ckpt)
-    return path, ckpt
-
-
-def test_clip_embedder_loads_a_local_checkpoint(tmp_path, photos):
-    cfg, ckpt = _tiny_clip(tmp_path)
+def test_clip_embedder_loads_a_local_checkpoint(tiny_open_clip, photos):
+    cfg, ckpt = tiny_open_clip
     e = get_image_embedder("clip", model=str(cfg), pretrained=str(ckpt))
     x = e.embed(photos[:3])
     assert x.shape == (3, 32) and e.name == "clip-tiny-clip-test-tiny.pt"
@@ -121,11 +88,11 @@ def test_clip_embedder_loads_a_local_checkpoint(tmp_path, photos):
     np.testing.assert_allclose(x, again, atol=1e-5)
 
 
-def test_missing_clip_weights_are_a_model_error(tmp_path):
+def test_missing_clip_weights_are_a_model_error(tmp_path, tiny_open_clip):
     with pytest.raises(ModelError, match="not available"):
         # A pretrained tag needs a download, which is impossible offline.
         get_image_embedder("clip", model="RN50", pretrained="openai")
-    cfg, _ = _tiny_clip(tmp_path)
+    cfg, _ = tiny_open_clip
     with pytest.raises(ModelError, match="does not exist"):
         get_image_embedder("clip", model=str(cfg), pretrained=str(tmp_path / "missing.pt"))
     with pytest.raises(ModelError, match="unknown open_clip model"):

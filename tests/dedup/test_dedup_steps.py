@@ -197,36 +197,9 @@ def test_empty_table_and_bad_config():
     assert any("unknown tier" in p for p in DedupCaptions(tiers=("fuzzy",)).validate())
 
 
-def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tmp_path):
+def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tiny_open_clip):
     """The clip plumbing end to end (k-means + in-cluster cosine) with random tiny weights."""
-    import json
-
-    import open_clip
-    import torch
-
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 16,
-            "patch_size": 8,
-            "head_width": 8,
-        },
-        "text_cfg": {
-            "context_length": 8,
-            "vocab_size": 49408,
-            "width": 16,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    path = tmp_path / "tiny-clip-step.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    ckpt = tmp_path / "tiny.pt"
-    torch.save(open_clip.create_model("tiny-clip-step", pretrained=None).state_dict(), ckpt)
+    path, ckpt = tiny_open_clip
     step = DedupImages(
         tiers=("clip",), clip_model=str(path), clip_pretrained=str(ckpt), clip_threshold=0.999
     )

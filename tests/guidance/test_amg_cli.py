@@ -21,16 +21,6 @@ def digits_run(tmp_path_factory):
     return run
 
 
-def _save_tiny_model(path, text_encoder=None):
-    from curate.models.presets import build_model, save_pipeline
-
-    bundle = build_model("tiny", channels=1, resolution=16, text_encoder=text_encoder)
-    save_pipeline(path, bundle.unet, bundle.scheduler_config, text_encoder=bundle.text_encoder)
-    spec = bundle.text_encoder.spec() if bundle.text_encoder is not None else None
-    (path / "curate_train.json").write_text(json.dumps({"text_encoder": spec}))
-    return path
-
-
 def test_sample_with_amg_writes_per_step_records_and_a_report(digits_run, tmp_path):
     out = tmp_path / "s"
     args = ["digits-tiny", "--num", "5", "--steps", "6", "--out", str(out), "--quiet"]
@@ -91,8 +81,8 @@ def test_oracle_audit_with_amg_reports_plain_and_guided_side_by_side(digits_run,
     assert "plain" in result.output and "AMG" in result.output
 
 
-def test_text_model_audit_with_cfg_and_amg(digits_run, tmp_path):
-    model = _save_tiny_model(tmp_path / "model", "tiny-clip")
+def test_text_model_audit_with_cfg_and_amg(digits_run, tmp_path, tiny_model):
+    model = tiny_model(tmp_path / "model", "tiny-clip")
     out = tmp_path / "audit"
     args = [str(model), "--train", str(digits_run), "--out", str(out), "--num-samples", "4"]
     args += ["--steps", "3", "--device", "cpu", "--quiet", "--guidance-scale", "3"]

@@ -1,0 +1,47 @@
+"""Text alignment of a text-conditional model's generations: the CLIP score.
+
+CLIP score = 100 * cos(image embedding, prompt embedding) under an open_clip model with both
+towers (Hessel et al. 2021 without the clipping at 0, so a mean over samples stays unbiased).
+It is what the memorization papers report beside the copy rate to show that a mitigation keeps
+the generations on the prompt. Comparable only under one CLIP model: the model is named in every
+output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+
+def clip_scorer(model: str, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "cpu"):
+    """The open_clip model behind the score (``curate.dedup.embed.ClipEmbedder``): ``model`` a
+    name or model-config .json, ``pretrained`` a tag or a local checkpoint; a clear
+    ``ModelError`` when the weights are not available."""
+    from curate.dedup.embed import ClipEmbedder
+
+    return ClipEmbedder(model=model, pretrained=pretrained, device=device)
+
+
+def clip_scores(
+    scorer, images: torch.Tensor, prompts: Sequence[str], batch_size: int = 64
+) -> np.ndarray:
+    """(N,) CLIP scores of images (N, C, H, W) in [-1, 1] against their prompts (row i with i)."""
+    from curate.audit.audit import embed
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    image_feats = embed(scorer, images, batch_size=batch_size)
+    text_feats = np.concatenate(
+        [
+            scorer.embed_text(prompts[start : start + batch_size])
+            for start in range(0, len(prompts), batch_size)
+        ]
+    ) if len(prompts) else np.zeros((0, scorer.dim), np.float32)  # fmt: skip
+    return 100.0 * np.sum(image_feats * text_feats, axis=1).astype(np.float64)
