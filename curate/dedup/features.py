@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-Extractor = Callable[[list], np.ndarray]
+Extractor = Callable[[Any], np.ndarray]  # takes what ``load_images`` returns for a chunk
 
 
 def _chunk_key(ids: Sequence[str]) -> str:
@@ -24,13 +25,14 @@ def cached_features(
     cache_dir: Path,
     ids: Sequence[str],
     extractors: dict[str, Extractor],
-    load_images: Callable[[list[str]], list],
+    load_images: Callable[[list[str]], Any],
     chunk_size: int = 256,
     progress: Callable | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Feature name -> ``(len(ids), ...)`` array, and chunk counts (cached / computed).
 
-    Only chunks without a cache file are decoded and computed.
+    Only chunks without a cache file are loaded (``load_images(chunk_ids)``, once per chunk
+    for all the features it still needs) and computed.
     """
     ids = list(ids)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in extractors}

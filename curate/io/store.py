@@ -40,19 +40,14 @@ class ImageStore:
         cell = self.dataset[self._row[sample_id]]["image"]
         return None if cell is None else cell["bytes"]
 
+    def encoded_many(self, sample_ids: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes per id (None for rows without an image), one read for all."""
+        rows = self.dataset.select([self._row[s] for s in sample_ids])["image"]
+        return [None if cell is None else cell.get("bytes") for cell in rows]
+
     def get(self, sample_ids: Sequence[str]) -> list:
         """Decoded RGB ``PIL.Image`` per id (None for rows without an image)."""
-        from PIL import Image
-
-        rows = self.dataset.select([self._row[s] for s in sample_ids])["image"]
-        out = []
-        for cell in rows:
-            if cell is None or cell.get("bytes") is None:
-                out.append(None)
-                continue
-            img = Image.open(io.BytesIO(cell["bytes"]))
-            out.append(img.convert("RGB") if img.mode != "RGB" else img)
-        return out
+        return [decode_rgb(data) for data in self.encoded_many(sample_ids)]
 
     def iter_batches(
         self, sample_ids: Sequence[str], batch_size: int = 64
@@ -62,3 +57,13 @@ class ImageStore:
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             yield chunk, self.get(chunk)
+
+
+def decode_rgb(data: bytes | None):
+    """An RGB ``PIL.Image`` from stored bytes (None stays None)."""
+    if data is None:
+        return None
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    return img.convert("RGB") if img.mode != "RGB" else img

@@ -33,6 +33,22 @@ CAPTION_TIERS = ("exact", "minhash", "semantic")
 _REPORT_ORDER = 40
 
 
+class _Chunk:
+    """One feature-cache chunk: the stored bytes (what the hashes read) and, decoded once on
+    first use, the RGB images (what the embedders read)."""
+
+    def __init__(self, encoded: list[bytes | None]):
+        self.encoded = encoded
+        self._images: list | None = None
+
+    def images(self) -> list:
+        if self._images is None:
+            from curate.io.store import decode_rgb
+
+            self._images = [decode_rgb(data) for data in self.encoded]
+        return self._images
+
+
 def _sorted_view(table: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
     """The table sorted by sample_id, and for each input row its position in the sorted table."""
     order = np.argsort(np.asarray(table["sample_id"].to_list(), dtype=object), kind="stable")
@@ -267,11 +283,13 @@ class DedupImages(Step):
         for kind in ("phash", "dhash"):
             if kind in self.tiers:
 
-                def fn(images, kind=kind):
-                    codes, flipped = image_hashes(images, kind, mirrored=True)
+                def fn(chunk, kind=kind):
+                    # From the stored bytes: decoded straight to the hash's size (JPEG by DCT
+                    # scaling), on the decode threads.
+                    codes, flipped = image_hashes(chunk.encoded, kind, mirrored=True)
                     return np.concatenate([codes, flipped], axis=1)  # (N, 16): hash, mirrored
 
-                ex[kind] = fn
+                ex[f"{kind}/encoded"] = fn
         options = {
             "sscd": {
                 "model": self.sscd_model,
@@ -285,8 +303,9 @@ class DedupImages(Step):
             if kind in self.tiers:
                 emb = get_image_embedder(kind, device=ctx.device, **opts)  # fails early if missing
 
-                def batched(images, emb=emb):
+                def batched(chunk, emb=emb):
                     # A cache chunk holds several batches; the model sees one batch at a time.
+                    images = chunk.images()
                     b = self.batch_size
                     parts = [emb.embed(images[s : s + b]) for s in range(0, len(images), b)]
                     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
@@ -305,7 +324,7 @@ class DedupImages(Step):
             ctx.artifact_dir("features"),
             ids,
             extractors,
-            store.get,
+            lambda chunk_ids: _Chunk(store.encoded_many(chunk_ids)),
             chunk_size=self.batch_size * 8,
             progress=(lambda **kw: ctx.progress(**kw)),
         )
@@ -350,7 +369,7 @@ class DedupImages(Step):
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         from curate.dedup.keep import keep_priority
-        from curate.dedup.text import normalize_caption
+        from curate.dedup.text import normalize_captions
 
         p = self.name
         dtypes = self._dtypes()
@@ -368,7 +387,7 @@ class DedupImages(Step):
 
         groups = g.combined.groups
         captions = ok["caption"].to_list()
-        norm = [normalize_caption(c) for c in captions]
+        norm = normalize_captions(captions)
         n = ok.height
         types: list[str | None] = [None] * n
         drops: list[str | None] = [None] * n
@@ -529,12 +548,12 @@ class DedupCaptions(Step):
 
     def _tiers(self, captions: list[str], valid: np.ndarray, ctx: RunContext) -> list:
         from curate.dedup.search import Edges
-        from curate.dedup.text import MinHasher, exact_caption_pairs, normalize_caption
+        from curate.dedup.text import MinHasher, exact_caption_pairs, normalize_captions
         from curate.dedup.text import signature_pairs as sig_pairs
         from curate.dedup.tiers import Tier, embedding_tier
 
         out = []
-        norm = np.asarray([normalize_caption(c) for c in captions], dtype=object)
+        norm = np.asarray(normalize_captions(captions), dtype=object)
         for t in self.tiers:
             if t == "exact":
                 edges = exact_caption_pairs(captions)

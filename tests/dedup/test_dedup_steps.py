@@ -129,7 +129,7 @@ def test_features_are_cached_and_an_interrupted_run_resumes(run):
     step = DedupImages(tiers=("phash", "pixel"), batch_size=2)  # chunks of 16 images
     first = compute_step(step, table, ctx)
     assert ctx.stats["feature_chunks"]["computed_chunks"] == 4
-    chunks = sorted((ctx.artifact_dir("features") / "phash").glob("*.npy"))
+    chunks = sorted((ctx.artifact_dir("features") / "phash").rglob("*.npy"))
     chunks[1].unlink()  # as if the run had been killed before this chunk was written
     ctx.stats = {}
     again = compute_step(step, table, ctx)
