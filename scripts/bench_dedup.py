@@ -24,6 +24,7 @@ the existing ``bench.json``. Sections:
 4. Caption MinHash + LSH vs datasketch on 100k captions with planted near duplicates.
 5. Peak memory of grouping 100k images (hashes + 512-d embeddings), in a child process.
 6. pHash images/s from JPEG files of the bundled photos against imagededup, one worker each,
+   the whole job (the ``dedup_images`` step on an ingested run vs ``find_duplicates``),
    and how many hash bits curate's reduced-scale JPEG decode changes.
 """
 
@@ -695,6 +696,7 @@ def bench_jpeg(max_side: int = 768, repeats: int = 3, copies: int = 10) -> dict:
             fast = image_hashes(paths, "phash", mirrored=True, workers=1)
             t_cur = min(t_cur, time.perf_counter() - t0)
         full = image_hashes([Image.open(p).convert("RGB") for p in paths], "phash", workers=1)
+        step = bench_step_vs_imagededup(folder, repeats=repeats)
     sizes = [im.size for im in photos]
     photos = photos * copies
     bits = np.unpackbits(fast[0] ^ full, axis=1).sum(axis=1)  # (N,) Hamming distances
@@ -706,6 +708,51 @@ def bench_jpeg(max_side: int = 768, repeats: int = 3, copies: int = 10) -> dict:
         "curate_images_per_s": round(n / t_cur, 1),
         "speedup_1_worker": round(t_idd / t_cur, 2),
         "hash_bits_changed_by_reduced_decode": {"max": int(bits.max()), "mean": float(bits.mean())},
+        "pipeline": step,
+    }
+
+
+def bench_step_vs_imagededup(folder: Path, repeats: int = 3) -> dict:
+    """The whole job on a folder of JPEGs, all cores each: the ``dedup_images`` step's phash tier
+    on an ingested run folder (stored bytes -> hashes -> radius search -> groups -> columns)
+    against imagededup's ``find_duplicates`` on the folder (encode + search), radius 10 both."""
+    from imagededup.methods import PHash
+
+    from curate.dedup.hashing import default_workers
+    from curate.io.ingest import IngestConfig, ingest
+    from curate.runner import compute_step
+    from curate.steps.base import RunContext
+    from curate.steps.dedup import DedupImages
+    from curate.table import read_table
+
+    workers = default_workers()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        ingest(IngestConfig(name=str(folder), caption_column="none"), run, quiet=True)
+        table = read_table(run)
+        step = DedupImages(tiers=("phash",), phash_radius=10)
+        t_step = t_idd = float("inf")
+        for i in range(repeats):  # alternating, best of repeats; a fresh feature cache each time
+            ctx = RunContext(run_dir=run, quiet=True, step_dir=run / "steps" / f"{i:02d}-dedup")
+            t0 = time.perf_counter()
+            out = compute_step(step, table, ctx)
+            t_step = min(t_step, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            PHash(verbose=False).find_duplicates(
+                image_dir=str(folder),
+                max_distance_threshold=10,
+                num_enc_workers=workers,
+                num_dist_workers=workers,
+            )
+            t_idd = min(t_idd, time.perf_counter() - t0)
+    n = table.height
+    return {
+        "images": n,
+        "workers": workers,
+        "duplicates_found": int(out["dedup_images_is_dup"].sum()),
+        "curate_step_images_per_s": round(n / t_step, 1),
+        "imagededup_find_duplicates_images_per_s": round(n / t_idd, 1),
+        "speedup": round(t_idd / t_step, 2),
     }
 
 
@@ -813,6 +860,15 @@ def to_markdown(r: dict) -> str:
             "JPEGs at reduced scale, which moved the hashes by at most "
             f"{j['hash_bits_changed_by_reduced_decode']['max']} bits (mean "
             f"{j['hash_bits_changed_by_reduced_decode']['mean']:.2f})"
+        )
+    st = j.get("pipeline") or {}
+    if "speedup" in st:
+        lines.append(
+            f"The whole job on those JPEGs, {st['workers']} workers each: the `dedup_images` step "
+            f"(phash tier on the ingested run folder: stored bytes, hashes, radius-10 search, "
+            f"groups, columns) {st['curate_step_images_per_s']} images/s against imagededup's "
+            f"`find_duplicates` on the folder {st['imagededup_find_duplicates_images_per_s']} "
+            f"images/s ({st['speedup']}x)"
         )
     for m, d in p.get("immaculate", {}).items():
         if "images_per_s" in d:

@@ -91,3 +91,18 @@ def save_tiny_diffusion_model(path: Path, text_encoder: str | None = None) -> Pa
 def tiny_model():
     """``save_tiny_diffusion_model`` as a fixture: ``tiny_model(path, text_encoder=None)``."""
     return save_tiny_diffusion_model
+
+
+def ingest_digits(tmp_path_factory, limit: int) -> Path:
+    """The first ``limit`` rows of ``builtin:digits`` ingested into a fresh run folder."""
+    from curate.io.ingest import IngestConfig, ingest
+
+    run = tmp_path_factory.mktemp(f"digits{limit}") / "run"
+    ingest(IngestConfig(name="builtin:digits", limit=limit), run, quiet=True)
+    return run
+
+
+@pytest.fixture(scope="session")
+def digits_runs(tmp_path_factory):
+    """``digits_runs(limit)``: a fresh run folder of the first ``limit`` digits (per call)."""
+    return lambda limit: ingest_digits(tmp_path_factory, limit)

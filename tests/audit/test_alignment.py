@@ -61,12 +61,9 @@ def test_missing_alignment_weights_are_a_model_error(tiny_open_clip, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits-align") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=32), run, quiet=True)
-    return run
+def digits_run(digits_runs):
+    """``builtin:digits`` (first 32 rows) ingested into a run folder."""
+    return digits_runs(32)
 
 
 def _audit_args(model, digits_run, out):

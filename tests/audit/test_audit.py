@@ -23,13 +23,9 @@ from curate.errors import DataError, UsageError
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
+def digits_run(digits_runs):
     """``builtin:digits`` (first 64 rows) ingested into a run folder."""
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=64), run, quiet=True)
-    return run
+    return digits_runs(64)
 
 
 def test_load_training_set_reads_kept_rows_at_the_requested_size(digits_run, digits):

@@ -13,12 +13,9 @@ from curate.cli.audit import audit
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits-cli") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=48), run, quiet=True)
-    return run
+def digits_run(digits_runs):
+    """``builtin:digits`` (first 48 rows) ingested into a run folder."""
+    return digits_runs(48)
 
 
 def test_oracle_audit_end_to_end(digits_run, tmp_path):

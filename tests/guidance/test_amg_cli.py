@@ -13,12 +13,9 @@ from curate.cli.model import sample
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits-amg") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=64), run, quiet=True)
-    return run
+def digits_run(digits_runs):
+    """``builtin:digits`` (first 64 rows) ingested into a run folder."""
+    return digits_runs(64)
 
 
 def test_sample_with_amg_writes_per_step_records_and_a_report(digits_run, tmp_path):

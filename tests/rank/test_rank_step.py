@@ -23,12 +23,9 @@ def tiny_pipeline(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=20), run, quiet=True)
-    return run
+def digits_run(digits_runs):
+    """``builtin:digits`` (first 20 rows) ingested into a run folder."""
+    return digits_runs(20)
 
 
 def test_rank_adds_scores_flags_and_resumes_from_shards(tiny_pipeline, digits_run, monkeypatch):

@@ -11,12 +11,9 @@ from curate.cli.model import sample, train
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    from curate.io.ingest import IngestConfig, ingest
-
-    run = tmp_path_factory.mktemp("digits") / "run"
-    ingest(IngestConfig(name="builtin:digits", limit=24), run, quiet=True)
-    return run
+def digits_run(digits_runs):
+    """``builtin:digits`` (first 24 rows) ingested into a run folder."""
+    return digits_runs(24)
 
 
 def _invoke(cmd, args):
