@@ -35,7 +35,7 @@ def png_data_uri(image, size: int = 128) -> str:
     img = image.copy()
     img.thumbnail((size, size))
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG")
+    img.convert("RGB").save(buf, format="PNG", compress_level=1)  # fast; thumbnails are small
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 

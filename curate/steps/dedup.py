@@ -28,6 +28,8 @@ from curate.steps.base import DROP_SUFFIX, RunContext, Step
 if TYPE_CHECKING:
     from curate.dedup.tiers import Combined, Tier
 
+REPORT_MEMBERS = 24  # thumbnails per duplicate group in the report (the kept sample first)
+REPORT_CAPTION_ROWS = 50  # table rows per duplicate-caption group in the report
 IMAGE_TIERS = ("exact", "phash", "dhash", "sscd", "clip", "pixel")
 CAPTION_TIERS = ("exact", "minhash", "semantic")
 _REPORT_ORDER = 40
@@ -451,9 +453,19 @@ class DedupImages(Step):
             store = ctx.images()
             ids = g.ids
             sims = g.combined.groups.sim
+
+            def weakest(r):
+                return (2.0 if np.isnan(sims[r]) else float(sims[r]), ids[r])
+
             for rep, rows in largest:
-                order = [rep, *sorted(rows, key=lambda r: ids[r])]
+                # The weakest links first (where a false merge would show), at most
+                # REPORT_MEMBERS of them: the report costs the same for a group of 10 or 10,000.
+                shown = sorted(rows, key=weakest)[: REPORT_MEMBERS - 1]
+                order = [rep, *shown]
                 imgs = store.get([ids[r] for r in order])
+                for im in imgs:  # fresh, still-lazy images: JPEGs decode at thumbnail scale
+                    if im is not None and im.format == "JPEG":
+                        im.draft("RGB", (256, 256))
                 cells = []
                 for r, im in zip(order, imgs, strict=True):
                     label = (
@@ -463,7 +475,9 @@ class DedupImages(Step):
                         + ("" if np.isnan(sims[r]) else f"{sims[r]:.3f}")
                     )
                     cells.append((im, label))
-                body.append(f'<div class="group">{thumb_grid(cells)}</div>')
+                more = len(rows) - len(shown)
+                note = f'<p class="muted">and {more} more in this group</p>' if more else ""
+                body.append(f'<div class="group">{thumb_grid(cells)}{note}</div>')
         ctx.report.add_section("dedup_images", "Duplicate images", "".join(body), _REPORT_ORDER)
 
 
@@ -681,13 +695,15 @@ class DedupCaptions(Step):
         body.append(_hist_section(nn))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), g.ids[kv[0]]))
         for rep, rows in largest[: self.report_groups]:
+            shown = sorted(rows, key=lambda r: g.ids[r])[: REPORT_CAPTION_ROWS - 1]
             table_rows = [
                 (g.ids[r], types[r], g.combined.evidence[r] or "", captions[r] or "")
-                for r in [rep, *sorted(rows, key=lambda r: g.ids[r])]
+                for r in [rep, *shown]
             ]
-            body.append(
-                f'<div class="group">{html_table(table_rows, ["sample_id", "type", "evidence", "caption"])}</div>'
-            )
+            more = len(rows) - len(shown)
+            note = f'<p class="muted">and {more} more in this group</p>' if more else ""
+            header = ["sample_id", "type", "evidence", "caption"]
+            body.append(f'<div class="group">{html_table(table_rows, header)}{note}</div>')
         ctx.report.add_section(
             "dedup_captions", "Duplicate captions", "".join(body), _REPORT_ORDER + 1
         )

@@ -175,6 +175,27 @@ def test_apply_step_on_a_run_folder_writes_columns_report_and_resumes(run):
     assert again.select(table.columns).equals(table)
 
 
+def test_report_shows_at_most_report_members_per_group(photos_run, monkeypatch):
+    """A group of thousands must not put thousands of thumbnails (or caption rows) in the report."""
+    import re
+
+    import curate.steps.dedup as dedup
+
+    monkeypatch.setattr(dedup, "REPORT_MEMBERS", 2)
+    monkeypatch.setattr(dedup, "REPORT_CAPTION_ROWS", 2)
+    ctx = RunContext(run_dir=photos_run, quiet=True)
+    table = apply_step(photos_run, DedupImages(tiers=("exact", "phash")), ctx)
+    apply_step(photos_run, DedupCaptions(tiers=("exact",)), ctx)
+    html = (photos_run / "report" / "index.html").read_text()
+    images = html[html.index("Duplicate images") : html.index("Duplicate captions")]
+    groups = re.findall(r'<div class="group">(.*?)</div></div></div>', images)
+    assert groups and all(g.count("<img") <= 2 for g in groups)
+    clusters = table.drop_nulls("dedup_images_cluster").group_by("dedup_images_cluster").len()
+    largest = clusters["len"].max()
+    assert largest > 2 and f"and {largest - 2} more in this group" in html
+    assert "more in this group" in html[html.index("Duplicate captions") :]
+
+
 def test_empty_table_and_bad_config():
     empty = pl.DataFrame(
         schema={
