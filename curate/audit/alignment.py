@@ -10,6 +10,7 @@ output.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 
 
+@lru_cache(maxsize=2)  # a plain-vs-AMG audit scores twice with one model
 def clip_scorer(model: str, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "cpu"):
     """The open_clip model behind the score (``curate.dedup.embed.ClipEmbedder``): ``model`` a
     name or model-config .json, ``pretrained`` a tag or a local checkpoint; a clear
