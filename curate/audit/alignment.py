@@ -40,10 +40,6 @@ def clip_scores(
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     image_feats = embed(scorer, images, batch_size=batch_size)
-    text_feats = np.concatenate(
-        [
-            scorer.embed_text(prompts[start : start + batch_size])
-            for start in range(0, len(prompts), batch_size)
-        ]
-    ) if len(prompts) else np.zeros((0, scorer.dim), np.float32)  # fmt: skip
+    starts = range(0, max(len(prompts), 1), batch_size)  # one (empty) batch for no prompts
+    text_feats = np.concatenate([scorer.embed_text(prompts[s : s + batch_size]) for s in starts])
     return 100.0 * np.sum(image_feats * text_feats, axis=1).astype(np.float64)

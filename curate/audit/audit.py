@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from curate.audit import frechet, metrics
+from curate.audit.alignment import DEFAULT_PRETRAINED
 from curate.errors import DataError, UsageError
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class AuditSettings:
     fd_features: Literal["pixel", "randconv"] = "pixel"
     fd_max_side: int = 16
     alignment_clip: str | None = None  # open_clip model for the CLIP score of text models
-    alignment_pretrained: str | None = "laion2b_s34b_b79k"  # its tag or local checkpoint
+    alignment_pretrained: str | None = DEFAULT_PRETRAINED  # its tag or local checkpoint
 
     def validate(self) -> None:
         """Raise ``UsageError`` naming the flag for the first bad value."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from curate.audit.alignment import DEFAULT_PRETRAINED
 from curate.cli.common import (
     amg_config,
     amg_options,
@@ -109,7 +110,7 @@ from curate.cli.common import (
 )
 @click.option(
     "--alignment-pretrained",
-    default="laion2b_s34b_b79k",
+    default=DEFAULT_PRETRAINED,
     show_default=True,
     help="Weights of --alignment-clip: an open_clip tag or a local checkpoint file.",
 )

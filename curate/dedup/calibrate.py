@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from curate.dedup.planting import TRANSFORMS, plant_copies
+from curate.dedup.tiers import NORM_MARGIN, NORM_RANK, beats_background
 
 HASH_RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16, 20)
 COSINE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -48,7 +49,7 @@ def normalised_similarity(sim: np.ndarray, rank: int, margin: float) -> np.ndarr
     others = sim.copy()
     np.fill_diagonal(others, -np.inf)
     background = -np.sort(-others, axis=1)[:, rank - 1]  # (N,)
-    ok = sim - np.maximum(background[:, None], background[None, :]) >= margin
+    ok = beats_background(sim, background[:, None], background[None, :], margin)
     return np.where(ok, sim, -np.inf).astype(np.float32)
 
 
@@ -63,8 +64,8 @@ def calibrate_images(
     radii: Sequence[int] = HASH_RADII,
     thresholds: Sequence[float] = COSINE_THRESHOLDS,
     groups: Sequence[str] | None = None,
-    norm_rank: int = 32,
-    norm_margin: float = 0.08,
+    norm_rank: int = NORM_RANK,
+    norm_margin: float = NORM_MARGIN,
 ) -> dict:
     """Precision/recall per tier and threshold on planted copies of ``images``.
 

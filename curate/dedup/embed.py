@@ -217,6 +217,7 @@ class ClipEmbedder(ImageEmbedder):
         self.device = device
         self.torch = torch
         self.model_name = model_name
+        self._tokenizer = None  # built on the first embed_text
         self.name = f"clip-{model_name}-{Path(tag).name if tag else 'random'}"
         self.dim = int(getattr(net, "embed_dim", 0) or net.visual.output_dim)
 
@@ -232,12 +233,14 @@ class ClipEmbedder(ImageEmbedder):
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) unit-norm text embeddings in the image embeddings' space (for text alignment)."""
-        import open_clip
-
         torch = self.torch
         if len(texts) == 0:
             return np.zeros((0, self.dim), np.float32)
-        tokens = open_clip.get_tokenizer(self.model_name)(list(texts)).to(self.device)
+        if self._tokenizer is None:
+            import open_clip
+
+            self._tokenizer = open_clip.get_tokenizer(self.model_name)
+        tokens = self._tokenizer(list(texts)).to(self.device)
         autocast = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
             out = self.model.encode_text(tokens).float().cpu().numpy()

@@ -25,6 +25,14 @@ from curate.dedup.search import (
 )
 
 PairSim = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# SSCD's score normalisation as the sscd tier applies it by default (see ``embedding_tier``).
+NORM_RANK = 32
+NORM_MARGIN = 0.08
+
+
+def beats_background(sim, background_a, background_b, margin: float):
+    """Score normalisation's test: ``sim`` beats both rows' background similarity by ``margin``."""
+    return sim - np.maximum(background_a, background_b) >= margin
 
 
 @dataclass
@@ -147,7 +155,7 @@ def embedding_tier(
             local = knn_edges(sims, nbr, threshold)
         edges = Edges(idx[local.i], idx[local.j], local.sim)
         if use_norm:
-            ok = edges.sim - np.maximum(background[edges.i], background[edges.j]) >= norm_margin
+            ok = beats_background(edges.sim, background[edges.i], background[edges.j], norm_margin)
             edges = edges.filter(ok)
     else:
         edges = Edges.empty()
@@ -156,7 +164,7 @@ def embedding_tier(
         s = np.einsum("nd,nd->n", vectors[a], vectors[b])
         ok = (s >= threshold) & valid[a] & valid[b]
         if use_norm:
-            ok &= s - np.maximum(background[a], background[b]) >= norm_margin
+            ok &= beats_background(s, background[a], background[b], norm_margin)
         return np.where(ok, np.clip(s, 0, 1), np.nan).astype(np.float32)
 
     info = {

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 
 import polars as pl
 
+from curate.audit.alignment import DEFAULT_PRETRAINED
 from curate.errors import DataError
 from curate.steps.base import DROP_SUFFIX, RunContext, Step
 
@@ -50,7 +51,7 @@ class Audit(Step):
     guidance_scale: float = 1.0
     amg: dict[str, Any] | None = None
     alignment_clip: str | None = None  # open_clip model: CLIP score of a text model's samples
-    alignment_pretrained: str | None = "laion2b_s34b_b79k"
+    alignment_pretrained: str | None = DEFAULT_PRETRAINED
 
     def amg_config(self):
         from curate.guidance.amg import AMGConfig

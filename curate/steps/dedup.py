@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from curate.dedup.keep import check_policy
+from curate.dedup.tiers import NORM_MARGIN, NORM_RANK
 from curate.steps.base import DROP_SUFFIX, RunContext, Step
 
 if TYPE_CHECKING:
@@ -232,8 +233,8 @@ class DedupImages(Step):
     sscd_model: str | None = None
     sscd_variant: str = "sscd"
     sscd_size: int = 288
-    sscd_norm_rank: int = 32
-    sscd_norm_margin: float = 0.08
+    sscd_norm_rank: int = NORM_RANK
+    sscd_norm_margin: float = NORM_MARGIN
     clip_threshold: float = 0.92
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
