@@ -8,7 +8,6 @@ counts. The Hub token is read by ``huggingface_hub`` itself and never written an
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -19,12 +18,22 @@ import polars as pl
 
 from curate._version import __version__
 from curate.errors import DataError, UsageError
-from curate.table import SAMPLE_ID, caption_lists, removal_frame
+from curate.io.folders import (
+    atomic_write_json,
+    disk_errors,
+    finish_output_dir,
+    prepare_output_dir,
+    read_json,
+    require_run_dir,
+    run_lock,
+)
+from curate.table import SAMPLE_ID, caption_lists, removal_counts, removal_frame
 
 log = logging.getLogger("curate")
 Format = Literal["disk", "parquet", "hub"]
 IMAGE_COLUMN = "image"
 CAPTION_COLUMN = "text"
+EXPORT_DIR = "export"
 
 
 def export_columns(table: pl.DataFrame) -> pl.DataFrame:
@@ -132,12 +141,7 @@ def dataset_card(
     """README.md with YAML metadata: what was kept, what was removed and why, and how."""
     rem = removal_frame(table)
     kept = int(rem["keep"].sum())
-    counts = (
-        rem.filter(~pl.col("keep"))
-        .group_by(["removed_by", "removed_reason"])
-        .len()
-        .sort(["removed_by", "removed_reason"])
-    )
+    counts = removal_counts(table)
     changed = changes_manifest(table).height
     title = repo_id or "curated dataset"
     rows = "\n".join(f"| {r[0]} | {r[1]} | {r[2]} |" for r in counts.iter_rows()) or "| - | - | 0 |"
@@ -206,64 +210,113 @@ def export_run(
     api: Any = None,
     quiet: bool = False,
     progress: Callable | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Export the kept rows of ``run_dir``; returns a summary with paths and counts.
 
     ``api`` is the Hub client used for ``format="hub"`` (default ``huggingface_hub.HfApi()``,
     which finds the token from ``hf auth login`` or ``HF_TOKEN``); tests inject a fake.
+
+    ``out`` (default ``RUN_DIR/export``) must be new, empty, or this run's own earlier export
+    in the same format; another curate export is replaced only with ``overwrite``, and a
+    folder curate did not make is never written into. The export is built beside ``out`` and
+    moved into place when complete.
     """
     from curate.table import read_table
 
-    run_dir = Path(run_dir)
     if format not in ("disk", "parquet", "hub"):
         raise UsageError(f"--format {format!r}: use disk, parquet or hub")
     if format == "hub" and not repo_id:
         raise UsageError("--format hub needs --repo-id user/name")
     if shard_rows < 1:
         raise UsageError("shard_rows: must be >= 1")
-    table = read_table(run_dir) if table is None else table
-    out = Path(out) if out is not None else run_dir / "export"
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    recipe_path = run_dir / "recipe.resolved.yaml"
-    recipe_yaml = recipe_path.read_text(encoding="utf-8") if recipe_path.exists() else None
+    run_dir = require_run_dir(run_dir)
+    with run_lock(run_dir):
+        table = read_table(run_dir) if table is None else table
+        return _export_locked(
+            run_dir, table, format, out, repo_id, private, shard_rows, api, overwrite
+        )
 
-    ds = build_dataset(table, run_dir, out / ".work")
-    removed = removed_manifest(table)
-    changes = changes_manifest(table)
-    removed.write_parquet(out / "removed.parquet")
-    changes.write_parquet(out / "changes.parquet")
-    summary: dict[str, Any] = {
-        "format": format,
-        "out": str(out),
-        "rows": table.height,
-        "kept": len(ds),
-        "removed": removed.height,
-        "changed_captions": changes.height,
-    }
-    if summary["kept"] + summary["removed"] != summary["rows"]:
-        raise DataError("internal: kept + removed != rows; refusing to export")
 
-    if format == "disk":
-        ds.save_to_disk(str(out / "dataset"))
-        num_shards = 1
-    else:
-        data_dir = out / "data"
-        data_dir.mkdir()
-        num_shards = max(1, -(-len(ds) // shard_rows))
-        for i in range(num_shards):
-            shard = ds.shard(num_shards=num_shards, index=i, contiguous=True)
-            shard.to_parquet(str(data_dir / f"train-{i:05d}-of-{num_shards:05d}.parquet"))
-    (out / "README.md").write_text(
-        dataset_card(table, recipe_yaml, repo_id, num_shards), encoding="utf-8"
-    )
-    shutil.rmtree(out / ".work", ignore_errors=True)
-    ds = None
-
+def _export_locked(
+    run_dir: Path,
+    table: pl.DataFrame,
+    format: Format,
+    out: Path | str | None,
+    repo_id: str | None,
+    private: bool,
+    shard_rows: int,
+    api: Any,
+    overwrite: bool,
+) -> dict:
+    out = Path(out) if out is not None else run_dir / EXPORT_DIR
+    owner = f"{run_dir.resolve()}|{format}"
+    staged = prepare_output_dir(out, "export", overwrite=overwrite, owner=owner, protect=(run_dir,))
+    try:
+        summary = _write_export(run_dir, table, format, staged, repo_id, shard_rows)
+        summary["out"] = str(out)
+        atomic_write_json(staged / "export.json", summary)
+        finish_output_dir(staged, out, "export", owner=owner, what=f"{format} export of {run_dir}")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     if format == "hub":
         summary["url"] = push_folder(out, repo_id, private=private, api=api)
-    (out / "export.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        atomic_write_json(out / "export.json", summary)
+    return summary
+
+
+def export_is_current(out: Path, stats: dict) -> bool:
+    """Whether ``out`` still holds the export a finished export step recorded in ``stats``."""
+    meta = read_json(out / "export.json")
+    return meta is not None and all(meta.get(k) == stats.get(k) for k in ("rows", "kept", "format"))
+
+
+def _write_export(
+    run_dir: Path,
+    table: pl.DataFrame,
+    format: Format,
+    out: Path,
+    repo_id: str | None,
+    shard_rows: int,
+) -> dict:
+    removed = removed_manifest(table)
+    kept = table.height - removed.height
+    if kept == 0:
+        raise DataError(
+            f"{run_dir}: nothing to export, all {table.height} rows were removed "
+            f"(see `curate info {run_dir}`)"
+        )
+    recipe_path = run_dir / "recipe.resolved.yaml"
+    recipe_yaml = recipe_path.read_text(encoding="utf-8") if recipe_path.exists() else None
+    with disk_errors("write", out):
+        ds = build_dataset(table, run_dir, out / ".work")
+        changes = changes_manifest(table)
+        removed.write_parquet(out / "removed.parquet")
+        changes.write_parquet(out / "changes.parquet")
+        summary: dict[str, Any] = {
+            "format": format,
+            "rows": table.height,
+            "kept": len(ds),
+            "removed": removed.height,
+            "changed_captions": changes.height,
+        }
+        if summary["kept"] + summary["removed"] != summary["rows"]:
+            raise DataError("internal: kept + removed != rows; refusing to export")
+        if format == "disk":
+            ds.save_to_disk(str(out / "dataset"))
+            num_shards = 1
+        else:
+            data_dir = out / "data"
+            data_dir.mkdir()
+            num_shards = max(1, -(-len(ds) // shard_rows))
+            for i in range(num_shards):
+                shard = ds.shard(num_shards=num_shards, index=i, contiguous=True)
+                shard.to_parquet(str(data_dir / f"train-{i:05d}-of-{num_shards:05d}.parquet"))
+        (out / "README.md").write_text(
+            dataset_card(table, recipe_yaml, repo_id, num_shards), encoding="utf-8"
+        )
+        del ds
+        shutil.rmtree(out / ".work", ignore_errors=True)
     return summary
 
 

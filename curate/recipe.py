@@ -325,6 +325,12 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"--recipe {path}: no such file")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            f"--recipe {path}: not UTF-8 text (byte {err.start}); save the recipe as UTF-8"
+        ) from None
+    except OSError as err:
+        raise RecipeError(f"--recipe {path}: cannot read it ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -18,11 +18,31 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.errors import CurateError, DataError
-from curate.io.ingest import ingest, read_ingest_summary
+from curate.errors import CurateError, DataError, UsageError
+from curate.io.folders import (
+    atomic_write_json,
+    atomic_write_text,
+    claim_run_dir,
+    read_json,
+    require_run_dir,
+    run_lock,
+)
+from curate.io.ingest import (
+    ingest,
+    read_ingest_summary,
+    source_fingerprint,  # TRANSITIONAL: from curate.io.load
+)
+from curate.io.store import IMAGES_DIR
 from curate.recipe import Recipe, dump_yaml
 from curate.steps.base import RunContext, Step
-from curate.table import SAMPLE_ID, TABLE_FILE, read_table, removal_frame, write_table
+from curate.table import (
+    SAMPLE_ID,
+    TABLE_FILE,
+    read_table,
+    reason_kind,
+    removal_frame,
+    write_table,
+)
 
 log = logging.getLogger("curate")
 STEPS_DIR = "steps"
@@ -100,17 +120,16 @@ def _run_one(
     done = sdir / DONE_FILE
     cols_file = sdir / COLUMNS_FILE
     before = int((~removal_frame(table)["keep"]).sum())
-    if not force and done.exists() and cols_file.exists():
-        meta = json.loads(done.read_text(encoding="utf-8"))
-        if meta.get("fingerprint") == fp:
-            cols = pl.read_parquet(cols_file)
-            if cols[SAMPLE_ID].to_list() == table[SAMPLE_ID].to_list():
-                view = table.drop([c for c in step.produced_columns() if c in table.columns])
-                extra = cols.drop(SAMPLE_ID)
-                table = view.hstack(extra) if extra.width else view
-                after = int((~removal_frame(table)["keep"]).sum())
-                log.info("step %d %s: unchanged, skipped", index, step.name)
-                return table, fp, StepResult(index, step.name, True, 0.0, after - before)
+    meta = None if force else read_json(done)
+    if meta is not None and meta.get("fingerprint") == fp and step.outputs_exist(ctx, meta):
+        cols = _read_columns(cols_file)
+        if cols is not None and cols[SAMPLE_ID].to_list() == table[SAMPLE_ID].to_list():
+            view = table.drop([c for c in step.produced_columns() if c in table.columns])
+            extra = cols.drop(SAMPLE_ID)
+            table = view.hstack(extra) if extra.width else view
+            after = int((~removal_frame(table)["keep"]).sum())
+            log.info("step %d %s: unchanged, skipped", index, step.name)
+            return table, fp, StepResult(index, step.name, True, 0.0, after - before)
     done.unlink(missing_ok=True)
     sdir.mkdir(parents=True, exist_ok=True)
     ctx.step_dir = sdir
@@ -131,20 +150,57 @@ def _run_one(
         "removed": after - before,
         "stats": ctx.stats,
     }
-    done.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+    atomic_write_json(done, meta)
     write_table(table, ctx.run_dir / TABLE_FILE)
     return table, fp, StepResult(index, step.name, False, seconds, after - before)
 
 
-def ensure_ingested(recipe: Recipe, run_dir: Path, quiet: bool) -> dict:
-    """Ingest unless ``run_dir`` already holds this exact dataset config."""
+def _read_columns(path: Path) -> pl.DataFrame | None:
+    """A step's saved columns, or None when missing or unreadable (then the step reruns)."""
+    try:
+        return pl.read_parquet(path)
+    except Exception:  # a torn or foreign file: polars raises several types; all mean "redo"
+        return None
+
+
+def ingest_state(run_dir: Path, config) -> tuple[str, str | None]:
+    """Whether ``run_dir`` holds an ingest of ``config``: ``(state, why)``.
+
+    state: ``current`` (nothing to do), ``stale`` (same settings, but the source changed or
+    the ingest is incomplete: ingest again), ``other`` (other settings), ``none``.
+    """
     summary = read_ingest_summary(run_dir)
-    if summary and summary.get("fingerprint") == recipe.dataset.fingerprint():
+    if summary is None:
+        return "none", None
+    if summary.get("fingerprint") != config.fingerprint():
+        return "other", None
+    if not (run_dir / IMAGES_DIR).is_dir() or _read_columns(run_dir / TABLE_FILE) is None:
+        return "stale", "the run's images or table are missing or unreadable"
+    old_fp = summary.get("source_fingerprint")
+    new_fp = source_fingerprint(config.name, config.split)
+    if old_fp is not None and new_fp is not None and old_fp != new_fp:
+        return "stale", f"the source {config.name} changed since it was ingested"
+    return "current", None
+
+
+def ensure_ingested(recipe: Recipe, run_dir: Path, quiet: bool, overwrite: bool = False) -> dict:
+    """Ingest unless ``run_dir`` already holds this exact dataset config and source.
+
+    A changed source (an edited file) or an incomplete ingest is ingested again, with a line
+    saying why; other dataset settings replace the run's data only with ``overwrite``.
+    """
+    state, why = ingest_state(run_dir, recipe.dataset)
+    if state == "current":
         log.info("ingest: unchanged, skipped")
-        return summary
-    if (run_dir / STEPS_DIR).exists():
-        shutil.rmtree(run_dir / STEPS_DIR)  # new data invalidates every step
-    return ingest(recipe.dataset, run_dir, quiet=quiet)
+        return read_ingest_summary(run_dir)
+    if state == "stale":
+        log.warning("ingest: %s; ingesting again", why)
+    if state == "other" and not overwrite:
+        raise UsageError(
+            f"{run_dir} holds this recipe's run with other dataset settings; pass --overwrite "
+            "to replace its data (steps, report and export are rebuilt), or choose a new --out"
+        )
+    return ingest(recipe.dataset, run_dir, quiet=quiet, overwrite=True)
 
 
 def run_recipe(
@@ -154,14 +210,26 @@ def run_recipe(
     device: str = "cpu",
     quiet: bool = False,
     force: bool = False,
+    overwrite: bool = False,
 ) -> list[StepResult]:
-    """Ingest (if needed) and run every step of ``recipe`` in ``run_dir``; returns per-step results."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.resolved.yaml").write_text(dump_yaml(recipe.resolved()), encoding="utf-8")
-    summary = ensure_ingested(recipe, run_dir, quiet)
+    """Ingest (if needed) and run every step of ``recipe`` in ``run_dir``; returns per-step results.
+
+    ``run_dir`` must be new, empty or a run folder; it is locked while the recipe runs.
+    """
+    run_dir = claim_run_dir(run_dir)
+    with run_lock(run_dir):
+        return _run_recipe_locked(recipe, run_dir, device, quiet, force, overwrite)
+
+
+def _run_recipe_locked(
+    recipe: Recipe, run_dir: Path, device: str, quiet: bool, force: bool, overwrite: bool
+) -> list[StepResult]:
+    summary = ensure_ingested(recipe, run_dir, quiet, overwrite)
+    atomic_write_text(run_dir / "recipe.resolved.yaml", dump_yaml(recipe.resolved()))
     table = base_table(run_dir)
-    ctx = RunContext(run_dir=run_dir, seed=recipe.seed, device=device, quiet=quiet)
+    ctx = RunContext(
+        run_dir=run_dir, seed=recipe.seed, device=device, quiet=quiet, overwrite=overwrite
+    )
     upstream = summary["fingerprint"]
     results = []
     steps = recipe.all_steps()
@@ -186,7 +254,12 @@ def apply_step(
     The step is appended after the run's existing steps (or replaces an earlier run of the same
     step name), so the run folder stays one linear history.
     """
-    run_dir = Path(run_dir)
+    run_dir = require_run_dir(run_dir)
+    with run_lock(run_dir):
+        return _apply_step_locked(run_dir, step, ctx, force)
+
+
+def _apply_step_locked(run_dir: Path, step: Step, ctx: RunContext, force: bool) -> pl.DataFrame:
     table = read_table(run_dir / TABLE_FILE)
     steps_dir = run_dir / STEPS_DIR
     existing = sorted(steps_dir.glob("*")) if steps_dir.exists() else []
@@ -202,16 +275,6 @@ def apply_step(
     write_table(table, run_dir / TABLE_FILE)
     write_summary(run_dir, table)
     return table
-
-
-def reason_kind(reason: pl.Expr) -> pl.Expr:
-    """A removal reason without its per-row details (sample ids, scores in parentheses), so the
-    summary counts "duplicate image and caption of ..." once, not once per kept sample."""
-    return (
-        reason.str.replace_all(r"\s*\([^)]*\)", "")
-        .str.replace_all(r"\b[A-Za-z][\w~#-]*\d[\w~#.-]*\b", "…")
-        .str.strip_chars()
-    )
 
 
 def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> dict:
@@ -239,12 +302,14 @@ def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> d
         if (run_dir / STEPS_DIR).exists()
         else []
     ):
-        meta = json.loads(done.read_text(encoding="utf-8"))
+        meta = read_json(done)
+        if meta is None:
+            continue
         stats["steps"].append(
             {k: meta.get(k) for k in ("index", "step", "seconds", "removed", "stats")}
         )
     assert stats["kept"] + stats["removed"] == stats["rows"]
-    (run_dir / "stats.json").write_text(json.dumps(stats, indent=2, default=str), encoding="utf-8")
+    atomic_write_json(run_dir / "stats.json", stats)
 
     report = Report(run_dir / "report", title=f"curate report: {run_dir.name}")
     body = [

@@ -83,6 +83,29 @@ def removal_frame(table: pl.DataFrame) -> pl.DataFrame:
     ).with_columns(keep=pl.col("removed_by").is_null())
 
 
+def reason_kind(reason: pl.Expr) -> pl.Expr:
+    """A removal reason without its per-row details (sample ids, scores in parentheses), so the
+    summary counts "duplicate image and caption of ..." once, not once per kept sample."""
+    return (
+        reason.str.replace_all(r"\s*\([^)]*\)", "")
+        .str.replace_all(r"\b[A-Za-z][\w~#-]*\d[\w~#.-]*\b", "…")
+        .str.strip_chars()
+    )
+
+
+def removal_counts(table: pl.DataFrame) -> pl.DataFrame:
+    """Removed rows counted by step and reason kind (``removed_by``, ``reason_kind``, ``rows``),
+    largest first: what ``curate info`` and the dataset card show."""
+    return (
+        removal_frame(table)
+        .filter(~pl.col("keep"))
+        .with_columns(reason_kind=reason_kind(pl.col("removed_reason")))
+        .group_by(["removed_by", "reason_kind"])
+        .len(name="rows")
+        .sort(["rows", "removed_by", "reason_kind"], descending=[True, False, False])
+    )
+
+
 def kept_mask(table: pl.DataFrame) -> pl.Series:
     """Boolean Series: True for rows that survive ingest and every step."""
     return removal_frame(table)["keep"]

@@ -184,6 +184,9 @@ def audit(
         alignment_pretrained=alignment_pretrained,
     )
     settings.validate()
+    from curate.io.folders import claim_folder
+
+    claim_folder(out_dir, "audit")
     device = resolve_device(device)
     if oracle:
         from curate.audit.oracle import EmpiricalDenoiser

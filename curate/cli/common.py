@@ -23,7 +23,19 @@ def run_cli(group: click.Group) -> None:
     except CurateError as err:
         click.echo(f"Error: {err}", err=True)
         sys.exit(err.exit_code)
+    except OSError as err:
+        click.echo(f"Error: {os_error_line(err)}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; rerun the same command to resume.", err=True)
+        sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def os_error_line(err: OSError) -> str:
+    """A disk or permission error as one line naming the path and what failed."""
+    where = f" {err.filename}" if getattr(err, "filename", None) else ""
+    return f"cannot read or write{where}: {err.strerror or err}"
 
 
 def curate_errors(fn):
@@ -41,6 +53,9 @@ def curate_errors(fn):
         except CurateError as err:
             click.echo(f"Error: {err}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            click.echo(f"Error: {os_error_line(err)}", err=True)
+            sys.exit(1)
 
     return wrapper
 

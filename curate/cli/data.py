@@ -35,7 +35,8 @@ from curate.cli.common import curate_errors, device_option, quiet_option, setup_
     "--id-column",
     default=None,
     metavar="COL",
-    help="Column to use as sample_id (default: the row index).",
+    help="Column to use as sample_id (default: a hash of the image bytes and caption, so "
+    "reordering the source changes nothing).",
 )
 @click.option("--limit", default=None, type=click.IntRange(min=0), help="Ingest at most N rows.")
 @click.option(
@@ -55,13 +56,26 @@ from curate.cli.common import curate_errors, device_option, quiet_option, setup_
     "out",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Run folder to create.",
+    help="Run folder to create (new or empty), or an earlier run folder.",
+)
+@click.option(
+    "--allow-outside-paths",
+    is_flag=True,
+    help="Read image paths that lead outside the dataset's folder (../, absolute paths); "
+    "by default such rows are rejected as outside_dataset.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the data of a run folder that holds another dataset (its steps, report "
+    "and export go too).",
 )
 @quiet_option
 @curate_errors
 def ingest(
-    name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out, quiet
-):
+    name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out,
+    allow_outside_paths, overwrite, quiet,
+):  # fmt: skip
     """Load a dataset into a run folder: images + one table keyed by sample_id.
 
     Every input row becomes one table row; unusable rows are kept as status=rejected with a
@@ -79,8 +93,9 @@ def ingest(
     cfg = IngestConfig(
         name=name, split=split, image_column=image_column, caption_column=caption_column,
         id_column=id_column, limit=limit, streaming=streaming, max_pixels=max_pixels,
+        allow_outside_paths=allow_outside_paths,
     )  # fmt: skip
-    summary = run_ingest(cfg, out, quiet=quiet)
+    summary = run_ingest(cfg, out, quiet=quiet, overwrite=overwrite)
     rejected = sum(summary["rejected"].values())
     click.echo(
         f"ingested {summary['rows']} rows into {out}: {summary['kept']} ok, {rejected} rejected"
@@ -91,6 +106,24 @@ def ingest(
         )
         + f" [{summary['rows_per_second']} rows/s]"
     )
+    echo_notes(summary)
+
+
+def echo_notes(summary: dict) -> None:
+    """What ingest noticed but did not turn into rows (images no metadata lists, URLs)."""
+    unlisted = (summary.get("notes") or {}).get("unlisted_images")
+    if unlisted and unlisted.get("count"):
+        first = ", ".join(unlisted.get("first") or [])
+        click.echo(
+            f"note: {unlisted['count']} image(s) in the folder are not listed in its metadata "
+            f"and were not ingested (first: {first})"
+        )
+    urls = summary.get("rejected", {}).get("url_not_fetched")
+    if urls:
+        click.echo(
+            f"note: {urls} row(s) hold URLs; curate does not download images yet: fetch them "
+            "first (e.g. with img2dataset) and ingest the local files"
+        )
 
 
 @click.command()
@@ -115,10 +148,16 @@ def ingest(
 )
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and print the plan; do no work.")
 @click.option("--force", is_flag=True, help="Recompute every step even if unchanged.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Let the recipe replace the run's data when its dataset settings changed, and an "
+    "earlier export of another format.",
+)
 @device_option
 @quiet_option
 @curate_errors
-def clean(recipe, out, overrides, dry_run, force, device, quiet):
+def clean(recipe, out, overrides, dry_run, force, overwrite, device, quiet):
     """Run a cleaning recipe: ingest, steps in order, export, report.
 
     The whole recipe is validated first; every problem is reported with its YAML path.
@@ -134,7 +173,7 @@ def clean(recipe, out, overrides, dry_run, force, device, quiet):
     setup_logging(quiet)
     _quiet_datasets(quiet)
     rec = load_recipe(recipe, list(overrides))
-    run_dir = out or Path("runs") / rec.name
+    run_dir = out or Path("runs") / safe_folder_name(rec.name)
     if dry_run:
         click.echo(rec.plan())
         click.echo(f"run folder: {run_dir}")
@@ -145,8 +184,8 @@ def clean(recipe, out, overrides, dry_run, force, device, quiet):
     from curate.runner import run_recipe
 
     dev = resolve_device(device if device != "auto" else rec.device)
-    results = run_recipe(rec, run_dir, device=dev, quiet=quiet, force=force)
-    stats = json.loads((run_dir / "stats.json").read_text())
+    results = run_recipe(rec, run_dir, device=dev, quiet=quiet, force=force, overwrite=overwrite)
+    stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
     for r in results:
         state = "skipped (unchanged)" if r.skipped else f"{r.seconds:.1f}s"
         click.echo(f"  {r.index:2d}. {r.name:<16} {state:<20} removed {r.removed}")
@@ -177,6 +216,11 @@ def clean(recipe, out, overrides, dry_run, force, device, quiet):
 )
 @click.option("--private", is_flag=True, help="Create the Hub repo as private.")
 @click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an earlier curate export at --out (another format or another run).",
+)
+@click.option(
     "--shard-rows",
     default=5000,
     show_default=True,
@@ -185,7 +229,7 @@ def clean(recipe, out, overrides, dry_run, force, device, quiet):
 )
 @quiet_option
 @curate_errors
-def export(run_dir, fmt, out, repo_id, private, shard_rows, quiet):
+def export(run_dir, fmt, out, repo_id, private, overwrite, shard_rows, quiet):
     """Export the kept rows of a run, with removed.parquet, changes.parquet and a dataset card.
 
     \b
@@ -198,8 +242,9 @@ def export(run_dir, fmt, out, repo_id, private, shard_rows, quiet):
     setup_logging(quiet)
     _quiet_datasets(quiet)
     s = export_run(
-        run_dir, fmt, out=out, repo_id=repo_id, private=private, shard_rows=shard_rows, quiet=quiet
-    )
+        run_dir, fmt, out=out, repo_id=repo_id, private=private, shard_rows=shard_rows,
+        quiet=quiet, overwrite=overwrite,
+    )  # fmt: skip
     click.echo(
         f"exported {s['kept']} rows to {s['out']} ({s['removed']} removed, "
         f"{s['changed_captions']} captions changed)"
@@ -223,14 +268,20 @@ def list_steps():
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@curate_errors
 def info(run_dir):
-    """Show a run folder: source, columns, steps run, and kept/removed counts."""
-    import polars as pl
+    """Show a run folder: source, columns, steps run, and kept/removed counts.
 
+    \b
+    Example:
+      curate info runs/demo
+    """
+    from curate.io.folders import require_run_dir
     from curate.io.ingest import read_ingest_summary
-    from curate.table import read_table, removal_frame
+    from curate.table import read_table, removal_counts, removal_frame
 
+    require_run_dir(run_dir)
     table = read_table(run_dir)
     summary = read_ingest_summary(run_dir) or {}
     rem = removal_frame(table)
@@ -242,20 +293,23 @@ def info(run_dir):
     click.echo(
         f"rows: {table.height} = {int(rem['keep'].sum())} kept + {int((~rem['keep']).sum())} removed"
     )
-    reasons = (
-        rem.filter(~pl.col("keep"))
-        .group_by(["removed_by", "removed_reason"])
-        .len()
-        .sort("len", descending=True)
-    )
-    for by, why, n in reasons.iter_rows():
+    for by, why, n in removal_counts(table).iter_rows():
         click.echo(f"  {n:6d}  {by}: {why}")
+    echo_notes(summary)
     click.echo("columns:")
     for name, dtype in table.schema.items():
         click.echo(f"  {name}: {dtype}")
     steps = sorted((run_dir / "steps").glob("*/done.json")) if (run_dir / "steps").exists() else []
     if steps:
         click.echo("steps: " + ", ".join(p.parent.name for p in steps))
+
+
+def safe_folder_name(name: str) -> str:
+    """A recipe name as one folder name: no separators, no ``..``, nothing hidden."""
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "recipe"
+    return safe[:100]
 
 
 def _quiet_datasets(quiet: bool) -> None:

@@ -350,6 +350,9 @@ def sample(
     amg_cfg, amg_train = amg_config(amg_flags)
     if prompts and prompts_from:
         raise UsageError("pass either --prompt or --prompts-from, not both")
+    from curate.io.folders import claim_folder
+
+    claim_folder(out, "samples")
     dev = resolve_device(device)
     den = load_denoiser(model_dir, dev)
     if prompts_from:

@@ -6,6 +6,8 @@ Every input row becomes exactly one table row. Rows that cannot be used are kept
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import shutil
@@ -19,10 +21,78 @@ import polars as pl
 
 from curate._version import __version__
 from curate.errors import DataError, UsageError
+from curate.io.folders import (
+    atomic_write_json,
+    claim_run_dir,
+    disk_errors,
+    read_json,
+    replace_dir,
+    reset_run_dir,
+    run_lock,
+    staging_dir,
+)
 from curate.io.images import DEFAULT_MAX_PIXELS, decode_image
 from curate.io.load import Source, open_source
 from curate.io.store import IMAGES_DIR
 from curate.table import SAMPLE_ID, STATUS_OK, STATUS_REJECTED, TABLE_FILE, write_table
+
+# TRANSITIONAL: until the new source readers land
+try:
+    from curate.io.load import ROW_ERROR, source_fingerprint
+except ImportError:
+    ROW_ERROR = "__curate_row_error__"
+
+    def source_fingerprint(name, split="train"):
+        return None
+
+
+try:
+    from curate.io.paths import read_image_file
+except ImportError:
+
+    def read_image_file(value, base_dir, *, allow_outside=False, max_bytes=0):
+        p = Path(value)
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        if not p.is_file():
+            return None, "missing_file"
+        return p.read_bytes(), None
+
+
+def _compat_rows(source, limit):
+    if hasattr(source, "iter_rows"):
+        yield from source.iter_rows(limit)
+        return
+    ds = source.dataset
+    if source.streaming:
+        yield from (ds.take(limit) if limit is not None else ds)
+        return
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    for batch in ds.iter(batch_size=256):
+        keys = list(batch.keys())
+        for i in range(len(batch[keys[0]])):
+            yield {k: batch[k][i] for k in keys}
+
+
+def _compat_num_rows(source):
+    if hasattr(source, "num_rows"):
+        return source.num_rows
+    return None if source.streaming else len(source.dataset)
+
+
+def _compat_column(source, col, limit):
+    if hasattr(source, "column_values"):
+        return source.column_values(col, limit)
+    if source.streaming:
+        return None
+    ds = source.dataset
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    return ds[col]
+
+
+# END TRANSITIONAL
 
 INGEST_FILE = "ingest.json"
 
@@ -40,6 +110,7 @@ class IngestConfig:
     streaming: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 1
+    allow_outside_paths: bool = False
 
     def validate(self) -> list[str]:
         problems = []
@@ -58,16 +129,26 @@ class IngestConfig:
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _read_bytes(cell: Any, source: Source) -> tuple[bytes | None, str | None]:
-    """The encoded image of one cell, or ``(None, reason)``."""
+def _read_bytes(cell: Any, source: Source, allow_outside: bool) -> tuple[bytes | None, str | None]:
+    """The encoded image of one cell, or ``(None, reason)``.
+
+    Paths resolve against the dataset's own folder; one that leaves it is ``outside_dataset``
+    unless ``allow_outside``. Images of a Hub dataset come from the Hub client's own cache.
+    """
     if cell is None:
         return None, "empty_image"
     if isinstance(cell, bytes | bytearray):
         return bytes(cell), None
     path = None
     if isinstance(cell, dict):
-        if cell.get("bytes"):
-            return bytes(cell["bytes"]), None
+        data = cell.get("bytes")
+        if isinstance(data, str):  # base64 in a jsonl
+            try:
+                data = base64.b64decode(data, validate=True)
+            except ValueError:
+                return None, "invalid_image_cell"
+        if data:
+            return bytes(data), None
         path = cell.get("path")
     elif isinstance(cell, str):
         path = cell
@@ -75,12 +156,11 @@ def _read_bytes(cell: Any, source: Source) -> tuple[bytes | None, str | None]:
         return None, "invalid_image_cell"
     if not path:
         return None, "empty_image"
-    p = Path(path)
-    if not p.is_absolute() and source.base_dir is not None:
-        p = source.base_dir / p
-    if not p.is_file():
-        return None, "missing_file"
-    return p.read_bytes(), None
+    if not isinstance(path, str):
+        return None, "invalid_image_cell"
+    return read_image_file(
+        path, source.base_dir, allow_outside=allow_outside or source.kind == "hub"
+    )
 
 
 def parse_caption(value: Any, required: bool) -> tuple[list[str], str | None]:
@@ -90,40 +170,105 @@ def parse_caption(value: Any, required: bool) -> tuple[list[str], str | None]:
     items = value if isinstance(value, list | tuple) else [value]
     if not all(isinstance(v, str) for v in items):
         return [], "invalid_caption"
+    if any(_has_surrogate(v) or "\x00" in v for v in items):
+        return [], "invalid_caption"
     caps = [v.strip() for v in items if v.strip()]
     if not caps and required:
         return [], "empty_caption"
     return caps, None
 
 
-def _iter_rows(source: Source, limit: int | None, batch_size: int = 256):
-    ds = source.dataset
-    if source.streaming:
-        if limit is not None:
-            ds = ds.take(limit)
-        yield from ds
-        return
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    for batch in ds.iter(batch_size=batch_size):
-        keys = list(batch.keys())
-        for i in range(len(batch[keys[0]])):
-            yield {k: batch[k][i] for k in keys}
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _as_id(value: Any) -> str | None:
+    """A source id value as text ("007" stays "007"; an integer has no ".0")."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value)
+    return text if text.strip() and not _has_surrogate(text) else None
+
+
+def content_id(data: bytes | None, cell: Any, caption: Any) -> str:
+    """A sample id from the content: the image bytes (or the cell when unreadable) and caption.
+
+    The same row gets the same id wherever it sits in the source, so reordering the source
+    changes nothing downstream.
+    """
+    h = hashlib.blake2b(digest_size=10)
+    if data is not None:
+        h.update(b"bytes:")
+        h.update(data)
+    else:
+        h.update(b"cell:")
+        h.update(repr(cell).encode("utf-8", "surrogatepass"))
+    h.update(b"\0caption:")
+    h.update(json.dumps(caption, sort_keys=True, default=str).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+class _IdAssigner:
+    """Unique ids: a repeated id gets the first free ``~k`` suffix, free of every source id."""
+
+    def __init__(self, reserved: set[str]):
+        self.reserved = reserved  # every id the source holds (empty when unknown)
+        self.used: set[str] = set()
+        self.next_k: Counter = Counter()
+
+    def assign(self, sid: str) -> tuple[str, bool]:
+        if sid not in self.used:
+            self.used.add(sid)
+            return sid, False
+        k = self.next_k[sid] or 1
+        while f"{sid}~{k}" in self.used or f"{sid}~{k}" in self.reserved:
+            k += 1
+        self.next_k[sid] = k + 1
+        new = f"{sid}~{k}"
+        self.used.add(new)
+        return new, True
 
 
 def ingest(
-    config: IngestConfig, run_dir: Path | str, *, quiet: bool = False, overwrite: bool = True
+    config: IngestConfig, run_dir: Path | str, *, quiet: bool = False, overwrite: bool = False
 ) -> dict:
-    """Load ``config.name`` into ``run_dir``; returns the ingest summary (also in ingest.json)."""
-    from datasets import Features, Image, Value
-    from datasets.arrow_writer import ArrowWriter
-    from tqdm.auto import tqdm
+    """Load ``config.name`` into the run folder ``run_dir``; returns the ingest summary.
 
+    ``run_dir`` must be new, empty, or a curate run folder. A run folder that already holds a
+    different dataset (another source or ingest config) is replaced only with ``overwrite``;
+    then its steps, report and export go too, since they describe the old data. The summary is
+    also written to ``ingest.json``, last, so an interrupted ingest reads as not done.
+    """
     problems = config.validate()
     if problems:
         raise UsageError("; ".join(problems))
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_dir(run_dir)
+    with run_lock(run_dir):
+        old = read_ingest_summary(run_dir)
+        src_fp = source_fingerprint(config.name, config.split)
+        if old is not None and old.get("fingerprint") != config.fingerprint() and not overwrite:
+            was = (old.get("config") or {}).get("name", "another dataset")
+            raise UsageError(
+                f"--out {run_dir}: already holds an ingest of {was} with other settings; "
+                "pass --overwrite to replace it (its steps, report and export are removed too), "
+                "or choose a new --out"
+            )
+        return _ingest_locked(config, run_dir, src_fp, quiet)
+
+
+def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quiet: bool) -> dict:
+    from datasets import Dataset, Features, Image, Value
+    from datasets.arrow_writer import ArrowWriter
+    from tqdm.auto import tqdm
+
     source = open_source(
         config.name,
         split=config.split,
@@ -132,14 +277,17 @@ def ingest(
         id_column=config.id_column,
         streaming=config.streaming,
     )
-    total = None if source.streaming else len(source.dataset)
-    if config.limit is not None and total is not None:
-        total = min(total, config.limit)
-    elif config.limit is not None:
-        total = config.limit
+    total = _compat_num_rows(source)
+    if config.limit is not None:
+        total = config.limit if total is None else min(total, config.limit)
 
-    images_dir = run_dir / IMAGES_DIR
-    tmp_arrow = run_dir / ".images.arrow.tmp"
+    reserved: set[str] = set()
+    if source.id_column is not None:
+        values = _compat_column(source, source.id_column, config.limit)
+        reserved = {v for v in map(_as_id, values or []) if v is not None}
+    ids = _IdAssigner(reserved)
+    staged = staging_dir(run_dir / IMAGES_DIR)
+    tmp_arrow = staged / "images.arrow"
     features = Features({SAMPLE_ID: Value("string"), "image": Image()})
     cols: dict[str, list] = {
         k: []
@@ -149,84 +297,57 @@ def ingest(
         )
     }  # fmt: skip
     extra: dict[str, list] = {f"src_{c}": [] for c in source.extra_columns}
-    seen_ids: Counter = Counter()
     reasons: Counter = Counter()
     start = time.perf_counter()
-    writer = ArrowWriter(features=features, path=str(tmp_arrow))
     try:
-        rows = tqdm(
-            _iter_rows(source, config.limit), total=total, disable=quiet, desc="ingest", unit="img"
-        )
-        for idx, row in enumerate(rows):
-            if source.id_column is not None:
-                raw_id = row.get(source.id_column)
-                sid = str(raw_id) if raw_id is not None else f"s{idx:08d}"
-            else:
-                sid = f"s{idx:08d}"
-            reason = None
-            seen_ids[sid] += 1
-            if seen_ids[sid] > 1:
-                sid, reason = f"{sid}~{idx}", "duplicate_id"
-            data, why = _read_bytes(row.get(source.image_column), source)
-            dec = decode_image(data, max_pixels=config.max_pixels, min_side=config.min_side)
-            reason = reason or why or dec.reason
-            caps, cap_reason = parse_caption(
-                row.get(source.caption_column) if source.caption_column else None,
-                required=source.caption_column is not None,
+        with disk_errors("write", tmp_arrow):
+            writer = ArrowWriter(features=features, path=str(tmp_arrow))
+            try:
+                rows = tqdm(
+                    _compat_rows(source, config.limit),
+                    total=total,
+                    disable=quiet,
+                    desc="ingest",
+                    unit="img",
+                )
+                for idx, row in enumerate(rows):
+                    _ingest_row(
+                        idx, row, source, config, ids, cols, extra, reasons, writer, features
+                    )
+                writer.finalize()
+            finally:
+                writer.close()
+        elapsed = time.perf_counter() - start
+        n = len(cols[SAMPLE_ID])
+        if n == 0:
+            raise DataError(
+                f"--dataset {config.name}: the source has no rows (split {config.split!r})"
             )
-            reason = reason or cap_reason
-            ok = reason is None
-            reasons[reason or STATUS_OK] += 1
-            cols[SAMPLE_ID].append(sid)
-            cols["source_index"].append(idx)
-            cols["caption"].append(caps[0] if caps else None)
-            cols["captions"].append(caps)
-            cols["width"].append(dec.width)
-            cols["height"].append(dec.height)
-            cols["mode"].append(dec.mode)
-            cols["format"].append(dec.format)
-            cols["num_bytes"].append(dec.num_bytes)
-            cols["pixel_hash"].append(dec.pixel_hash)
-            cols["status"].append(STATUS_OK if ok else STATUS_REJECTED)
-            cols["reason"].append(reason)
-            for c in source.extra_columns:
-                extra[f"src_{c}"].append(row.get(c))
-            # a decodable image is kept even when the row is rejected for another reason (caption,
-            # id), so the report can show it
-            stored = {"bytes": dec.encoded, "path": None} if dec.ok else None
-            writer.write(features.encode_example({SAMPLE_ID: sid, "image": stored}))
-        writer.finalize()
+        table = pl.DataFrame(
+            {**cols, **{k: _homogeneous(v) for k, v in extra.items()}},
+            schema_overrides={
+                SAMPLE_ID: pl.String, "source_index": pl.Int64, "caption": pl.String,
+                "captions": pl.List(pl.String), "width": pl.Int32, "height": pl.Int32,
+                "mode": pl.String, "format": pl.String, "num_bytes": pl.Int64,
+                "pixel_hash": pl.String, "status": pl.String, "reason": pl.String,
+            },
+            strict=False,
+        )  # fmt: skip
+        with disk_errors("write", staged), _datasets_bars(not quiet):
+            Dataset.from_file(str(tmp_arrow)).save_to_disk(str(staged / "dataset"))
+        # Commit: the old ingest stops being "done" first, then everything that described the
+        # old data goes, then the new images, table and (last) ingest.json arrive.
+        (run_dir / INGEST_FILE).unlink(missing_ok=True)
+        reset_run_dir(run_dir)
+        replace_dir(staged / "dataset", run_dir / IMAGES_DIR)
     finally:
-        writer.close()
-    elapsed = time.perf_counter() - start
-    n = len(cols[SAMPLE_ID])
-    if n == 0:
-        tmp_arrow.unlink(missing_ok=True)
-        raise DataError(f"--dataset {config.name}: the source has no rows (split {config.split!r})")
-
-    table = pl.DataFrame(
-        {**cols, **extra},
-        schema_overrides={
-            SAMPLE_ID: pl.String, "source_index": pl.Int64, "caption": pl.String,
-            "captions": pl.List(pl.String), "width": pl.Int32, "height": pl.Int32,
-            "mode": pl.String, "format": pl.String, "num_bytes": pl.Int64,
-            "pixel_hash": pl.String, "status": pl.String, "reason": pl.String,
-        },
-        strict=False,
-    )  # fmt: skip
-    from datasets import Dataset
-
-    if images_dir.exists():
-        if not overwrite:
-            raise DataError(f"{images_dir} exists; pass a new --out or remove it")
-        shutil.rmtree(images_dir)
-    Dataset.from_file(str(tmp_arrow)).save_to_disk(str(images_dir))
-    tmp_arrow.unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
     write_table(table, run_dir / TABLE_FILE)
     summary = {
         "tool": f"curate {__version__}",
         "config": asdict(config),
         "fingerprint": config.fingerprint(),
+        "source_fingerprint": src_fp,
         "source": {
             "kind": source.kind,
             "image_column": source.image_column,
@@ -234,6 +355,7 @@ def ingest(
             "id_column": source.id_column,
             "extra_columns": source.extra_columns,
         },
+        "notes": getattr(source, "notes", {}),
         "columns": table.columns,
         "rows": n,
         "kept": reasons.get(STATUS_OK, 0),
@@ -241,10 +363,87 @@ def ingest(
         "seconds": round(elapsed, 3),
         "rows_per_second": round(n / elapsed, 1) if elapsed > 0 else None,
     }
-    (run_dir / INGEST_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    atomic_write_json(run_dir / INGEST_FILE, summary)
     return summary
 
 
+@contextlib.contextmanager
+def _datasets_bars(show: bool):
+    """The ``datasets`` progress bars on or off for a block (``--quiet`` hides them)."""
+    from datasets import utils
+
+    was = not utils.are_progress_bars_disabled()
+    if not show:
+        utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was and not show:
+            utils.enable_progress_bars()
+
+
+def _homogeneous(values: list) -> list:
+    """A source column as one type: its values as text when they mix types."""
+    kinds = {type(v) for v in values if v is not None}
+    if len(kinds) <= 1 and not (kinds & {dict, list, tuple}):
+        return values
+    return [
+        None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str))
+        for v in values
+    ]
+
+
+def _ingest_row(idx, row, source, config, ids, cols, extra, reasons, writer, features) -> None:
+    row_error = row.get(ROW_ERROR) if isinstance(row, dict) else "bad_line (not a record)"
+    if row_error is not None:
+        sid = "bad-" + content_id(None, (idx, row_error), None)
+        data, dec, caps = None, decode_image(None), []
+        reason = str(row_error)
+    else:
+        cell = row.get(source.image_column)
+        raw_caption = row.get(source.caption_column) if source.caption_column else None
+        data, why = _read_bytes(cell, source, config.allow_outside_paths)
+        raw_id = _as_id(row.get(source.id_column)) if source.id_column is not None else None
+        if source.id_column is not None and raw_id is None:
+            raw_id = "missing-id-" + content_id(data, cell, raw_caption)
+        sid = raw_id if raw_id is not None else content_id(data, cell, raw_caption)
+        dec = decode_image(data, max_pixels=config.max_pixels, min_side=config.min_side)
+        caps, cap_reason = parse_caption(raw_caption, required=source.caption_column is not None)
+        reason = why or dec.reason or cap_reason
+    sid, repeated = ids.assign(sid)
+    if repeated and source.id_column is not None and row_error is None:
+        reason = "duplicate_id"  # the source's own ids clash; identical content is dedup's job
+    ok = reason is None
+    reasons[_reason_code(reason) if reason else STATUS_OK] += 1
+    cols[SAMPLE_ID].append(sid)
+    cols["source_index"].append(idx)
+    cols["caption"].append(caps[0] if caps else None)
+    cols["captions"].append(caps)
+    cols["width"].append(dec.width)
+    cols["height"].append(dec.height)
+    cols["mode"].append(dec.mode)
+    cols["format"].append(dec.format)
+    cols["num_bytes"].append(dec.num_bytes)
+    cols["pixel_hash"].append(dec.pixel_hash)
+    cols["status"].append(STATUS_OK if ok else STATUS_REJECTED)
+    cols["reason"].append(reason)
+    for c in source.extra_columns:
+        v = row.get(c) if row_error is None else None
+        extra[f"src_{c}"].append(None if isinstance(v, str) and _has_surrogate(v) else v)
+    # a decodable image is kept even when the row is rejected for another reason (caption,
+    # id), so the report can show it
+    stored = {"bytes": dec.encoded, "path": None} if dec.ok else None
+    writer.write(features.encode_example({SAMPLE_ID: sid, "image": stored}))
+
+
+def _reason_code(reason: str) -> str:
+    """``bad_line (line 3: ...)`` -> ``bad_line``: the summary counts codes, not details."""
+    return reason.split(" (", 1)[0]
+
+
 def read_ingest_summary(run_dir: Path | str) -> dict | None:
-    path = Path(run_dir) / INGEST_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    """The ingest summary, or None when there is none (or it is torn: ingest is then not done)."""
+    summary = read_json(Path(run_dir) / INGEST_FILE)
+    if summary is None or "fingerprint" not in summary or "columns" not in summary:
+        return None
+    return summary

@@ -39,6 +39,7 @@ class RunContext:
     seed: int = 0
     device: str = "cpu"
     quiet: bool = False
+    overwrite: bool = False  # a step may replace an earlier output of another kind (export)
     step_dir: Path | None = None  # per-step artifact folder, set by the runner
     stats: dict[str, Any] = field(default_factory=dict)  # per-step counters, saved by the runner
     _report: Report | None = None
@@ -101,6 +102,11 @@ class Step:
     def config(self) -> dict[str, Any]:
         """The resolved config, as recorded in the run folder and used for the cache key."""
         return dataclasses.asdict(self)
+
+    def outputs_exist(self, ctx: RunContext, meta: dict[str, Any]) -> bool:
+        """Whether the files a finished run of this step wrote are still there (``meta`` is its
+        ``done.json``); a step whose outputs are gone runs again. Column-only steps: True."""
+        return True
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         """Return the produced columns for ``table`` (same height, same row order)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import polars as pl
@@ -36,8 +37,18 @@ class Export(Step):
             problems.append("shard_rows: must be >= 1")
         return problems
 
+    def outputs_exist(self, ctx: RunContext, meta: dict) -> bool:
+        from curate.export import export_is_current
+
+        out = (meta.get("stats") or {}).get("out")
+        return out is not None and export_is_current(Path(out), meta.get("stats") or {})
+
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         from curate.export import export_run
+
+        if table.height == 0:  # nothing was ingested (a table whose rows were all removed is
+            # an error, raised by export_run)
+            return table.select([])
 
         summary = export_run(
             ctx.run_dir,
@@ -48,6 +59,7 @@ class Export(Step):
             private=self.private,
             shard_rows=self.shard_rows,
             quiet=ctx.quiet,
+            overwrite=ctx.overwrite,
         )
         ctx.stats.update(summary)
         return table.select([])

@@ -86,8 +86,14 @@ class Train(Step):
             problems.append(re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), str(err)))
         if self.caption_transform and self.conditioning != "caption":
             problems.append("caption_transform: needs conditioning: caption")
+        from curate.io.folders import RUN_ENTRIES
+
         if not self.out or Path(self.out).is_absolute() or ".." in Path(self.out).parts:
             problems.append("out: a folder name inside the run folder, e.g. model")
+        elif Path(self.out).parts[0] in RUN_ENTRIES:
+            problems.append(
+                f"out: {self.out!r} is where the run keeps its own files; use e.g. model"
+            )
         return problems
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:

@@ -40,10 +40,9 @@ class Validate(Step):
         if self.min_caption_words < 0:
             problems.append("min_caption_words: must be >= 0")
         for i, pat in enumerate(self.reject_caption_patterns):
-            try:
-                re.compile(pat)
-            except re.error as err:
-                problems.append(f"reject_caption_patterns[{i}]: invalid regex ({err})")
+            problem = regex_problem(pat)
+            if problem:
+                problems.append(f"reject_caption_patterns[{i}]: {problem}")
         return problems
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
@@ -84,3 +83,21 @@ class Validate(Step):
         out = table.select(expr.otherwise(pl.lit(None, dtype=pl.String)).alias("validate_drop"))
         ctx.stats["failed"] = int(out["validate_drop"].is_not_null().sum())
         return out
+
+
+def regex_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be used as a caption rule, or None.
+
+    The rule runs in polars (Rust's regex syntax), which has no look-around or
+    back-references; checking with it here means ``--dry-run`` catches what the run would hit.
+    """
+    if not isinstance(pattern, str):
+        return f"must be a string, got {pattern!r}"
+    try:
+        re.compile(pattern)
+        pl.Series([""], dtype=pl.String).str.contains(pattern)
+    except Exception as err:  # re.error or a polars compute error: both mean "not usable"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or ["invalid"]
+        why = next((line for line in lines if line.startswith("error:")), lines[0])
+        return f"invalid regex {pattern!r} ({why.removeprefix('error: ')[:200]})"
+    return None

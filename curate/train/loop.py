@@ -526,11 +526,29 @@ def train(
     extra_info: dict[str, Any] | None = None,
 ) -> Path:
     """Train on ``data`` and write the model folder ``out_dir``; returns its path."""
+    from curate.io.folders import MARKER, atomic_write_json, folder_kind
+
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    nonempty = out.exists() and any(out.iterdir())
+    ours = out.exists() and (
+        folder_kind(out) == "model"
+        or (out / CURATE_CONFIG).exists()
+        or any((out / "checkpoints").glob("step-*/state.json"))
+    )
+    if nonempty and not ours:
+        raise UsageError(
+            f"--out {out}: the folder is not empty and was not made by curate train; choose a "
+            "new or empty folder (curate never deletes your files)"
+        )
+    if nonempty and not (resume or overwrite):
         raise UsageError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
-    if overwrite and not resume and out.exists():
+    if overwrite and not resume and nonempty:
         shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if folder_kind(out) != "model":
+        atomic_write_json(out / MARKER, {"kind": "model", "what": "model folder"})
     trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
     if resume:
         ckpt = latest_checkpoint(out)

@@ -103,7 +103,7 @@ def test_audit_recipe_step_with_amg(digits_run, tmp_path):
     shutil.copytree(digits_run, run)
     recipe = parse_recipe(
         {
-            "dataset": {"name": "builtin:digits"},
+            "dataset": {"name": "builtin:digits", "limit": 64},
             "steps": [
                 {"audit": {"oracle": True, "num_samples": 8, "steps": 6, "resolution": 8,
                            "amg": {"threshold": "always", "scales": [0, 0, 5]}}},

@@ -148,7 +148,7 @@ def test_same_input_gives_byte_identical_table(tmp_path):
     a = (tmp_path / "a" / "table.parquet").read_bytes()
     assert a == (tmp_path / "b" / "table.parquet").read_bytes()
     ids = read_table(tmp_path / "a")["sample_id"].to_list()
-    assert ids[:2] == ["s00000000", "s00000001"]
+    assert len(set(ids)) == 50 and all(len(i) == 20 for i in ids)  # content ids, not positions
 
 
 def test_limit_and_unknown_columns(tmp_path):
@@ -168,3 +168,46 @@ def test_unreachable_hub_name_is_one_clear_error(tmp_path):
 def test_missing_local_path_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no such file or folder"):
         ingest(IngestConfig(name=str(tmp_path / "nope" / "x")), tmp_path / "run", quiet=True)
+
+
+def test_colliding_id_suffixes_stay_unique(tmp_path):
+    df = pl.DataFrame({"id": ["a", "a", "a~1"], "img": [_png(0), _png(1), _png(2)], "text": "x"})
+    df.write_parquet(tmp_path / "d.parquet")
+    cfg = IngestConfig(name=str(tmp_path / "d.parquet"), id_column="id")
+    ingest(cfg, tmp_path / "run", quiet=True)
+    table = read_table(tmp_path / "run")
+    assert table["sample_id"].n_unique() == 3 and "a~1" in table["sample_id"].to_list()
+    # the third row keeps its own id; the repeated "a" gets a suffix nobody holds
+    assert table.filter(pl.col("source_index") == 2)["sample_id"][0] == "a~1"
+    assert table.filter(pl.col("reason") == "duplicate_id")["source_index"].to_list() == [1]
+
+
+def test_content_ids_do_not_depend_on_row_order(tmp_path):
+    df = pl.DataFrame({"img": [_png(i) for i in range(6)], "text": [f"c{i}" for i in range(6)]})
+    df.write_parquet(tmp_path / "a.parquet")
+    df.reverse().write_parquet(tmp_path / "b.parquet")
+    for name in ("a", "b"):
+        ingest(IngestConfig(name=str(tmp_path / f"{name}.parquet")), tmp_path / name, quiet=True)
+    a, b = (read_table(tmp_path / n).sort("sample_id") for n in ("a", "b"))
+    assert a["sample_id"].to_list() == b["sample_id"].to_list()
+    assert a["caption"].to_list() == b["caption"].to_list()
+
+
+def test_reingesting_other_settings_needs_overwrite_and_clears_old_outputs(tmp_path):
+    run = tmp_path / "run"
+    ingest(IngestConfig(name="builtin:digits", limit=20), run, quiet=True)
+    (run / "steps" / "01-dedup_images").mkdir(parents=True)
+    with pytest.raises(UsageError, match="--overwrite"):
+        ingest(IngestConfig(name="builtin:digits", limit=10), run, quiet=True)
+    assert read_table(run).height == 20
+    ingest(IngestConfig(name="builtin:digits", limit=10), run, quiet=True, overwrite=True)
+    assert read_table(run).height == 10 and not (run / "steps").exists()
+
+
+def test_a_folder_that_is_not_curates_is_refused_untouched(tmp_path):
+    _write_images(tmp_path / "images")
+    (tmp_path / "data.jsonl").write_text('{"image": "images/img0.png", "text": "a"}\n')
+    before = sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*"))
+    with pytest.raises(UsageError, match="not made by curate"):
+        ingest(IngestConfig(name=str(tmp_path / "data.jsonl")), tmp_path, quiet=True)
+    assert sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*")) == before

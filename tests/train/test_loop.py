@@ -219,9 +219,10 @@ def test_from_run_uses_kept_rows_and_sigma_column(tmp_path):
     )
     table.write_parquet(run / "table.parquet")
     data = from_run(run, channels=1, resolution=8, sigma_n_column="risk_sigma")
-    assert len(data) == 11 and "s00000003" not in data.sample_ids
+    ids = table["sample_id"].to_list()
+    assert len(data) == 11 and ids[3] not in data.sample_ids
     assert data.images.shape == (11, 1, 8, 8)
-    i = data.sample_ids.index("s00000005")
+    i = data.sample_ids.index(ids[5])
     assert data.sigma_n[i] == 1.5 and np.isnan(data.sigma_n[0])
     assert data.captions[0][0].startswith("a handwritten digit")
     with pytest.raises(UsageError, match="--sigma-n-column"):
