@@ -8,6 +8,7 @@ counts. The Hub token is read by ``huggingface_hub`` itself and never written an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -34,6 +35,9 @@ Format = Literal["disk", "parquet", "hub"]
 IMAGE_COLUMN = "image"
 CAPTION_COLUMN = "text"
 EXPORT_DIR = "export"
+#: curate's own files in an export folder (its marker; export.json names local paths): they
+#: stay local, everything else is the dataset repository a Hub push uploads.
+BOOKKEEPING = (".curate.json", "export.json", ".*")
 
 
 def export_columns(table: pl.DataFrame) -> pl.DataFrame:
@@ -136,9 +140,18 @@ def build_dataset(table: pl.DataFrame, run_dir: Path, work_dir: Path):
 
 
 def dataset_card(
-    table: pl.DataFrame, recipe_yaml: str | None, repo_id: str | None, num_shards: int
+    table: pl.DataFrame,
+    recipe_yaml: str | None,
+    repo_id: str | None,
+    num_shards: int,
+    layout: str = "parquet",
 ) -> str:
-    """README.md with YAML metadata: what was kept, what was removed and why, and how."""
+    """README.md with YAML metadata: what was kept, what was removed and why, and how.
+
+    For the parquet layout its ``configs:`` make the folder a dataset repository:
+    ``load_dataset(OUT, split="train")`` gives the kept rows, ``load_dataset(OUT, "removed")``
+    the removal manifest and ``load_dataset(OUT, "changes")`` the rewritten captions.
+    """
     rem = removal_frame(table)
     kept = int(rem["keep"].sum())
     counts = removal_counts(table)
@@ -150,18 +163,24 @@ def dataset_card(
         if recipe_yaml
         else "_no recipe: built with individual commands_"
     )
+    if layout == "disk":
+        configs = ""
+        where = "a `save_to_disk` dataset at this folder's root: `datasets.load_from_disk(DIR)`"
+    else:
+        configs = (
+            "configs:\n- config_name: default\n  data_files:\n  - split: train\n"
+            "    path: data/train-*.parquet\n- config_name: removed\n  data_files:\n"
+            "  - split: train\n    path: removed.parquet\n- config_name: changes\n"
+            "  data_files:\n  - split: train\n    path: changes.parquet\n"
+        )
+        where = f"in {num_shards} parquet shard(s) under `data/`"
     return f"""---
 tags:
 - curate
 - image-text
 size_categories:
 - {_size_category(kept)}
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data/train-*.parquet
----
+{configs}---
 
 # {title}
 
@@ -170,7 +189,7 @@ easily reproduced samples were removed or had their captions rewritten so that a
 on this data copies less.
 
 - input rows: **{table.height}**
-- kept: **{kept}** (in {num_shards} parquet shard(s) under `data/`)
+- kept: **{kept}** ({where})
 - removed: **{table.height - kept}** (listed with reasons in `removed.parquet`)
 - captions rewritten: **{changed}** (old and new in `changes.parquet`)
 
@@ -249,20 +268,28 @@ def _export_locked(
     api: Any,
     overwrite: bool,
 ) -> dict:
-    out = Path(out) if out is not None else run_dir / EXPORT_DIR
-    owner = f"{run_dir.resolve()}|{format}"
+    layout = "parquet" if format == "hub" else format  # a Hub push uploads the parquet folder
+    out = Path(out) if out is not None else run_dir / EXPORT_DIR / layout
+    owner = _owner_key(run_dir, layout)
     staged = prepare_output_dir(out, "export", overwrite=overwrite, owner=owner, protect=(run_dir,))
     try:
         summary = _write_export(run_dir, table, format, staged, repo_id, shard_rows)
         summary["out"] = str(out)
         atomic_write_json(staged / "export.json", summary)
-        finish_output_dir(staged, out, "export", owner=owner, what=f"{format} export of {run_dir}")
+        finish_output_dir(staged, out, "export", owner=owner, what=f"{layout} export")
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     if format == "hub":
         summary["url"] = push_folder(out, repo_id, private=private, api=api)
         atomic_write_json(out / "export.json", summary)
     return summary
+
+
+def _owner_key(run_dir: Path, layout: str) -> str:
+    """Which run and layout an export folder belongs to, without writing a local path into it
+    (the folder may be pushed to the Hub)."""
+    blob = f"{run_dir.resolve()}|{layout}".encode()
+    return hashlib.blake2b(blob, digest_size=12).hexdigest()
 
 
 def export_is_current(out: Path, stats: dict) -> bool:
@@ -303,7 +330,8 @@ def _write_export(
         if summary["kept"] + summary["removed"] != summary["rows"]:
             raise DataError("internal: kept + removed != rows; refusing to export")
         if format == "disk":
-            ds.save_to_disk(str(out / "dataset"))
+            # the dataset at the folder's root, so ``load_from_disk(OUT)`` opens it
+            ds.save_to_disk(str(out))
             num_shards = 1
         else:
             data_dir = out / "data"
@@ -312,11 +340,12 @@ def _write_export(
             for i in range(num_shards):
                 shard = ds.shard(num_shards=num_shards, index=i, contiguous=True)
                 shard.to_parquet(str(data_dir / f"train-{i:05d}-of-{num_shards:05d}.parquet"))
-        (out / "README.md").write_text(
-            dataset_card(table, recipe_yaml, repo_id, num_shards), encoding="utf-8"
-        )
         del ds
         shutil.rmtree(out / ".work", ignore_errors=True)
+        (out / "README.md").write_text(
+            dataset_card(table, recipe_yaml, repo_id, num_shards, layout=format),
+            encoding="utf-8",
+        )
     return summary
 
 
@@ -336,7 +365,7 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, api: Any =
             repo_id=repo_id,
             repo_type="dataset",
             folder_path=str(folder),
-            allow_patterns=["data/*.parquet", "README.md", "removed.parquet", "changes.parquet"],
+            ignore_patterns=list(BOOKKEEPING),
             commit_message=f"Upload dataset cleaned with curate {__version__}",
         )
     except UsageError:

@@ -29,9 +29,14 @@ def test_ingest_clean_export_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "40 rows = " in res.output and "report:" in res.output
     res = _run(["export", str(run), "--format", "disk", "-q"])
-    assert res.exit_code == 2 and "--overwrite" in res.output  # the recipe's parquet export
-    res = _run(["export", str(run), "--format", "disk", "-q", "--overwrite"])
     assert res.exit_code == 0 and "exported" in res.output
+    assert (run / "export" / "parquet" / "data").is_dir()  # the recipe's export is still there
+    other = tmp_path / "elsewhere"
+    res = _run(["export", str(run), "--format", "parquet", "--out", str(other), "-q"])
+    res = _run(["export", str(run), "--format", "disk", "--out", str(other), "-q"])
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    res = _run(["export", str(run), "--format", "disk", "--out", str(other), "-q", "--overwrite"])
+    assert res.exit_code == 0 and (other / "state.json").exists()
     res = _run(["info", str(run)])
     assert (
         res.exit_code == 0

@@ -34,7 +34,8 @@ def test_disk_export_round_trips_exactly_the_kept_rows(cleaned_run):
     s = export_run(cleaned_run, "disk")
     table = read_table(cleaned_run)
     keep = removal_frame(table)["keep"]
-    ds = load_from_disk(str(Path(s["out"]) / "dataset"))
+    assert Path(s["out"]) == cleaned_run / "export" / "disk"
+    ds = load_from_disk(s["out"])  # the export folder itself is the dataset
     assert ds["sample_id"] == table.filter(keep)["sample_id"].to_list()
     assert ds["text"] == table.filter(keep)["caption"].to_list()
     assert len(ds) + s["removed"] == table.height
@@ -87,7 +88,8 @@ class FakeHfApi:
         root = Path(kw["folder_path"])
         for p in root.rglob("*"):
             rel = p.relative_to(root).as_posix()
-            if p.is_file() and any(fnmatch.fnmatch(rel, pat) for pat in kw["allow_patterns"]):
+            ignored = any(fnmatch.fnmatch(rel, pat) for pat in kw.get("ignore_patterns") or [])
+            if p.is_file() and not ignored:
                 self.uploaded[rel] = p.read_bytes()
 
 
@@ -104,6 +106,12 @@ def test_hub_push_payload_has_card_and_shards_and_no_token(cleaned_run, monkeypa
     assert shards and sum(pl.read_parquet(api.uploaded[k]).height for k in shards) == s["kept"]
     for name, data in api.uploaded.items():
         assert token.encode() not in data, f"token leaked into {name}"
+        assert str(cleaned_run.resolve()).encode() not in data, f"local path in {name}"
+    # exactly the dataset repository the parquet export writes, none of curate's bookkeeping
+    out = Path(s["out"])
+    local = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    assert set(api.uploaded) == local - {".curate.json", "export.json"}
+    assert out == cleaned_run / "export" / "parquet"
     for path in Path(cleaned_run).rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), f"token leaked into {path}"
@@ -137,3 +145,46 @@ def test_merged_duplicate_captions_export_as_a_list_and_feed_the_trainer(photos_
     train = from_table(table, ImageStore(photos_run), channels=1, resolution=8)
     second = table.filter(pl.col("source_index") == 1)["sample_id"][0]
     assert train.captions[train.sample_ids.index(second)] == ["cap a", "cap b"]
+
+
+def test_parquet_export_is_a_dataset_repository_load_dataset_reads(cleaned_run):
+    from datasets import load_dataset
+
+    s = export_run(cleaned_run, "parquet", shard_rows=10)
+    table = read_table(cleaned_run)
+    keep = removal_frame(table)["keep"]
+    kept = load_dataset(s["out"], split="train")
+    assert kept["sample_id"] == table.filter(keep)["sample_id"].to_list()
+    removed = load_dataset(s["out"], "removed", split="train")
+    assert sorted(removed["sample_id"]) == sorted(table.filter(~keep)["sample_id"].to_list())
+
+
+def test_formats_do_not_replace_each_other(cleaned_run):
+    disk = export_run(cleaned_run, "disk")
+    parquet = export_run(cleaned_run, "parquet")
+    assert disk["out"] != parquet["out"]
+    assert (Path(disk["out"]) / "state.json").exists() and (Path(parquet["out"]) / "data").is_dir()
+    again = export_run(cleaned_run, "disk")  # the run's own export of the same format: replaced
+    assert again["out"] == disk["out"]
+
+
+def test_card_counts_every_ingest_rejection_and_first_reason_wins(photos_run):
+    """The card's reason table includes ingest rejections, counts rewritten captions, and
+    reports the first step's reason for a row two steps removed."""
+    table = read_table(photos_run)
+    first = pl.when(pl.col("source_index") == 0).then(pl.lit("first reason"))
+    second = pl.when(pl.col("source_index").is_in([0, 1])).then(pl.lit("second reason"))
+    new = pl.when(pl.col("source_index") == 2).then(pl.lit("a rewritten caption"))
+    table = table.with_columns(
+        a_drop=first.otherwise(None),
+        b_drop=second.otherwise(None),
+        caption_new=new.otherwise(None),
+    )
+    s = export_run(photos_run, "parquet", table=table)
+    card = (Path(s["out"]) / "README.md").read_text()
+    rejected = table.filter(pl.col("status") != "ok")
+    for reason in set(rejected["reason"]):
+        n = rejected.filter(pl.col("reason") == reason).height
+        assert f"| ingest | {reason} | {n} |" in card
+    assert "| a | first reason | 1 |" in card and "| b | second reason | 1 |" in card
+    assert "captions rewritten: **1**" in card

@@ -138,11 +138,11 @@ def test_export_writes_new_captions_and_records_the_old(photos_run, table):
     out = compute_step(Captions(strategy="rt", p=1.0, only="dup_flag"), table, _ctx(photos_run))
     write_table(out, photos_run / "table.parquet")
     summary = export_run(photos_run, "parquet", quiet=True)
-    changes = pl.read_parquet(photos_run / "export" / "changes.parquet")
+    changes = pl.read_parquet(photos_run / "export" / "parquet" / "changes.parquet")
     flagged = out.filter(pl.col("dup_flag") & (pl.col("status") == "ok"))
     assert summary["changed_captions"] == changes.height == flagged.height
     assert set(changes["caption_old"]) <= set(flagged["caption"])
-    exported = pl.read_parquet(next((photos_run / "export" / "data").glob("*.parquet")))
+    exported = pl.read_parquet(next((photos_run / "export" / "parquet" / "data").glob("*.parquet")))
     by_id = dict(zip(exported["sample_id"], exported["text"], strict=True))
     for sid, new in zip(flagged["sample_id"], flagged["caption_new"], strict=True):
         assert by_id[sid] == new
