@@ -55,7 +55,7 @@ class Recipe:
     def plan(self) -> str:
         """A human-readable plan for ``--dry-run``."""
         lines = [f"recipe {self.name!r} (seed {self.seed})", f"  dataset: {self.dataset.name}"]
-        for i, step in enumerate(self.all_steps()):
+        for i, step in enumerate(self.all_steps(), start=1):
             cfg = ", ".join(f"{k}={v!r}" for k, v in step.config().items())
             produces = ", ".join(step.produced_columns()) or "-"
             lines.append(f"  {i}. {step.name}({cfg})\n       adds: {produces}")
@@ -178,7 +178,8 @@ def _similar(a: str, b: str) -> bool:
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key.path=value`` overrides to the raw recipe mapping (values parsed as YAML).
 
-    Step paths: ``steps.N.key`` or ``steps.N.step_name.key``.
+    Step paths: ``steps.N.key`` or ``steps.N.step_name.key``, steps numbered from 1 as in
+    the plan, the run's step folders and the report.
     """
     import copy
 
@@ -197,12 +198,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if parts[0] == "steps":
             steps = raw.get("steps") or []
             if len(parts) < 3 or not parts[1].isdigit():
-                problems.append(f"--set {item}: use steps.N.key=value (N counts from 0)")
+                problems.append(f"--set {item}: use steps.N.key=value (N counts from 1)")
                 continue
-            n = int(parts[1])
-            if n >= len(steps):
+            n = int(parts[1]) - 1
+            if not 0 <= n < len(steps):
                 problems.append(
-                    f"--set {item}: the recipe has {len(steps)} steps (0..{len(steps) - 1})"
+                    f"--set {item}: the recipe has {len(steps)} steps, numbered 1..{len(steps)}"
                 )
                 continue
             entry = steps[n]
@@ -268,7 +269,7 @@ def parse_recipe(raw: Any, *, name: str = "recipe", source_path: str | None = No
     if not isinstance(raw_steps, list):
         problems.append("steps: must be a list of {step_name: {settings}}")
         raw_steps = []
-    entries = [(f"steps[{i}]", e) for i, e in enumerate(raw_steps)]
+    entries = [(f"steps[{i}]", e) for i, e in enumerate(raw_steps, start=1)]
     if "export" in raw:
         entries.append(("export", {"export": raw["export"]}))
     export_step = None

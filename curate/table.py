@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.errors import DataError
+from curate.errors import DataError, UsageError
 from curate.steps.base import DROP_SUFFIX
 
 SAMPLE_ID = "sample_id"
@@ -53,8 +53,18 @@ def read_table(path: Path | str) -> pl.DataFrame:
     if path.is_dir():
         path = path / TABLE_FILE
     if not path.exists():
-        raise DataError(f"{path} does not exist: run `curate ingest` first")
-    return pl.read_parquet(path)
+        # the same mistake, the same exit code in every command: a usage error (2)
+        raise UsageError(
+            f"{path.parent if path.name == TABLE_FILE else path} is not a curate run folder "
+            "(no table.parquet): create one with `curate ingest --dataset NAME --out RUN_DIR`"
+        )
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:  # torn or foreign file; polars raises several types
+        raise DataError(
+            f"{path}: cannot read the run's table ({str(err).splitlines()[0][:200]}); "
+            "rerun the command that wrote it"
+        ) from None
 
 
 def drop_columns(table: pl.DataFrame) -> list[str]:

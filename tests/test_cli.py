@@ -66,16 +66,16 @@ def test_recipe_error_exits_2_with_yaml_path(tmp_path):
     recipe.write_text("dataset: builtin:digits\nsteps:\n  - validate: {min_sid: 3}\n")
     res = CliRunner().invoke(cli, ["clean", "--recipe", str(recipe), "--dry-run"])
     assert res.exit_code == 2
-    assert "steps[0].validate.min_sid: unknown key" in res.output
+    assert "steps[1].validate.min_sid: unknown key" in res.output
     assert "Traceback" not in res.output
 
 
 def test_bad_override_exits_2():
     res = CliRunner().invoke(
         cli,
-        ["clean", "--recipe", "recipes/demo.yaml", "--set", "steps.0.min_side=big", "--dry-run"],
+        ["clean", "--recipe", "recipes/demo.yaml", "--set", "steps.1.min_side=big", "--dry-run"],
     )
-    assert res.exit_code == 2 and "steps[0].validate.min_side: must be an integer" in res.output
+    assert res.exit_code == 2 and "steps[1].validate.min_side: must be an integer" in res.output
 
 
 def test_data_error_exits_1_with_one_line(tmp_path):

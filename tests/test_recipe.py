@@ -26,14 +26,14 @@ def test_all_problems_reported_with_yaml_paths():
         _parse(raw)
     problems = info.value.problems
     assert "dataset.limt: unknown key (did you mean 'limit'?)" in problems
-    assert any(p.startswith("steps[0].validate.min_side: must be an integer") for p in problems)
-    assert any(p.startswith("steps[1].select.wher: unknown key") for p in problems)
-    assert any(p.startswith("steps[2]: unknown step 'nonexistent'") for p in problems)
+    assert any(p.startswith("steps[1].validate.min_side: must be an integer") for p in problems)
+    assert any(p.startswith("steps[2].select.wher: unknown key") for p in problems)
+    assert any(p.startswith("steps[3]: unknown step 'nonexistent'") for p in problems)
     assert any(p.startswith("bogus: unknown key") for p in problems)
 
 
 def test_step_validate_problems_carry_the_path():
-    with pytest.raises(RecipeError, match=r"steps\[0\]\.select\.where: not a valid SQL"):
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.select\.where: not a valid SQL"):
         _parse({"dataset": "builtin:digits", "steps": [{"select": {"where": "a >>> ("}}]})
 
 
@@ -57,16 +57,16 @@ def test_same_column_from_two_steps_is_rejected():
 
 def test_overrides_set_values_and_are_type_checked():
     raw = {"dataset": {"name": "builtin:digits"}, "steps": [{"validate": {"min_side": 4}}]}
-    new = apply_overrides(raw, ["steps.0.min_side=8", "dataset.limit=10", "seed=3"])
+    new = apply_overrides(raw, ["steps.1.min_side=8", "dataset.limit=10", "seed=3"])
     rec = _parse(new)
     assert rec.steps[0].min_side == 8 and rec.dataset.limit == 10 and rec.seed == 3
     assert raw["steps"][0]["validate"]["min_side"] == 4  # the input is not mutated
-    with pytest.raises(RecipeError, match=r"steps\[0\]\.validate\.min_side: must be an integer"):
-        _parse(apply_overrides(raw, ["steps.0.validate.min_side=huge"]))
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.validate\.min_side: must be an integer"):
+        _parse(apply_overrides(raw, ["steps.1.validate.min_side=huge"]))
     with pytest.raises(RecipeError, match="the recipe has 1 steps"):
         apply_overrides(raw, ["steps.5.min_side=1"])
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):
-        apply_overrides(raw, ["steps.0.min_side"])
+        apply_overrides(raw, ["steps.1.min_side"])
 
 
 def test_recipe_files_load(tmp_path):

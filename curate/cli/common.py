@@ -66,7 +66,7 @@ def setup_logging(quiet: bool) -> None:
         format="%(message)s",
         force=True,
     )
-    for noisy in ("datasets", "httpx", "huggingface_hub", "urllib3", "filelock"):
+    for noisy in ("datasets", "httpx", "huggingface_hub", "urllib3", "filelock", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
