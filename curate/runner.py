@@ -27,11 +27,8 @@ from curate.io.folders import (
     require_run_dir,
     run_lock,
 )
-from curate.io.ingest import (
-    ingest,
-    read_ingest_summary,
-    source_fingerprint,  # TRANSITIONAL: from curate.io.load
-)
+from curate.io.ingest import ingest, read_ingest_summary
+from curate.io.load import source_fingerprint
 from curate.io.store import IMAGES_DIR
 from curate.recipe import Recipe, dump_yaml
 from curate.steps.base import RunContext, Step

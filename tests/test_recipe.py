@@ -77,6 +77,19 @@ def test_recipe_files_load(tmp_path):
     bad.write_text("steps: [\n")
     with pytest.raises(RecipeError, match="not valid YAML at line"):
         load_recipe(bad)
-    bad.write_text("!!python/object/apply:os.system ['echo hi']\n")
-    with pytest.raises(RecipeError):  # safe_load refuses to build objects
+    pwned = tmp_path / "PWNED"
+    bad.write_text(f"!!python/object/apply:os.system ['touch {pwned}']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):  # safe_load builds no objects
         load_recipe(bad)
+    assert not pwned.exists()
+
+
+def test_a_caption_regex_the_run_cannot_use_is_caught_at_validation():
+    """Python's re accepts look-ahead; polars, which runs the rule, does not: --dry-run must
+    catch it, not the run."""
+    raw = {
+        "dataset": "builtin:digits",
+        "steps": [{"validate": {"reject_caption_patterns": ["(?=x)y"]}}],
+    }
+    with pytest.raises(RecipeError, match=r"steps\[1\]\.validate\.reject_caption_patterns\[0\]"):
+        _parse(raw)

@@ -15,6 +15,30 @@ _KEEP_HELP = (
 )
 
 
+class _AutoOr(click.ParamType):
+    """``auto`` or a number (``int`` for radii, ``float`` for cosines and Jaccards)."""
+
+    def __init__(self, kind: type, lo: float, hi: float):
+        self.kind, self.lo, self.hi = kind, lo, hi
+        self.name = f"auto|{kind.__name__}"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int | float):
+            return value
+        try:
+            v = self.kind(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
+        if not self.lo <= v <= self.hi:
+            self.fail(f"{v} is not in [{self.lo}, {self.hi}]", param, ctx)
+        return v
+
+
+_RADIUS = _AutoOr(int, 0, 63)
+_COSINE = _AutoOr(float, -1.0, 1.0)
+_AUTO_HELP = " 'auto' (default): calibrated on planted copies of this run's own data."
+
+
 class _DefaultRunGroup(click.Group):
     """A group whose first argument, when it is not a subcommand, goes to ``run``.
 
@@ -81,24 +105,24 @@ def dedup() -> None:
 )
 @click.option(
     "--phash-radius",
-    default=10,
+    default="auto",
     show_default=True,
-    type=click.IntRange(0, 63),
-    help="Max Hamming distance of pHash copies.",
+    type=_RADIUS,
+    help="Max Hamming distance of pHash copies." + _AUTO_HELP,
 )
 @click.option(
     "--dhash-radius",
-    default=10,
+    default="auto",
     show_default=True,
-    type=click.IntRange(0, 63),
-    help="Max Hamming distance of dHash copies.",
+    type=_RADIUS,
+    help="Max Hamming distance of dHash copies." + _AUTO_HELP,
 )
 @click.option(
     "--sscd-threshold",
-    default=0.5,
+    default="auto",
     show_default=True,
-    type=float,
-    help="SSCD cosine for a copy (0.5 in the literature).",
+    type=_COSINE,
+    help="SSCD cosine for a copy (0.5 in the literature)." + _AUTO_HELP,
 )
 @click.option(
     "--sscd-model",
@@ -134,24 +158,24 @@ def dedup() -> None:
 )
 @click.option(
     "--clip-threshold",
-    default=0.92,
+    default="auto",
     show_default=True,
-    type=float,
-    help="CLIP cosine for a semantic duplicate.",
+    type=_COSINE,
+    help="CLIP cosine for a semantic duplicate." + _AUTO_HELP,
 )
 @click.option(
     "--minhash-threshold",
-    default=0.7,
+    default="auto",
     show_default=True,
-    type=float,
-    help="Jaccard of word bigrams for near-duplicate captions.",
+    type=_COSINE,
+    help="Jaccard of word bigrams for near-duplicate captions." + _AUTO_HELP,
 )
 @click.option(
     "--semantic-threshold",
-    default=0.9,
+    default="auto",
     show_default=True,
-    type=float,
-    help="Sentence-embedding cosine for paraphrased captions.",
+    type=_COSINE,
+    help="Sentence-embedding cosine for paraphrased captions." + _AUTO_HELP,
 )
 @click.option(
     "--same-image",
@@ -174,6 +198,13 @@ def dedup() -> None:
     show_default=True,
     help="Same caption on different images: flag for rewriting, drop, or keep.",
 )
+@click.option(
+    "--target-precision",
+    default=0.99,
+    show_default=True,
+    type=click.FloatRange(0.5, 1.0, max_open=True),
+    help="Precision on planted copies that 'auto' thresholds must reach, per tier and size band.",
+)
 @click.option("--force", is_flag=True, help="Recompute even when the step's config is unchanged.")
 @device_option
 @seed_option
@@ -185,20 +216,21 @@ def run(
     captions: str,
     keep: str,
     guard: str,
-    phash_radius: int,
-    dhash_radius: int,
-    sscd_threshold: float,
+    phash_radius,
+    dhash_radius,
+    sscd_threshold,
     sscd_model: str | None,
     sscd_norm_rank: int,
     sscd_norm_margin: float,
     clip_model: str,
     clip_pretrained: str,
-    clip_threshold: float,
-    minhash_threshold: float,
-    semantic_threshold: float,
+    clip_threshold,
+    minhash_threshold,
+    semantic_threshold,
     same_image: str,
     same_pair: str,
     shared_caption: str,
+    target_precision: float,
     force: bool,
     device: str,
     seed: int,
@@ -234,6 +266,7 @@ def run(
                 clip_threshold=clip_threshold,
                 same_image=same_image,
                 same_pair=same_pair,
+                target_precision=target_precision,
             )
         )
     if caption_tiers:
@@ -246,6 +279,7 @@ def run(
                 semantic_threshold=semantic_threshold,
                 same_pair=same_pair,
                 shared_caption=shared_caption,
+                target_precision=target_precision,
             )
         )
     for step in steps:
@@ -261,6 +295,8 @@ def run(
             f"{step.name}: {stats.get('duplicates', 0)} duplicates in {stats.get('groups', 0)} "
             f"groups, {stats.get('dropped', 0)} marked for removal; by type {stats.get('by_type', {})}"
         )
+        if stats.get("thresholds"):
+            click.echo(f"  thresholds: {stats['thresholds']}")
     click.echo(
         f"columns added to {run_dir / 'table.parquet'}; report: {run_dir / 'report' / 'index.html'}"
     )
@@ -382,6 +418,19 @@ def calibrate(
         groups=groups,
     )
     click.echo(format_calibration(result))
+    # What `threshold: auto` would choose on this run, per tier and size band.
+    from curate.dedup.auto import format_auto
+    from curate.steps.dedup import DedupImages, _jsonable
+
+    step = DedupImages(tiers=tuple(tier_list), sscd_model=sscd_model, clip_model=clip_model,
+                       clip_pretrained=clip_pretrained)  # fmt: skip
+    auto_ctx = RunContext(run_dir=run_dir, seed=seed, device=resolve_device(device), quiet=quiet,
+                          step_dir=run_dir / "artifacts" / "dedup-calibrate")  # fmt: skip
+    ok = table.filter(pl.col("status") == "ok").sort("sample_id")
+    feats = step._features(auto_ctx, ok["sample_id"].to_list())
+    _, auto_result = step._tiers(ok, feats, auto_ctx)
+    result["auto"] = _jsonable(auto_result)
+    click.echo(format_auto(result["auto"], step.target_precision))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -84,18 +84,36 @@ def hash_tier(
     mirrored: np.ndarray | None = None,
     name: str = "phash",
     valid: np.ndarray | None = None,
+    row_radius: np.ndarray | None = None,
 ) -> Tier:
-    """Rows whose hashes (or one's mirrored hash) are within Hamming ``radius``."""
+    """Rows whose hashes (or one's mirrored hash) are within Hamming ``radius``.
+
+    ``row_radius`` (N,), when given, is a radius per row (an auto-calibrated threshold of the
+    row's size band; -1 where the tier is disabled): a pair matches within the smaller of its
+    two rows' radii, and ``radius`` is ignored.
+    """
     from curate.dedup.hashing import hamming
 
     bits = codes.shape[1] * 8
     n = len(codes)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if row_radius is not None:
+        row_radius = np.asarray(row_radius, np.int64)
+        valid = valid & (row_radius >= 0)
+        radius = int(row_radius[valid].max()) if valid.any() else 0
     idx = np.flatnonzero(valid)
     edges = hamming_pairs(codes[idx], radius)
     if mirrored is not None:
         edges = edges.union(hamming_pairs(codes[idx], radius, queries=mirrored[idx]))
     edges = Edges(idx[edges.i], idx[edges.j], edges.sim)
+    if row_radius is not None and len(edges):
+        d = np.rint((1.0 - edges.sim) * bits)
+        edges = edges.filter(d <= np.minimum(row_radius[edges.i], row_radius[edges.j]))
+    pair_radius = (
+        (lambda a, b: np.minimum(row_radius[a], row_radius[b]))
+        if row_radius is not None
+        else (lambda a, b: radius)
+    )
     nn = None
     if len(idx) <= BINARY_FLAT_MAX:  # exact nearest neighbours are affordable: histogram them
         nn = np.full(n, np.nan, np.float32)
@@ -105,10 +123,10 @@ def hash_tier(
         d = hamming(codes[a], codes[b])
         if mirrored is not None:
             d = np.minimum(d, hamming(mirrored[a], codes[b]))
-        ok = (d <= radius) & valid[a] & valid[b]
+        ok = (d <= pair_radius(a, b)) & valid[a] & valid[b]
         return np.where(ok, 1.0 - d / bits, np.nan).astype(np.float32)
 
-    info = {"radius": radius, "mirrored": mirrored is not None}
+    info = {"radius": radius, "mirrored": mirrored is not None, "per_row": row_radius is not None}
     return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
 
 
@@ -123,6 +141,8 @@ def embedding_tier(
     seed: int = 0,
     norm_rank: int = 0,
     norm_margin: float = 0.0,
+    row_threshold: np.ndarray | None = None,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Tier:
     """Rows whose embeddings have cosine >= ``threshold``.
 
@@ -135,16 +155,29 @@ def embedding_tier(
     images at once; a real copy stands out from its background. An image with more than
     ``norm_rank`` copies has a copy as its background, so its weaker copies are left to the
     other tiers; below ``norm_rank + 1`` rows normalisation is off.
+
+    ``row_threshold`` (N,), when given, is a threshold per row (an auto-calibrated threshold of
+    the row's size band; +inf where the tier is disabled): a pair must reach the larger of its
+    two rows' thresholds, and ``threshold`` is ignored. ``knn`` passes a precomputed
+    ``cosine_knn`` of the valid rows (at least ``max(k, norm_rank)`` columns).
     """
     n = len(vectors)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if row_threshold is not None:
+        row_threshold = np.asarray(row_threshold, np.float64)
+        finite = np.isfinite(row_threshold) & valid
+        threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
     idx = np.flatnonzero(valid)
     x = np.ascontiguousarray(vectors[idx], np.float32)
     nn = np.full(n, np.nan, np.float32)
     background = np.full(n, -np.inf, np.float32)
     use_norm = norm_rank > 0 and len(idx) > norm_rank
     if len(idx) >= 2:
-        sims, nbr = cosine_knn(x, k=max(k, norm_rank if use_norm else 0), method=method, seed=seed)
+        if knn is not None:
+            sims, nbr = knn
+        else:
+            kk = max(k, norm_rank if use_norm else 0)
+            sims, nbr = cosine_knn(x, k=kk, method=method, seed=seed)
         nn[idx] = sims[:, 0]
         if use_norm:
             background[idx] = sims[:, norm_rank - 1]
@@ -157,12 +190,20 @@ def embedding_tier(
         if use_norm:
             ok = beats_background(edges.sim, background[edges.i], background[edges.j], norm_margin)
             edges = edges.filter(ok)
+        if row_threshold is not None and len(edges):
+            need = np.maximum(row_threshold[edges.i], row_threshold[edges.j])
+            edges = edges.filter(edges.sim >= need - 1e-6)
     else:
         edges = Edges.empty()
 
+    def pair_threshold(a, b):
+        if row_threshold is None:
+            return threshold
+        return np.maximum(row_threshold[a], row_threshold[b]) - 1e-6
+
     def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         s = np.einsum("nd,nd->n", vectors[a], vectors[b])
-        ok = (s >= threshold) & valid[a] & valid[b]
+        ok = (s >= pair_threshold(a, b)) & valid[a] & valid[b]
         if use_norm:
             ok &= beats_background(s, background[a], background[b], norm_margin)
         return np.where(ok, np.clip(s, 0, 1), np.nan).astype(np.float32)
@@ -173,6 +214,7 @@ def embedding_tier(
         "kmeans_clusters": kmeans_clusters,
         "norm_rank": norm_rank if use_norm else 0,
         "norm_margin": norm_margin,
+        "per_row": row_threshold is not None,
     }
     return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
 

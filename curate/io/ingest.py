@@ -32,67 +32,10 @@ from curate.io.folders import (
     staging_dir,
 )
 from curate.io.images import DEFAULT_MAX_PIXELS, decode_image
-from curate.io.load import Source, open_source
+from curate.io.load import ROW_ERROR, Source, open_source, source_fingerprint
+from curate.io.paths import read_image_file
 from curate.io.store import IMAGES_DIR
 from curate.table import SAMPLE_ID, STATUS_OK, STATUS_REJECTED, TABLE_FILE, write_table
-
-# TRANSITIONAL: until the new source readers land
-try:
-    from curate.io.load import ROW_ERROR, source_fingerprint
-except ImportError:
-    ROW_ERROR = "__curate_row_error__"
-
-    def source_fingerprint(name, split="train"):
-        return None
-
-
-try:
-    from curate.io.paths import read_image_file
-except ImportError:
-
-    def read_image_file(value, base_dir, *, allow_outside=False, max_bytes=0):
-        p = Path(value)
-        if not p.is_absolute() and base_dir is not None:
-            p = base_dir / p
-        if not p.is_file():
-            return None, "missing_file"
-        return p.read_bytes(), None
-
-
-def _compat_rows(source, limit):
-    if hasattr(source, "iter_rows"):
-        yield from source.iter_rows(limit)
-        return
-    ds = source.dataset
-    if source.streaming:
-        yield from (ds.take(limit) if limit is not None else ds)
-        return
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    for batch in ds.iter(batch_size=256):
-        keys = list(batch.keys())
-        for i in range(len(batch[keys[0]])):
-            yield {k: batch[k][i] for k in keys}
-
-
-def _compat_num_rows(source):
-    if hasattr(source, "num_rows"):
-        return source.num_rows
-    return None if source.streaming else len(source.dataset)
-
-
-def _compat_column(source, col, limit):
-    if hasattr(source, "column_values"):
-        return source.column_values(col, limit)
-    if source.streaming:
-        return None
-    ds = source.dataset
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    return ds[col]
-
-
-# END TRANSITIONAL
 
 INGEST_FILE = "ingest.json"
 
@@ -277,13 +220,13 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
         id_column=config.id_column,
         streaming=config.streaming,
     )
-    total = _compat_num_rows(source)
+    total = source.num_rows
     if config.limit is not None:
         total = config.limit if total is None else min(total, config.limit)
 
     reserved: set[str] = set()
     if source.id_column is not None:
-        values = _compat_column(source, source.id_column, config.limit)
+        values = source.column_values(source.id_column, config.limit)
         reserved = {v for v in map(_as_id, values or []) if v is not None}
     ids = _IdAssigner(reserved)
     staged = staging_dir(run_dir / IMAGES_DIR)
@@ -304,7 +247,7 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
             writer = ArrowWriter(features=features, path=str(tmp_arrow))
             try:
                 rows = tqdm(
-                    _compat_rows(source, config.limit),
+                    source.iter_rows(config.limit),
                     total=total,
                     disable=quiet,
                     desc="ingest",
@@ -355,7 +298,7 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
             "id_column": source.id_column,
             "extra_columns": source.extra_columns,
         },
-        "notes": getattr(source, "notes", {}),
+        "notes": source.notes,
         "columns": table.columns,
         "rows": n,
         "kept": reasons.get(STATUS_OK, 0),

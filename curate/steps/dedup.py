@@ -33,6 +33,14 @@ REPORT_MEMBERS = 24  # thumbnails per duplicate group in the report (the kept sa
 REPORT_CAPTION_ROWS = 50  # table rows per duplicate-caption group in the report
 IMAGE_TIERS = ("exact", "phash", "dhash", "sscd", "clip", "pixel")
 CAPTION_TIERS = ("exact", "minhash", "semantic")
+# The fixed thresholds used where a tier's threshold is "auto" but the run has too few rows to
+# calibrate on (curate.dedup.auto.MIN_ROWS).
+FIXED_THRESHOLDS = {"phash": 10, "dhash": 10, "sscd": 0.5, "clip": 0.92, "pixel": 0.97,
+                    "minhash": 0.7, "semantic": 0.9}  # fmt: skip
+# Tiers strong enough to say "the same image" when the captions differ (copy detection, or
+# identical pixels): a perceptual hash or raw pixels alone never merge two captions.
+COPY_TIERS = ("exact", "sscd", "clip")
+Auto = Literal["auto"]
 _REPORT_ORDER = 40
 
 
@@ -138,6 +146,96 @@ def _scatter(
     return pl.DataFrame(out)
 
 
+def _auto_problems(step) -> list[str]:
+    problems = []
+    if not 0.5 <= step.target_precision < 1.0:
+        problems.append(f"target_precision: in [0.5, 1), got {step.target_precision}")
+    if not 0.0 <= step.min_recall <= 1.0:
+        problems.append(f"min_recall: in [0, 1], got {step.min_recall}")
+    for key in ("calibration_sample", "background_sample"):
+        if getattr(step, key) < 8:
+            problems.append(f"{key}: must be >= 8")
+    return problems
+
+
+def _jsonable(obj):
+    """Calibration results for stats.json: inf/nan as None, numpy scalars as Python ones."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _threshold_summary(calibration: dict) -> dict:
+    """``{tier: {band: threshold or "disabled"}}`` (``"fixed"`` tiers: their one number)."""
+    out = {}
+    for name, res in calibration.get("tiers", {}).items():
+        if "fixed" in res:
+            out[name] = res["fixed"]
+            continue
+        out[name] = {
+            band: (r["threshold"] if r["status"] == "ok" else "disabled")
+            for band, r in res["bands"].items()
+        }
+    return out
+
+
+def _calibration_section(calibration: dict, target: float) -> str:
+    """The report's view of auto thresholds: a table per tier and band, and histograms."""
+    from curate.report import esc, histogram_svg, html_table
+
+    if not calibration.get("tiers"):
+        return ""
+    rows = []
+    for name, res in calibration["tiers"].items():
+        if "fixed" in res:
+            rows.append((name, "all", res["fixed"], "fixed", "", "", "", ""))
+            continue
+        for band, r in res["bands"].items():
+            status = r["status"] + (" (pooled)" if r.get("pooled") else "")
+            if r["status"] != "ok":
+                status += f": {r.get('why', '')}"
+            rows.append((name, band, r["threshold"], status, r["precision"], r["recall"],
+                         r["false_match_rate"], r["copies"]))  # fmt: skip
+    parts = [
+        f"<p>Thresholds calibrated on this run (target precision {target}): planted copies of "
+        f"{calibration.get('originals', 0)} sampled images ({calibration.get('copies', 0)} "
+        "copies) against each row's nearest other row, copies confirmed by two tiers left out "
+        f"({calibration.get('excluded_pairs', 0)} pairs, {calibration.get('rounds', 0)} rounds)."
+        " A disabled tier matches nothing in that band on its own.</p>",
+        html_table(
+            rows,
+            [
+                "tier",
+                "band",
+                "threshold",
+                "status",
+                "precision",
+                "recall",
+                "false-match rate",
+                "copies",
+            ],
+        ),  # fmt: skip
+    ]
+    for name, res in calibration["tiers"].items():
+        for band, r in res.get("bands", {}).items():
+            vals = r.get("_background")
+            if vals is None or r.get("pooled") and band != "pooled":
+                continue
+            parts.append(
+                f"<div><b>{esc(name)} {esc(band)}</b>: background (nearest non-copy) scores, "
+                f"threshold {r['threshold']}<br>"
+                f"{histogram_svg(list(vals), label=f'{name} {band} background')}"
+                f"{histogram_svg(list(r.get('_copies', [])), label=f'{name} {band} copies')}</div>"
+            )
+    return "".join(parts)
+
+
 def _hist_section(nn: dict[str, np.ndarray]) -> str:
     from curate.report import esc, histogram_svg
 
@@ -226,24 +324,28 @@ class DedupImages(Step):
     keep: str = "largest"
     guard: Literal["verify", "mutual", "none"] = "verify"
     mutual_m: int = 5
-    phash_radius: int = 10
-    dhash_radius: int = 10
+    phash_radius: int | Auto = "auto"
+    dhash_radius: int | Auto = "auto"
     mirrored: bool = True
-    sscd_threshold: float = 0.5
+    sscd_threshold: float | Auto = "auto"
     sscd_model: str | None = None
     sscd_variant: str = "sscd"
     sscd_size: int = 288
     sscd_norm_rank: int = NORM_RANK
     sscd_norm_margin: float = NORM_MARGIN
-    clip_threshold: float = 0.92
+    clip_threshold: float | Auto = "auto"
     clip_model: str = "ViT-B-32"
     clip_pretrained: str | None = "laion2b_s34b_b79k"
     clip_clusters: int = 0
-    pixel_threshold: float = 0.97
+    pixel_threshold: float | Auto = "auto"
     pixel_size: int = 16
     neighbours: int = 10
     same_pair: Literal["drop", "keep"] = "drop"
     same_image: Literal["collapse", "drop", "keep"] = "collapse"
+    target_precision: float = 0.99
+    min_recall: float = 0.3
+    calibration_sample: int = 96
+    background_sample: int = 4096
     batch_size: int = 32
     report_groups: int = 8
 
@@ -262,11 +364,14 @@ class DedupImages(Step):
     def validate(self) -> list[str]:
         problems = _common_problems(self.tiers, IMAGE_TIERS, self.keep, self.guard)
         for key in ("phash_radius", "dhash_radius"):
-            if not 0 <= getattr(self, key) < 64:
-                problems.append(f"{key}: must be in [0, 63], got {getattr(self, key)}")
+            v = getattr(self, key)
+            if v != "auto" and not (isinstance(v, int) and 0 <= v < 64):
+                problems.append(f"{key}: 'auto' or a radius in [0, 63], got {v!r}")
         for key in ("sscd_threshold", "clip_threshold", "pixel_threshold"):
-            if not -1.0 <= getattr(self, key) <= 1.0:
-                problems.append(f"{key}: a cosine threshold in [-1, 1], got {getattr(self, key)}")
+            v = getattr(self, key)
+            if v != "auto" and not (isinstance(v, int | float) and -1.0 <= v <= 1.0):
+                problems.append(f"{key}: 'auto' or a cosine threshold in [-1, 1], got {v!r}")
+        problems += _auto_problems(self)
         for key in ("neighbours", "batch_size", "mutual_m", "sscd_size", "pixel_size"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be >= 1")
@@ -334,23 +439,161 @@ class DedupImages(Step):
         ctx.stats["feature_chunks"] = stats
         return {k.split("/")[0]: v for k, v in feats.items()}
 
+    def _threshold(self, tier: str):
+        return {
+            "phash": self.phash_radius,
+            "dhash": self.dhash_radius,
+            "sscd": self.sscd_threshold,
+            "clip": self.clip_threshold,
+            "pixel": self.pixel_threshold,
+        }[tier]
+
+    def _copy_features(self, ctx: RunContext, tier: str, images: list) -> np.ndarray:
+        """Features of the planted copies, as the run's rows get them (cached per sample)."""
+        if tier in ("phash", "dhash"):
+            from curate.dedup.hashing import image_hashes
+
+            codes, flipped = image_hashes(images, tier, mirrored=True)
+            return np.concatenate([codes, flipped], axis=1)
+        emb = self._embedder(ctx, tier)
+        b = self.batch_size
+        parts = [emb.embed(images[s : s + b]) for s in range(0, len(images), b)]
+        return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
+
+    def _embedder(self, ctx: RunContext, tier: str):
+        from curate.dedup.embed import get_image_embedder
+
+        options = {
+            "sscd": {"model": self.sscd_model, "variant": self.sscd_variant,
+                     "size": self.sscd_size},
+            "clip": {"model": self.clip_model, "pretrained": self.clip_pretrained},
+            "pixel": {"size": self.pixel_size},
+        }[tier]  # fmt: skip
+        return get_image_embedder(tier, device=ctx.device, **options)
+
+    def _calibrate(self, ok: pl.DataFrame, feats: dict, knn: dict, ctx: RunContext,
+                   names: list[str]) -> dict:  # fmt: skip
+        """Auto thresholds of the tiers ``names`` (see ``curate.dedup.auto``)."""
+        import hashlib
+
+        from curate.dedup import auto
+        from curate.dedup.planting import plant_copies
+
+        ids = ok["sample_id"].to_list()
+        w = ok["width"].fill_null(0).to_numpy()
+        h = ok["height"].fill_null(0).to_numpy()
+        band = auto.size_band(np.minimum(w, h))
+        sample = np.concatenate(
+            [
+                auto.hashed_sample(
+                    ids, ctx.seed, "calibrate", self.calibration_sample, np.flatnonzero(band == b)
+                )  # fmt: skip
+                for b in range(len(auto.BANDS))
+            ]
+        ).astype(np.int64)
+        chosen = [ids[r] for r in sample]
+        originals = ctx.images().get(chosen)
+        planted = plant_copies(originals, chosen, auto.CALIBRATION_TRANSFORMS, seed=ctx.seed)
+        row_of = {ids[r]: int(r) for r in sample}
+        orig_of = dict(zip(chosen, originals, strict=True))
+        copies, src, kinds = [], [], []
+        for img, sid, kind in planted:
+            o = orig_of[sid]
+            if img.size == o.size and np.array_equal(np.asarray(img), np.asarray(o)):
+                continue  # identical pixels: the exact tier's job, no evidence about this tier
+            copies.append(img)
+            src.append(row_of[sid])
+            kinds.append(kind)
+        key = hashlib.blake2b(
+            "\x1f".join([str(ctx.seed), *auto.CALIBRATION_TRANSFORMS, *chosen]).encode(),
+            digest_size=10,
+        ).hexdigest()
+        data = []
+        for t in names:
+            path = ctx.artifact_dir("calibration") / f"{t}-{self._feature_name(ctx, t)}-{key}.npy"
+            if path.exists():
+                cf = np.load(path)
+            else:
+                cf = self._copy_features(ctx, t, copies)
+                np.save(path, cf)
+            td = auto.TierData(t, "hash" if t in ("phash", "dhash") else "cosine",
+                               feats[t], cf, knn=knn.get(t))  # fmt: skip
+            if t == "sscd" and self.sscd_norm_rank > 0 and t in knn:
+                sims = knn[t][0]
+                if sims.shape[1] >= self.sscd_norm_rank and ok.height > self.sscd_norm_rank:
+                    td.norm_rank = self.sscd_norm_rank
+                    td.norm_margin = self.sscd_norm_margin
+                    td.norm_background = sims[:, self.sscd_norm_rank - 1]
+            data.append(td)
+        res = auto.calibrate(data, ids, band, np.array(src, np.int64), np.array(kinds, object),
+                             ok["pixel_hash"].to_list(), ctx.seed, self.target_precision, self.min_recall,
+                             self.background_sample)  # fmt: skip
+        res["originals"] = len(chosen)
+        res["copies"] = len(copies)
+        res["transforms"] = list(auto.CALIBRATION_TRANSFORMS)
+        res["bands"] = {name: int((band == b).sum()) for b, (name, _) in enumerate(auto.BANDS)}
+        res["_band"] = band
+        return res
+
+    def _feature_name(self, ctx: RunContext, tier: str) -> str:
+        import hashlib
+
+        opts = {
+            "sscd": (self.sscd_model, self.sscd_variant, self.sscd_size),
+            "clip": (self.clip_model, self.clip_pretrained),
+            "pixel": (self.pixel_size,),
+        }.get(tier, ())
+        return hashlib.blake2b(repr(opts).encode(), digest_size=6).hexdigest()
+
     def _tiers(self, ok: pl.DataFrame, feats: dict, ctx: RunContext) -> list:
+        from curate.dedup import auto
+        from curate.dedup.search import cosine_knn
         from curate.dedup.tiers import embedding_tier, exact_tier, hash_tier
 
         out = []
         n = ok.height
+        knn = {}
+        for t in self.tiers:
+            if t in ("sscd", "clip", "pixel") and n >= 2:
+                k = max(self.neighbours, auto.CANDIDATES + 1,
+                        self.sscd_norm_rank if t == "sscd" else 0)  # fmt: skip
+                knn[t] = cosine_knn(
+                    np.ascontiguousarray(feats[t], np.float32), k=k,
+                    seed=ctx.derive_seed("dedup_images", t),
+                )  # fmt: skip
+        wanted = [t for t in self.tiers if t != "exact" and self._threshold(t) == "auto"]
+        calibration: dict = {"tiers": {}}
+        if wanted and n >= auto.MIN_ROWS:
+            calibration = self._calibrate(ok, feats, knn, ctx, wanted)
+        band = calibration.pop("_band", None)
+        for t in self.tiers:
+            if t != "exact" and self._threshold(t) != "auto":
+                calibration["tiers"][t] = {"fixed": self._threshold(t)}
+            elif t != "exact" and t not in calibration["tiers"]:
+                calibration["tiers"][t] = {"fixed": FIXED_THRESHOLDS[t], "why": "too few rows"}
+
+        def per_row(t):
+            res = calibration["tiers"][t]
+            if "fixed" in res:
+                return None, res["fixed"]
+            by_band = [res["bands"][name] for name, _ in auto.BANDS]
+            if t in ("phash", "dhash"):
+                r = np.array([b["threshold"] if b["status"] == "ok" else -1 for b in by_band])
+            else:
+                r = np.array([b["threshold"] if b["status"] == "ok" else np.inf for b in by_band])
+            return r[band], None
+
         for t in self.tiers:
             if t == "exact":
                 out.append(exact_tier(ok["pixel_hash"].to_list()))
             elif t in ("phash", "dhash"):
                 both = feats[t].astype(np.uint8)
-                radius = self.phash_radius if t == "phash" else self.dhash_radius
+                rows, fixed = per_row(t)
                 mirrored = both[:, 8:] if self.mirrored else None
-                out.append(hash_tier(both[:, :8], radius, mirrored=mirrored, name=t))
+                out.append(hash_tier(both[:, :8], fixed if fixed is not None else 0,
+                                     mirrored=mirrored, name=t, row_radius=rows))  # fmt: skip
             else:
-                thr = {"sscd": self.sscd_threshold, "clip": self.clip_threshold}.get(
-                    t, self.pixel_threshold
-                )
+                rows, fixed = per_row(t)
                 clusters = 0
                 if t == "clip":
                     clusters = self.clip_clusters or max(1, int(np.sqrt(n)))
@@ -358,15 +601,17 @@ class DedupImages(Step):
                 out.append(
                     embedding_tier(
                         feats[t],
-                        thr,
+                        fixed if fixed is not None else 2.0,
                         name=t,
                         k=self.neighbours,
                         kmeans_clusters=clusters,
                         seed=ctx.derive_seed("dedup_images", t),
+                        row_threshold=rows,
+                        knn=knn.get(t),
                         **(norm if t == "sscd" else {}),
                     )
                 )
-        return out
+        return out, calibration
 
     # -- compute ----------------------------------------------------------------------------
 
@@ -383,7 +628,7 @@ class DedupImages(Step):
             return _null_frame(dtypes, table.height)
         ids = ok["sample_id"].to_list()
         feats = self._features(ctx, ids)
-        tiers = self._tiers(ok, feats, ctx)
+        tiers, calibration = self._tiers(ok, feats, ctx)
         priority = keep_priority(ok, self.keep)
         g = _group_rows(ids, tiers, priority, self.guard, self.mutual_m)
         cols = _base_columns(p, g)
@@ -398,7 +643,7 @@ class DedupImages(Step):
         members: dict[int, list[int]] = {}
         for row in np.flatnonzero(groups.is_dup):
             members.setdefault(int(groups.rep[row]), []).append(int(row))
-        counts = {"same_pair": 0, "same_image": 0}
+        counts = {"same_pair": 0, "same_image": 0, "similar_image": 0}
         for rep, rows in members.items():
             types[rep] = "kept"
             distinct = [captions[rep]] if captions[rep] else []
@@ -406,6 +651,13 @@ class DedupImages(Step):
             for row in sorted(rows, key=lambda r: priority[r]):
                 sim = cols[f"{p}_similarity"][row]
                 how = f"{g.combined.evidence[row]} {sim:.3f}" if sim is not None else "chain"
+                strong = bool(set((g.combined.evidence[row] or "").split(",")) & set(COPY_TIERS))
+                if norm[row] != norm[rep] and not strong:
+                    # Different captions and only perceptual-hash / pixel evidence: the caption
+                    # disagreement outweighs a weak match; neither merged nor dropped.
+                    types[row] = "similar_image"
+                    counts["similar_image"] += 1
+                    continue
                 if norm[row] == norm[rep]:
                     types[row] = "same_pair"
                     counts["same_pair"] += 1
@@ -431,10 +683,14 @@ class DedupImages(Step):
         out = sorted_frame[pos.tolist()] if len(pos) else sorted_frame
 
         ctx.stats.update(_group_stats(n, members, groups, drops, counts, tiers, g))
-        self._report(ctx, ok, g, members, types)
+        ctx.stats["thresholds"] = _threshold_summary(calibration)
+        ctx.stats["calibration"] = _jsonable(calibration)
+        self._report(ctx, ok, g, members, types, calibration)
         return out
 
-    def _report(self, ctx: RunContext, ok: pl.DataFrame, g: _Grouping, members, types) -> None:
+    def _report(
+        self, ctx: RunContext, ok: pl.DataFrame, g: _Grouping, members, types, calibration=None
+    ) -> None:
         from curate.report import esc, html_table, thumb_grid
 
         stats = ctx.stats
@@ -447,6 +703,7 @@ class DedupImages(Step):
             html_table(list(stats["by_type"].items()), ["type", "rows"]),
         ]
         nn = {t.name: t.nn_sim for t in g.tiers if t.nn_sim is not None and t.name != "exact"}
+        body.append(_calibration_section(calibration or {}, self.target_precision))
         body.append(_hist_section(nn))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), g.ids[kv[0]]))
         largest = largest[: self.report_groups]
@@ -510,14 +767,18 @@ class DedupCaptions(Step):
     keep: str = "largest"
     guard: Literal["verify", "mutual", "none"] = "verify"
     mutual_m: int = 5
-    minhash_threshold: float = 0.7
+    minhash_threshold: float | Auto = "auto"
     minhash_perm: int = 128
     minhash_ngram: int = 2
-    semantic_threshold: float = 0.9
+    semantic_threshold: float | Auto = "auto"
     semantic_model: str = "minilm"
     neighbours: int = 10
     same_pair: Literal["drop", "keep"] = "drop"
     shared_caption: Literal["flag", "drop", "keep"] = "flag"
+    target_precision: float = 0.99
+    min_recall: float = 0.3
+    calibration_sample: int = 256
+    background_sample: int = 1024
     report_groups: int = 10
 
     def produced_columns(self) -> tuple[str, ...]:
@@ -534,12 +795,12 @@ class DedupCaptions(Step):
 
     def validate(self) -> list[str]:
         problems = _common_problems(self.tiers, CAPTION_TIERS, self.keep, self.guard)
-        if not 0.0 < self.minhash_threshold <= 1.0:
-            problems.append(f"minhash_threshold: a Jaccard in (0, 1], got {self.minhash_threshold}")
-        if not -1.0 <= self.semantic_threshold <= 1.0:
-            problems.append(
-                f"semantic_threshold: a cosine in [-1, 1], got {self.semantic_threshold}"
-            )
+        m, c = self.minhash_threshold, self.semantic_threshold
+        if m != "auto" and not (isinstance(m, int | float) and 0.0 < m <= 1.0):
+            problems.append(f"minhash_threshold: 'auto' or a Jaccard in (0, 1], got {m!r}")
+        if c != "auto" and not (isinstance(c, int | float) and -1.0 <= c <= 1.0):
+            problems.append(f"semantic_threshold: 'auto' or a cosine in [-1, 1], got {c!r}")
+        problems += _auto_problems(self)
         for key in ("minhash_perm", "minhash_ngram", "neighbours", "mutual_m"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be >= 1")
@@ -561,14 +822,84 @@ class DedupCaptions(Step):
         np.save(path, vec)
         return vec
 
-    def _tiers(self, captions: list[str], valid: np.ndarray, ctx: RunContext) -> list:
+    def _calibrate(self, ids, captions, valid, feats: dict, embed, ctx) -> dict:
+        """Auto thresholds of the caption tiers in ``feats`` (name -> (kind, features))."""
+        from curate.dedup import auto
+        from curate.dedup.text import normalize_captions
+
+        rows = auto.hashed_sample(ids, ctx.seed, "calibrate-captions", self.calibration_sample,
+                                  np.flatnonzero(valid))  # fmt: skip
+        norm = np.asarray(normalize_captions(captions), dtype=object)
+        vocab = sorted({w for r in rows for w in (captions[r] or "").split()})
+        planted = auto.plant_caption_edits([captions[r] for r in rows], [ids[r] for r in rows],
+                                           ctx.seed, vocab)  # fmt: skip
+        planted_norm = normalize_captions([c for c, _, _ in planted])
+        keep = [k for k, (_, src, _) in enumerate(planted) if planted_norm[k] != norm[rows[src]]]
+        texts = [planted[k][0] for k in keep]
+        src = np.array([rows[planted[k][1]] for k in keep], np.int64)
+        kinds = np.array([planted[k][2] for k in keep], dtype=object)
+        data = []
+        for name, (kind, real) in feats.items():
+            data.append(auto.TierData(name, kind, real, embed(name, texts)))
+
+        identity = [x if x else None for x in norm]
+        res = auto.calibrate(data, ids, np.zeros(len(ids), np.int64), src, kinds, identity,
+                             ctx.seed, self.target_precision, self.min_recall,
+                             self.background_sample, band_names=("all",),
+                             copies_per_original=len(auto.CAPTION_EDITS))  # fmt: skip
+        res["originals"] = len(rows)
+        res["copies"] = len(texts)
+        res["transforms"] = list(auto.CAPTION_EDITS)
+        return res
+
+    def _tiers(self, captions: list[str], valid: np.ndarray, ctx: RunContext, ids=None):
+        from curate.dedup import auto
         from curate.dedup.search import Edges
         from curate.dedup.text import MinHasher, exact_caption_pairs, normalize_captions
         from curate.dedup.text import signature_pairs as sig_pairs
         from curate.dedup.tiers import Tier, embedding_tier
 
-        out = []
+        ids = ids if ids is not None else [str(i) for i in range(len(captions))]
         norm = np.asarray(normalize_captions(captions), dtype=object)
+        seed = ctx.derive_seed("dedup_captions", "minhash")
+        hasher = MinHasher(self.minhash_perm, self.minhash_ngram, seed)
+        feats: dict = {}
+        if "minhash" in self.tiers:
+            feats["minhash"] = ("minhash", hasher.signatures(captions))
+        if "semantic" in self.tiers:
+            feats["semantic"] = ("cosine", self._semantic([c or "" for c in captions], ctx))
+
+        def embed(name, texts):
+            if name == "minhash":
+                return hasher.signatures(texts)
+            from curate.dedup.text import SentenceEmbedder
+
+            if not texts:
+                return np.zeros((0, feats[name][1].shape[1]), np.float32)
+            return SentenceEmbedder(self.semantic_model, device=ctx.device).embed(texts)
+
+        given = {"minhash": self.minhash_threshold, "semantic": self.semantic_threshold}
+        wanted = {k: v for k, v in feats.items() if given[k] == "auto"}
+        calibration: dict = {"tiers": {}}
+        if wanted and int(valid.sum()) >= auto.MIN_ROWS:
+            calibration = self._calibrate(ids, captions, valid, wanted, embed, ctx)
+        for name in feats:
+            if given[name] != "auto":
+                calibration["tiers"][name] = {"fixed": given[name]}
+            elif name not in calibration["tiers"]:
+                calibration["tiers"][name] = {
+                    "fixed": FIXED_THRESHOLDS[name],
+                    "why": "too few rows",
+                }
+
+        def threshold(name):
+            res = calibration["tiers"][name]
+            if "fixed" in res:
+                return float(res["fixed"])
+            r = res["bands"]["all"]
+            return float(r["threshold"]) if r["status"] == "ok" else None
+
+        out = []
         for t in self.tiers:
             if t == "exact":
                 edges = exact_caption_pairs(captions)
@@ -579,30 +910,31 @@ class DedupCaptions(Step):
 
                 out.append(Tier("exact", edges, pair_sim))
             elif t == "minhash":
-                seed = ctx.derive_seed("dedup_captions", "minhash")
-                sig = MinHasher(self.minhash_perm, self.minhash_ngram, seed).signatures(captions)
-                edges = sig_pairs(sig, self.minhash_threshold)
-                thr = self.minhash_threshold
+                sig = feats["minhash"][1]
+                thr = threshold("minhash")
+                edges = sig_pairs(sig, thr) if thr is not None else Edges.empty()
                 empty = norm == ""
 
                 def pair_sim(a, b, sig=sig, thr=thr, empty=empty):
+                    if thr is None:
+                        return np.full(len(a), np.nan, np.float32)
                     s = (sig[a] == sig[b]).mean(axis=1)
                     ok = (s >= thr) & ~empty[a] & ~empty[b]
                     return np.where(ok, s, np.nan).astype(np.float32)
 
                 out.append(Tier("minhash", edges if len(edges) else Edges.empty(), pair_sim))
             else:
-                vec = self._semantic([c or "" for c in captions], ctx)
+                thr = threshold("semantic")
                 out.append(
                     embedding_tier(
-                        vec,
-                        self.semantic_threshold,
+                        feats["semantic"][1],
+                        thr if thr is not None else 2.0,
                         name="semantic",
                         k=self.neighbours,
                         valid=valid,
                     )
                 )
-        return out
+        return out, calibration
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         from curate.dedup.keep import keep_priority
@@ -617,7 +949,7 @@ class DedupCaptions(Step):
         ids = ok["sample_id"].to_list()
         captions = ok["caption"].to_list()
         valid = np.array([bool(c and c.strip()) for c in captions])
-        tiers = self._tiers(captions, valid, ctx)
+        tiers, calibration = self._tiers(captions, valid, ctx, ids)
         priority = keep_priority(ok, self.keep)
         g = _group_rows(ids, tiers, priority, self.guard, self.mutual_m)
         cols = _base_columns(p, g)
@@ -675,10 +1007,12 @@ class DedupCaptions(Step):
         sorted_frame = _scatter(view, ok_mask, cols, dtypes)
         out = sorted_frame[pos.tolist()] if len(pos) else sorted_frame
         ctx.stats.update(_group_stats(n, members, groups, drops, counts, tiers, g))
-        self._report(ctx, g, members, captions, types)
+        ctx.stats["thresholds"] = _threshold_summary(calibration)
+        ctx.stats["calibration"] = _jsonable(calibration)
+        self._report(ctx, g, members, captions, types, calibration)
         return out
 
-    def _report(self, ctx, g: _Grouping, members, captions, types) -> None:
+    def _report(self, ctx, g: _Grouping, members, captions, types, calibration=None) -> None:
         from curate.report import html_table
 
         stats = ctx.stats
@@ -693,6 +1027,7 @@ class DedupCaptions(Step):
             html_table(list(stats["by_type"].items()), ["type", "rows"]),
         ]
         nn = {t.name: t.nn_sim for t in g.tiers if t.nn_sim is not None}
+        body.append(_calibration_section(calibration or {}, self.target_precision))
         body.append(_hist_section(nn))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), g.ids[kv[0]]))
         for rep, rows in largest[: self.report_groups]:

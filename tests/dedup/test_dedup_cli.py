@@ -15,8 +15,10 @@ from curate.dedup.calibrate import calibrate_images
 
 def test_dedup_command_adds_columns_and_prints_counts(photos_run):
     res = CliRunner().invoke(
-        cli, ["dedup", str(photos_run), "--images", "exact,phash", "--device", "cpu", "-q"]
-    )
+        cli,
+        ["dedup", str(photos_run), "--images", "exact,phash", "--phash-radius", "10",
+         "--minhash-threshold", "0.7", "--device", "cpu", "-q"],
+    )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "dedup_images:" in res.output and "dedup_captions:" in res.output
     table = pl.read_parquet(photos_run / "table.parquet")

@@ -22,7 +22,9 @@ except ImportError:  # without the SSCD model the crops cannot be found; test th
     IMAGE_TIERS = ("exact", "phash", "pixel")
 
 # SSCD at 224 px instead of 288: a third less compute, the same answers on these photos.
-STEP = DedupImages(tiers=IMAGE_TIERS, sscd_size=224)
+# The fixed thresholds of the literature (the "auto" default is tested in test_dedup_auto.py).
+FIXED = {"phash_radius": 10, "sscd_threshold": 0.5, "pixel_threshold": 0.97}
+STEP = DedupImages(tiers=IMAGE_TIERS, sscd_size=224, **FIXED)
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +67,18 @@ def test_planted_copies_share_a_cluster_with_known_precision(images_out):
         assert s["precision"] >= 0.85
     else:
         assert s["recall"] >= 0.75 and s["precision"] >= 0.95
-    # Distinct originals of different pictures are never merged, except those hard negatives.
+    # Distinct originals of different pictures are never merged, except those hard negatives
+    # and originals whose pixel-identical copy was kept instead (ids break the tie).
     ok = out.filter((pl.col("status") == "ok") & (pl.col("src_gt_transform") == "original"))
-    merged = ok.filter(pl.col("dedup_images_is_dup"))["src_gt_name"].to_list()
+    merged = ok.filter(pl.col("dedup_images_is_dup"))
+    twins = out.filter(pl.col("src_gt_transform") == "exact")["pixel_hash"].to_list()
+    merged = merged.filter(~pl.col("pixel_hash").is_in(twins))["src_gt_name"].to_list()
     assert set(merged) <= {"motorcycle_right", "blobs_0", "blobs_1", "blobs_2"}
 
 
 def test_tiers_without_copy_detection_miss_crops_but_stay_precise(run):
     table = read_table(run)
-    out = compute_step(DedupImages(tiers=("exact", "phash")), table, _ctx(run, "hash"))
+    out = compute_step(DedupImages(tiers=("exact", "phash"), **FIXED), table, _ctx(run, "hash"))
     s = _scores(out)
     assert s["precision"] >= 0.95 and 0.7 <= s["recall"] < 1.0
     crops = out.filter(pl.col("src_gt_transform") == "crop")
@@ -86,19 +91,18 @@ def test_tiers_without_copy_detection_miss_crops_but_stay_precise(run):
 
 def test_pair_aware_types_and_caption_lists(images_out):
     _, out = images_out
-    row = {r["sample_id"]: r for r in out.iter_rows(named=True)}
-    # s30: exact copy of the astronaut with the same caption -> a dropped same_pair.
-    assert row["s00000030"]["dedup_images_type"] == "same_pair"
-    assert row["s00000030"]["dedup_images_dup_of"] == "s00000000"
-    assert "duplicate image and caption" in row["s00000030"]["dedup_images_drop"]
-    # s34: exact copy of the coins with a new caption -> collapsed into s06 with both captions.
-    assert row["s00000034"]["dedup_images_type"] == "same_image"
-    assert row["s00000034"]["dedup_images_dup_of"] == "s00000006"
-    assert row["s00000006"]["dedup_images_drop"] is None
-    assert row["s00000006"]["dedup_images_captions"] == [
-        row["s00000006"]["caption"],
-        row["s00000034"]["caption"],
-    ]
+    row = {r["source_index"]: r for r in out.iter_rows(named=True)}
+    # 30: exact copy of the astronaut (0) with the same caption -> one of them a dropped same_pair.
+    # Which one is kept is a tie broken by sample_id, so the test takes either.
+    dup, kept = sorted((row[30], row[0]), key=lambda r: r["dedup_images_drop"] is None)
+    assert dup["dedup_images_type"] == "same_pair" and kept["dedup_images_drop"] is None
+    assert dup["dedup_images_dup_of"] == kept["sample_id"]
+    assert "duplicate image and caption" in dup["dedup_images_drop"]
+    # 34: exact copy of the coins (6) with a new caption -> collapsed, both captions kept.
+    dup, kept = sorted((row[34], row[6]), key=lambda r: r["dedup_images_drop"] is None)
+    assert dup["dedup_images_type"] == "same_image" and kept["dedup_images_drop"] is None
+    assert dup["dedup_images_dup_of"] == kept["sample_id"]
+    assert kept["dedup_images_captions"] == [kept["caption"], dup["caption"]]
     # Rows rejected by ingest take no part.
     rejected = out.filter(pl.col("status") != "ok")
     assert rejected.height > 0 and rejected["dedup_images_is_dup"].null_count() == rejected.height
@@ -126,7 +130,7 @@ def test_shuffled_input_keeps_the_same_samples(run, images_out):
 def test_features_are_cached_and_an_interrupted_run_resumes(run):
     table = read_table(run)
     ctx = _ctx(run, "resume")
-    step = DedupImages(tiers=("phash", "pixel"), batch_size=2)  # chunks of 16 images
+    step = DedupImages(tiers=("phash", "pixel"), batch_size=2, **FIXED)  # chunks of 16 images
     first = compute_step(step, table, ctx)
     assert ctx.stats["feature_chunks"]["computed_chunks"] == 4
     chunks = sorted((ctx.artifact_dir("features") / "phash").rglob("*.npy"))
@@ -139,15 +143,17 @@ def test_features_are_cached_and_an_interrupted_run_resumes(run):
 
 def test_captions_step_flags_shared_captions_and_drops_copies(run, images_out):
     _, out = images_out
-    caps = compute_step(DedupCaptions(), out, _ctx(run, "captions"))
-    row = {r["sample_id"]: r for r in caps.iter_rows(named=True)}
-    # face_1 reuses face_0's caption on a different picture: flagged for rewriting, kept.
-    assert row["s00000029"]["dedup_captions_type"] == "shared_caption"
-    assert row["s00000029"]["dedup_captions_flag"] is True
-    assert row["s00000028"]["dedup_captions_flag"] is True
-    assert row["s00000029"]["dedup_captions_drop"] is None
-    # The exact copy of face_0 with the same caption is a same_pair copy.
-    assert row["s00000033"]["dedup_captions_type"] == "same_pair"
+    caps = compute_step(DedupCaptions(minhash_threshold=0.7), out, _ctx(run, "captions"))
+    row = {r["source_index"]: r for r in caps.iter_rows(named=True)}
+    # face_1 (29) reuses face_0's (28) caption on a different picture: flagged, kept.
+    assert row[29]["dedup_captions_type"] == "shared_caption"
+    assert row[29]["dedup_captions_flag"] is True
+    assert row[29]["dedup_captions_drop"] is None
+    # face_0 and its exact copy (33) with the same caption: one of them is a same_pair copy,
+    # the other is kept and flagged with face_1.
+    dup, kept = sorted((row[33], row[28]), key=lambda r: r["dedup_captions_drop"] is None)
+    assert dup["dedup_captions_type"] == "same_pair"
+    assert kept["dedup_captions_flag"] is True
     # Copies that carry their original's caption word for word share its caption cluster.
     same = caps.filter(pl.col("src_gt_caption") == "same")
     assert same["dedup_captions_is_dup"].all()
@@ -157,14 +163,15 @@ def test_captions_step_flags_shared_captions_and_drops_copies(run, images_out):
 def test_captions_step_without_image_step_uses_pixel_hash(run):
     table = read_table(run)
     caps = compute_step(DedupCaptions(tiers=("exact",)), table, _ctx(run, "cap2"))
-    row = {r["sample_id"]: r for r in caps.iter_rows(named=True)}
-    assert row["s00000030"]["dedup_captions_type"] == "same_pair"  # identical pixels
+    row = {r["source_index"]: r for r in caps.iter_rows(named=True)}
+    types = {row[30]["dedup_captions_type"], row[0]["dedup_captions_type"]}
+    assert "same_pair" in types  # identical pixels
     # The jpeg copy has other pixels: without the image step it counts as another image.
-    assert row["s00000039"]["dedup_captions_type"] == "shared_caption"
+    assert row[39]["dedup_captions_type"] == "shared_caption"
 
 
 def test_apply_step_on_a_run_folder_writes_columns_report_and_resumes(run):
-    step = DedupImages(tiers=("exact", "phash"))
+    step = DedupImages(tiers=("exact", "phash"), **FIXED)
     ctx = RunContext(run_dir=run, quiet=True)
     table = apply_step(run, step, ctx)
     assert "dedup_images_drop" in table.columns
@@ -184,7 +191,7 @@ def test_report_shows_at_most_report_members_per_group(photos_run, monkeypatch):
     monkeypatch.setattr(dedup, "REPORT_MEMBERS", 2)
     monkeypatch.setattr(dedup, "REPORT_CAPTION_ROWS", 2)
     ctx = RunContext(run_dir=photos_run, quiet=True)
-    table = apply_step(photos_run, DedupImages(tiers=("exact", "phash")), ctx)
+    table = apply_step(photos_run, DedupImages(tiers=("exact", "phash"), **FIXED), ctx)
     apply_step(photos_run, DedupCaptions(tiers=("exact",)), ctx)
     html = (photos_run / "report" / "index.html").read_text()
     images = html[html.index("Duplicate images") : html.index("Duplicate captions")]
@@ -226,6 +233,9 @@ def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tiny_open_clip):
     )
     out = compute_step(step, read_table(run), _ctx(run, "clip"))
     exact = out.filter(pl.col("src_gt_transform") == "exact")
-    # Identical pixels give identical embeddings: exact copies are found even by random weights.
-    assert exact["dedup_images_is_dup"].all()
+    # Identical pixels give identical embeddings: exact copies are found even by random weights
+    # (one of each pixel-identical pair is the duplicate; ids break the tie).
+    twins = out.filter(pl.col("pixel_hash").is_in(exact["pixel_hash"].to_list()))
+    per_image = twins.group_by("pixel_hash").agg(pl.col("dedup_images_is_dup").sum())
+    assert (per_image["dedup_images_is_dup"] >= 1).all()
     assert exact["dedup_images_clip_cluster"].null_count() == 0

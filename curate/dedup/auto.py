@@ -1,0 +1,457 @@
+"""``threshold: auto``: each tier's threshold calibrated on the run's own data.
+
+For every tier and image-size band the calibration measures two distributions:
+
+* **copies**: the standard transforms of ``curate.dedup.planting`` (JPEG, resize, crop, flip,
+  small rotation, text overlay) planted into a deterministic sample of the run's images; the
+  score of each copy against its own original. Copies whose pixels equal the original's (a
+  resize of an 8 px image is the image) are left out: the exact tier finds those.
+* **background**: for a larger sample of the run's rows, the score to their nearest *other* row
+  (mirrored hashes included, SSCD score normalisation applied as the tier applies it). Real data
+  holds real duplicates, which would count as false matches and push every threshold to the
+  strict end. Neighbours that are certainly copies are therefore left out: identical pixels, and
+  pairs on which two or more tiers agree at their current thresholds. The thresholds are then
+  recomputed without them, a few rounds until nothing changes. One tier alone never excludes a
+  pair, so a tier that cannot tell the images of a band apart cannot vouch for itself.
+
+The threshold of a tier in a band is the loosest one whose precision on a one-to-one mixture
+(every sampled image with one planted copy) reaches ``target_precision``:
+``recall / (recall + false-match rate)``, recall over the planted copies and false-match rate
+over the background rows. A tier whose recall at that threshold stays below ``min_recall``, or
+that reaches the target at no threshold, is **disabled** for the band: its bits or embedding do
+not tell that band's images apart, so its matches there count only where a stronger tier agrees
+(which then decides on its own). Bands: image min side <= 32 px (``tiny``), <= 128 px
+(``small``), larger (``large``); a band with too few rows to calibrate uses the calibration of
+all rows together (``pooled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from curate.seeding import derive_seed
+
+# (name, largest min side in px) of the image-size bands, smallest first.
+BANDS: tuple[tuple[str, int], ...] = (("tiny", 32), ("small", 128), ("large", 1 << 30))
+CALIBRATION_TRANSFORMS = ("jpeg", "resize", "crop", "flip", "rotate", "text")
+MIN_BAND_ORIGINALS = 16  # fewer sampled originals in a band: use the pooled calibration
+MIN_ROWS = 8  # fewer rows in the whole run: no calibration, the tier's fixed default
+CANDIDATES = 48  # neighbours per background row examined for the nearest non-copy
+STANDOUT_RANK = 8  # a copy stands out from a row's 8th nearest neighbour
+ROUNDS = 4  # rounds of "leave out confirmed copies, recompute thresholds"
+HIST_BINS = 40
+HASH_BITS = 64
+COSINE_GRID = np.round(np.arange(0.995, 0.295, -0.005), 3)  # strict to loose
+HASH_RADII = np.arange(0, 25)  # strict to loose
+
+
+def size_band(min_side: np.ndarray) -> np.ndarray:
+    """Band index of each image from its smaller side in pixels (see ``BANDS``)."""
+    limits = np.array([b[1] for b in BANDS])
+    return np.searchsorted(limits, np.asarray(min_side), side="left").clip(0, len(BANDS) - 1)
+
+
+def hashed_sample(ids: Sequence[str], seed: int, key: str, k: int, rows: np.ndarray) -> np.ndarray:
+    """``k`` of ``rows`` (indices into ``ids``) picked by a hash of (seed, key, sample_id): the
+    same rows whatever the input order. Returned sorted."""
+    rows = np.asarray(rows, np.int64)
+    if len(rows) <= k:
+        return np.sort(rows)
+    rank = np.array([derive_seed(seed, key, ids[r]) for r in rows], dtype=np.uint64)
+    return np.sort(rows[np.argsort(rank, kind="stable")[:k]])
+
+
+def histogram(values: np.ndarray, edges: np.ndarray) -> dict:
+    vals = np.asarray(values, float)
+    vals = vals[np.isfinite(vals)]
+    counts, _ = np.histogram(np.clip(vals, edges[0], edges[-1]), bins=edges)
+    return {"edges": [round(float(e), 4) for e in edges], "counts": counts.astype(int).tolist()}
+
+
+def pick_threshold(
+    pos: np.ndarray, bg: np.ndarray, grid: np.ndarray, target: float, min_recall: float
+) -> dict:
+    """The loosest threshold of ``grid`` (ordered strict to loose, similarity units) whose
+    one-to-one precision ``R / (R + F)`` reaches ``target``; ``status`` says ok or why not."""
+    pos = np.asarray(pos, float)
+    bg = np.asarray(bg, float)
+    best = None
+    rows = []
+    for thr in grid:
+        r = float(np.mean(pos >= thr)) if len(pos) else 0.0
+        f = float(np.mean(bg >= thr)) if len(bg) else 0.0
+        p = r / (r + f) if r + f > 0 else 1.0
+        rows.append((float(thr), p, r, f))
+        if r > 0 and p >= target:
+            best = (float(thr), p, r, f)
+    if best is None:
+        thr, p, r, f = rows[0]
+        return {"threshold": thr, "precision": round(p, 4), "recall": round(r, 4),
+                "false_match_rate": round(f, 5), "status": "disabled",
+                "why": f"no threshold reaches precision {target}"}  # fmt: skip
+    thr, p, r, f = best
+    out = {"threshold": thr, "precision": round(p, 4), "recall": round(r, 4),
+           "false_match_rate": round(f, 5), "status": "ok"}  # fmt: skip
+    if r < min_recall:
+        out["status"] = "disabled"
+        out["why"] = f"recall {r:.2f} < {min_recall} at precision {target}"
+    return out
+
+
+# -- tier scores ---------------------------------------------------------------------------
+
+
+@dataclass
+class TierData:
+    """What calibration needs of one tier.
+
+    ``kind`` "hash": features ``(N, 16)`` uint8 (hash, mirrored hash); "cosine": unit rows.
+    ``norm_background`` (cosine tiers with score normalisation): each real row's similarity to
+    its ``norm_rank``-th neighbour; copies get theirs from a search among the real rows.
+    """
+
+    name: str
+    kind: str
+    real: np.ndarray
+    copies: np.ndarray
+    norm_rank: int = 0
+    norm_margin: float = 0.0
+    norm_background: np.ndarray | None = None
+    knn: tuple[np.ndarray, np.ndarray] | None = None  # (sims, idx) of every real row, if known
+    info: dict = field(default_factory=dict)
+
+    def pair(self, a_feat: np.ndarray, b_feat: np.ndarray) -> np.ndarray:
+        """Row-wise similarity of two feature stacks."""
+        if self.kind == "hash":
+            from curate.dedup.hashing import hamming
+
+            d = np.minimum(
+                hamming(a_feat[:, :8], b_feat[:, :8]), hamming(a_feat[:, 8:], b_feat[:, :8])
+            )
+            return (1.0 - d / HASH_BITS).astype(np.float32)
+        if self.kind == "minhash":
+            return (a_feat == b_feat).mean(axis=1).astype(np.float32)
+        return np.einsum("nd,nd->n", a_feat, b_feat).astype(np.float32)
+
+    def neighbours(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` real rows for each query feature row: ``(sims, idx)``, best first."""
+        k = max(1, min(k, len(self.real)))
+        if self.kind == "hash":
+            import faiss
+
+            index = faiss.IndexBinaryFlat(HASH_BITS)
+            index.add(np.ascontiguousarray(self.real[:, :8]))
+            d1, i1 = index.search(np.ascontiguousarray(queries[:, :8]), k)
+            d2, i2 = index.search(np.ascontiguousarray(queries[:, 8:]), k)
+            d = np.concatenate([d1, d2], 1)
+            idx = np.concatenate([i1, i2], 1)
+            sims = 1.0 - d / HASH_BITS
+        elif self.kind == "minhash":
+            sims = np.empty((len(queries), len(self.real)), np.float32)
+            for start in range(0, len(queries), 64):  # (64, N, K) compares at a time
+                q = queries[start : start + 64]
+                sims[start : start + 64] = (q[:, None, :] == self.real[None, :, :]).mean(axis=2)
+            idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            sims = np.take_along_axis(sims, idx, 1)
+        else:
+            import faiss
+
+            index = faiss.IndexFlatIP(self.real.shape[1])
+            index.add(np.ascontiguousarray(self.real, np.float32))
+            sims, idx = index.search(np.ascontiguousarray(queries, np.float32), k)
+        order = np.argsort(-sims, axis=1, kind="stable")
+        return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
+
+    def normalise(self, sim, bg_a, bg_b) -> np.ndarray:
+        if self.norm_rank <= 0 or self.norm_background is None:
+            return sim
+        from curate.dedup.tiers import beats_background
+
+        ok = beats_background(sim, bg_a, bg_b, self.norm_margin)
+        return np.where(ok, sim, -np.inf).astype(np.float32)
+
+    def grid(self) -> np.ndarray:
+        if self.kind == "hash":
+            return 1.0 - HASH_RADII / HASH_BITS
+        if self.kind == "minhash":
+            return np.round(np.arange(0.99, 0.19, -0.01), 2)
+        return COSINE_GRID
+
+    def edges(self) -> np.ndarray:
+        if self.kind == "hash":
+            return np.linspace(1.0 - 32 / HASH_BITS, 1.0, 33)
+        return np.linspace(0.0, 1.0, HIST_BINS + 1)
+
+    def unit_threshold(self, thr: float):
+        """A similarity threshold in the tier's own unit (Hamming radius for hashes)."""
+        if self.kind == "hash":
+            return int(round((1.0 - thr) * HASH_BITS))
+        return round(float(thr), 4)
+
+
+def calibrate(
+    tiers: Sequence[TierData],
+    ids: Sequence[str],
+    band: np.ndarray,
+    copy_src: np.ndarray,
+    copy_kind: np.ndarray,
+    identity: Sequence,
+    seed: int,
+    target: float,
+    min_recall: float,
+    background_sample: int = 4096,
+    band_names: Sequence[str] = tuple(b[0] for b in BANDS),
+    copies_per_original: int = len(CALIBRATION_TRANSFORMS),
+) -> dict:
+    """Thresholds per tier and band. ``copy_src[c]`` is the real row copy ``c`` was made from;
+    ``identity[i]`` is a key equal for rows with identical pixels (or captions), None if unknown:
+    the background is searched among one row per key.
+
+    Returns ``{"tiers": {name: {"bands": {band: result}, ...}}, "rounds": n}`` with a result per
+    band as ``pick_threshold`` plus the threshold in the tier's unit, recall per transform and
+    histograms of the copy and background scores.
+    """
+    n = len(ids)
+    nb = len(band_names)
+    band = np.asarray(band)
+    copy_src = np.asarray(copy_src, np.int64)
+    copy_kind = np.asarray(copy_kind, dtype=object)
+    # Background rows: per band, a hashed sample.
+    bg_rows = np.concatenate(
+        [
+            hashed_sample(ids, seed, "background", background_sample, np.flatnonzero(band == b))
+            for b in range(nb)
+        ]
+    ).astype(np.int64)
+    keys = np.array([k if k is not None else f"\x00row{r}" for r, k in enumerate(identity)],
+                    dtype=object)  # fmt: skip
+    _, first = np.unique(keys, return_index=True)
+    reps = np.sort(first)  # one row per identity: "different original images"
+    # Candidate neighbours of every background row, in every tier.
+    cand: list[np.ndarray] = []
+    for t in tiers:
+        if len(reps) == n and t.knn is not None and t.knn[1].shape[1] >= 1:
+            idx = t.knn[1][bg_rows, :CANDIDATES]
+        else:
+            sub = TierData(t.name, t.kind, t.real[reps], t.copies)
+            _, local = sub.neighbours(t.real[bg_rows], CANDIDATES + 1)
+            idx = np.where(local >= 0, reps[np.maximum(local, 0)], -1)
+        cand.append(idx)
+    pairs_i = np.repeat(bg_rows, sum(c.shape[1] for c in cand))
+    pairs_j = np.concatenate(cand, axis=1).ravel()
+    keep = (pairs_j >= 0) & (pairs_j != pairs_i)
+    key = np.unique(pairs_i[keep] * n + pairs_j[keep])
+    pi, pj = key // n, key % n  # (P,) sorted by background row
+    bg_rows = np.unique(pi)
+    same = keys[pi] == keys[pj]
+    scores = {}
+    for t in tiers:
+        s = t.pair(t.real[pi], t.real[pj])
+        if t.norm_background is not None and t.norm_rank > 0:
+            s = t.normalise(s, t.norm_background[pi], t.norm_background[pj])
+        scores[t.name] = s
+    # Copies against their originals.
+    pos = {}
+    for t in tiers:
+        s = t.pair(t.copies, t.real[copy_src])
+        if t.norm_background is not None and t.norm_rank > 0 and len(t.copies):
+            sims, _ = t.neighbours(t.copies, t.norm_rank + 1)
+            bg_c = sims[:, min(t.norm_rank, sims.shape[1] - 1)]
+            s = t.normalise(s, bg_c, t.norm_background[copy_src])
+        pos[t.name] = s
+    copy_band = band[copy_src]
+    row_start = np.searchsorted(pi, bg_rows)  # pairs of each background row: contiguous
+    # Near-identical pairs are copies from the start: a hash within one bit (mirror included) and
+    # some other tier at least as similar as three quarters of the planted copies. Distinct images of a band
+    # a tier cannot tell apart (digits, flat icons) rarely hash that close, and never with
+    # another tier agreeing at copy level; a real copy of a photo does.
+    raw = {t.name: t.pair(t.real[pi], t.real[pj]) for t in tiers}
+    rawpos = {t.name: t.pair(t.copies, t.real[copy_src]) for t in tiers}
+    # the similarity three quarters of the planted copies reach
+    median = {k: float(np.quantile(v, 0.25)) if len(v) else np.inf for k, v in rawpos.items()}
+    near = np.zeros(len(pi), bool)
+    for t in tiers:
+        if t.kind != "hash":
+            continue
+        others = [o for o in tiers if o.name != t.name]
+        agree = np.zeros(len(pi), bool)
+        for o in others:
+            agree |= raw[o.name] >= median[o.name]
+        near |= (raw[t.name] >= 1.0 - 1.0 / HASH_BITS - 1e-6) & agree
+    same = same | near
+    # Copies stand out from a row's other neighbours; hard negatives of a tier that cannot tell
+    # the images apart do not. Where the planted copies beat their 8th neighbour by more than
+    # nine background rows in ten beat theirs (so the tier separates copies from neighbours in
+    # this data), a background pair that stands out as much as the median planted copy is a
+    # copy. With many copies in the data (over a tenth of the rows) the gate stays shut.
+    rows = np.unique(np.concatenate([pi, pj, copy_src]))
+    for t in tiers:
+        sub = TierData(t.name, t.kind, t.real[reps], t.copies)
+        kth = np.full(n, np.nan)
+        kth[rows] = sub.neighbours(t.real[rows], STANDOUT_RANK + 1)[0][:, -1]
+        kth_c = sub.neighbours(t.copies, STANDOUT_RANK + 1)[0][:, -1] if len(t.copies) else kth[:0]
+        z = raw[t.name] - np.maximum(kth[pi], kth[pj])
+        zpos = rawpos[t.name] - np.maximum(kth_c, kth[copy_src])
+        order = np.lexsort((-raw[t.name], pi))  # each background row's nearest candidate first
+        ps = pi[order]
+        z_nn = z[order][np.r_[True, ps[1:] != ps[:-1]]] if len(pi) else z
+        if len(zpos) and len(z_nn) and np.median(zpos) > np.quantile(z_nn, 0.9):
+            same = same | (z >= np.median(zpos))
+    excluded = same.copy()
+    results: dict[str, dict[int, dict]] = {}
+    rounds = 0
+    for _ in range(ROUNDS):
+        rounds += 1
+        results = {}
+        for t in tiers:
+            nn = _nearest_non_copy(scores[t.name], excluded, row_start)
+            results[t.name] = _per_band(t, pos[t.name], copy_band, copy_kind, nn,
+                                        band[bg_rows], target, min_recall, nb,
+                                        copies_per_original)  # fmt: skip
+        # Pairs on which two or more tiers agree (or with identical pixels) are copies.
+        votes = np.zeros(len(pi), np.int64)
+        for t in tiers:
+            thr = np.array([results[t.name][b]["sim_threshold"] for b in range(nb)])
+            on = np.array([results[t.name][b]["status"] == "ok" for b in range(nb)])
+            need = np.maximum(thr[band[pi]], thr[band[pj]])
+            votes += (scores[t.name] >= need) & on[band[pi]] & on[band[pj]]
+        new = same | (votes >= 2)
+        if np.array_equal(new, excluded):
+            break
+        excluded = new
+    out = {
+        "rounds": rounds,
+        "background_pairs": len(pi),
+        "identical_pairs": int((same & ~near).sum()),
+        "near_identical_pairs": int((near & ~(same & ~near)).sum()),
+        "excluded_pairs": int(excluded.sum()),
+        "tiers": {},
+    }
+    for t in tiers:
+        out["tiers"][t.name] = {
+            "unit": {"hash": "radius", "minhash": "jaccard"}.get(t.kind, "cosine"),
+            "bands": {band_names[b]: results[t.name][b] for b in range(nb)},
+        }
+    return out
+
+
+def _nearest_non_copy(scores: np.ndarray, excluded: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per background row (its candidate pairs are ``scores[start[k]:start[k+1]]``), the best
+    score of a pair not left out; NaN where every candidate was left out (the row says nothing
+    about the background), -1 where no candidate scores at all."""
+    if len(scores) == 0:
+        return np.full(len(start), np.nan)
+    s = np.where(excluded, -np.inf, scores)
+    nn = np.maximum.reduceat(s, start)
+    left = np.add.reduceat((~excluded).astype(np.int64), start)
+    nn = np.where(np.isfinite(nn), nn, -1.0)
+    return np.where(left == 0, np.nan, nn)
+
+
+def _per_band(
+    t: TierData, pos, copy_band, copy_kind, nn, bg_band, target, min_recall, nb, per_original
+) -> dict:
+    """``pick_threshold`` per band, pooled where a band has too few samples."""
+    grid = t.grid()
+    edges = t.edges()
+
+    nn_ok = ~np.isnan(nn)
+    nn, bg_band = nn[nn_ok], bg_band[nn_ok]
+
+    def one(pmask, bmask, pooled: bool) -> dict:
+        r = pick_threshold(pos[pmask], nn[bmask], grid, target, min_recall)
+        if bmask.sum() < MIN_BAND_ORIGINALS:
+            r["status"] = "disabled"
+            r["why"] = f"{int(bmask.sum())} distinct rows: too few for a background"
+        thr = r["threshold"]
+        r["sim_threshold"] = thr if r["status"] == "ok" else np.inf
+        r["threshold"] = t.unit_threshold(thr)
+        r["pooled"] = pooled
+        r["copies"] = int(pmask.sum())
+        r["background_rows"] = int(bmask.sum())
+        kinds = copy_kind[pmask]
+        ps = pos[pmask]
+        r["recall_by_transform"] = {
+            k: round(float(np.mean(ps[kinds == k] >= thr)), 3) for k in sorted(set(kinds))
+        }
+        r["copy_hist"] = histogram(ps, edges)
+        r["background_hist"] = histogram(nn[bmask], edges)
+        r["_copies"] = ps  # raw scores for the report; dropped from stats
+        r["_background"] = nn[bmask]
+        return r
+
+    allp = np.ones(len(pos), bool)
+    allb = np.ones(len(nn), bool)
+    pooled = one(allp, allb, True)
+    out = {}
+    for b in range(nb):
+        pm, bm = copy_band == b, bg_band == b
+        originals = pm.sum() / max(1, per_original)
+        if originals >= MIN_BAND_ORIGINALS and bm.sum() >= MIN_BAND_ORIGINALS:
+            out[b] = one(pm, bm, False)
+        else:
+            out[b] = dict(pooled, background_rows_in_band=int(bm.sum()))
+    return out
+
+
+# -- captions ----------------------------------------------------------------------------------
+
+CAPTION_EDITS = ("case", "drop", "swap", "add", "replace")
+
+
+def plant_caption_edits(
+    captions: Sequence[str], ids: Sequence[str], seed: int, vocabulary: Sequence[str]
+) -> list[tuple[str, int, str]]:
+    """Edited copies of ``captions`` as a scraped set's near-duplicate captions look:
+    ``(copy, index of the source caption, edit)``. Edits: case and punctuation changed, one
+    word dropped, two neighbouring words swapped, one word added, one word replaced (the new
+    words from ``vocabulary``, the run's own words). Randomness from (seed, sample_id, edit)."""
+    from curate.seeding import rng_for
+
+    vocab = list(vocabulary) or ["photo"]
+    out = []
+    for row, (text, sid) in enumerate(zip(captions, ids, strict=True)):
+        words = (text or "").split()
+        if not words:
+            continue
+        for edit in CAPTION_EDITS:
+            rng = rng_for(seed, sid, "caption", edit)
+            w = list(words)
+            k = int(rng.integers(0, len(w)))
+            if edit == "case":
+                w = [x.upper() if rng.random() < 0.5 else x.lower() for x in w]
+                w[-1] = w[-1] + str(rng.choice([".", "!", " ...", ","]))
+            elif edit == "drop" and len(w) > 1:
+                del w[k]
+            elif edit == "swap" and len(w) > 1:
+                k = min(k, len(w) - 2)
+                w[k], w[k + 1] = w[k + 1], w[k]
+            elif edit == "add":
+                w.insert(k, str(vocab[int(rng.integers(0, len(vocab)))]))
+            elif edit == "replace":
+                w[k] = str(vocab[int(rng.integers(0, len(vocab)))])
+            else:
+                continue
+            out.append((" ".join(w), row, edit))
+    return out
+
+
+def format_auto(result: dict, target: float) -> str:
+    """Plain-text lines of an auto calibration (``DedupImages`` / ``DedupCaptions`` stats)."""
+    lines = [f"auto thresholds (target precision {target}; copies confirmed by two tiers left "
+             f"out of the background: {result.get('excluded_pairs', 0)} pairs)"]  # fmt: skip
+    for name, res in result.get("tiers", {}).items():
+        if "fixed" in res:
+            lines.append(f"  {name}: fixed {res['fixed']} {res.get('why', '')}".rstrip())
+            continue
+        for band, r in res["bands"].items():
+            state = "ok" if r["status"] == "ok" else f"disabled ({r.get('why', '')})"
+            lines.append(
+                f"  {name} {band}{' (pooled)' if r.get('pooled') else ''}: threshold "
+                f"{r['threshold']} {res['unit']}, precision {r['precision']}, recall "
+                f"{r['recall']}, false-match rate {r['false_match_rate']}, {state}"
+            )
+    return "\n".join(lines)

