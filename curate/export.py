@@ -26,6 +26,7 @@ from curate.io.folders import (
     prepare_output_dir,
     read_json,
     require_run_dir,
+    run_id,
     run_lock,
 )
 from curate.table import SAMPLE_ID, caption_lists, removal_counts, removal_frame
@@ -269,7 +270,7 @@ def _export_locked(
     overwrite: bool,
 ) -> dict:
     layout = "parquet" if format == "hub" else format  # a Hub push uploads the parquet folder
-    out = Path(out) if out is not None else run_dir / EXPORT_DIR / layout
+    out = Path(out) if out is not None else default_export_dir(run_dir, format)
     owner = _owner_key(run_dir, layout)
     staged = prepare_output_dir(out, "export", overwrite=overwrite, owner=owner, protect=(run_dir,))
     try:
@@ -286,10 +287,15 @@ def _export_locked(
 
 
 def _owner_key(run_dir: Path, layout: str) -> str:
-    """Which run and layout an export folder belongs to, without writing a local path into it
-    (the folder may be pushed to the Hub)."""
-    blob = f"{run_dir.resolve()}|{layout}".encode()
+    """Which run and layout an export folder belongs to: the run's id (it moves with the run
+    folder), never a local path (the folder may be pushed to the Hub)."""
+    blob = f"{run_id(run_dir)}|{layout}".encode()
     return hashlib.blake2b(blob, digest_size=12).hexdigest()
+
+
+def default_export_dir(run_dir: Path | str, format: str) -> Path:
+    """``RUN_DIR/export/disk`` or ``RUN_DIR/export/parquet`` (a Hub push uses the latter)."""
+    return Path(run_dir) / EXPORT_DIR / ("parquet" if format == "hub" else format)
 
 
 def export_is_current(out: Path, stats: dict) -> bool:

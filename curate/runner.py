@@ -27,9 +27,7 @@ from curate.io.folders import (
     require_run_dir,
     run_lock,
 )
-from curate.io.ingest import ingest, read_ingest_summary
-from curate.io.load import source_fingerprint
-from curate.io.store import IMAGES_DIR
+from curate.io.ingest import ingest, ingest_state, read_ingest_summary
 from curate.recipe import Recipe, dump_yaml
 from curate.steps.base import RunContext, Step
 from curate.table import (
@@ -158,26 +156,6 @@ def _read_columns(path: Path) -> pl.DataFrame | None:
         return pl.read_parquet(path)
     except Exception:  # a torn or foreign file: polars raises several types; all mean "redo"
         return None
-
-
-def ingest_state(run_dir: Path, config) -> tuple[str, str | None]:
-    """Whether ``run_dir`` holds an ingest of ``config``: ``(state, why)``.
-
-    state: ``current`` (nothing to do), ``stale`` (same settings, but the source changed or
-    the ingest is incomplete: ingest again), ``other`` (other settings), ``none``.
-    """
-    summary = read_ingest_summary(run_dir)
-    if summary is None:
-        return "none", None
-    if summary.get("fingerprint") != config.fingerprint():
-        return "other", None
-    if not (run_dir / IMAGES_DIR).is_dir() or _read_columns(run_dir / TABLE_FILE) is None:
-        return "stale", "the run's images or table are missing or unreadable"
-    old_fp = summary.get("source_fingerprint")
-    new_fp = source_fingerprint(config.name, config.split)
-    if old_fp is not None and new_fp is not None and old_fp != new_fp:
-        return "stale", f"the source {config.name} changed since it was ingested"
-    return "current", None
 
 
 def ensure_ingested(recipe: Recipe, run_dir: Path, quiet: bool, overwrite: bool = False) -> dict:

@@ -97,6 +97,13 @@ def ingest(
     )  # fmt: skip
     summary = run_ingest(cfg, out, quiet=quiet, overwrite=overwrite)
     rejected = sum(summary["rejected"].values())
+    if summary.get("unchanged"):
+        click.echo(
+            f"unchanged: {out} already holds this ingest of {name} ({summary['rows']} rows: "
+            f"{summary['kept']} ok, {rejected} rejected); --overwrite ingests again"
+        )
+        echo_notes(summary)
+        return
     click.echo(
         f"ingested {summary['rows']} rows into {out}: {summary['kept']} ok, {rejected} rejected"
         + (

@@ -157,6 +157,17 @@ def folder_meta(path: Path | str) -> dict:
     return read_json(Path(path) / MARKER) or {}
 
 
+def run_id(run_dir: Path | str) -> str:
+    """The run folder's identity: made when the folder was, kept when it is moved or copied
+    (an older run folder without one gets one now)."""
+    run_dir = Path(run_dir)
+    meta = folder_meta(run_dir)
+    if not meta.get("run_id"):
+        meta = {**_marker(RUN), **meta, "kind": RUN, "run_id": uuid.uuid4().hex}
+        atomic_write_json(run_dir / MARKER, meta)
+    return str(meta["run_id"])
+
+
 def _is_empty_dir(path: Path) -> bool:
     """Empty, or holding only what a curate process that is creating it writes first (its
     marker's temporary file, the lock): two processes claiming one new folder both succeed."""
@@ -188,7 +199,7 @@ def claim_run_dir(path: Path | str, flag: str = "--out") -> Path:
     kind = folder_kind(path) if path.exists() else None
     if kind == RUN:
         if not (path / MARKER).exists():
-            atomic_write_json(path / MARKER, _marker(RUN))
+            atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
         return path
     if kind is not None:
         raise UsageError(
@@ -201,7 +212,7 @@ def claim_run_dir(path: Path | str, flag: str = "--out") -> Path:
         )
     with disk_errors("create", path):
         path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / MARKER, _marker(RUN))
+    atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
     return path
 
 

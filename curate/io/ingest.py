@@ -197,6 +197,9 @@ def ingest(
     with run_lock(run_dir):
         old = read_ingest_summary(run_dir)
         src_fp = source_fingerprint(config.name, config.split)
+        state, _ = ingest_state(run_dir, config)
+        if state == "current" and not overwrite:
+            return {**old, "unchanged": True}  # this exact source and config: nothing to do
         if old is not None and old.get("fingerprint") != config.fingerprint() and not overwrite:
             was = (old.get("config") or {}).get("name", "another dataset")
             raise UsageError(
@@ -382,6 +385,34 @@ def _ingest_row(idx, row, source, config, ids, cols, extra, reasons, writer, fea
 def _reason_code(reason: str) -> str:
     """``bad_line (line 3: ...)`` -> ``bad_line``: the summary counts codes, not details."""
     return reason.split(" (", 1)[0]
+
+
+def ingest_state(run_dir: Path, config) -> tuple[str, str | None]:
+    """Whether ``run_dir`` holds an ingest of ``config``: ``(state, why)``.
+
+    state: ``current`` (nothing to do), ``stale`` (same settings, but the source changed or
+    the ingest is incomplete: ingest again), ``other`` (other settings), ``none``.
+    """
+    summary = read_ingest_summary(run_dir)
+    if summary is None:
+        return "none", None
+    if summary.get("fingerprint") != config.fingerprint():
+        return "other", None
+    if not (run_dir / IMAGES_DIR).is_dir() or not _readable_parquet(run_dir / TABLE_FILE):
+        return "stale", "the run's images or table are missing or unreadable"
+    old_fp = summary.get("source_fingerprint")
+    new_fp = source_fingerprint(config.name, config.split)
+    if old_fp is not None and new_fp is not None and old_fp != new_fp:
+        return "stale", f"the source {config.name} changed since it was ingested"
+    return "current", None
+
+
+def _readable_parquet(path: Path) -> bool:
+    try:
+        pl.read_parquet_schema(path)
+    except Exception:  # missing, torn or foreign: polars raises several types
+        return False
+    return True
 
 
 def read_ingest_summary(run_dir: Path | str) -> dict | None:

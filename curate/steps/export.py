@@ -38,10 +38,11 @@ class Export(Step):
         return problems
 
     def outputs_exist(self, ctx: RunContext, meta: dict) -> bool:
-        from curate.export import export_is_current
+        from curate.export import default_export_dir, export_is_current
 
-        out = (meta.get("stats") or {}).get("out")
-        return out is not None and export_is_current(Path(out), meta.get("stats") or {})
+        # the default folder is looked up in this run folder, wherever it has moved
+        out = Path(self.out) if self.out else default_export_dir(ctx.run_dir, self.format)
+        return export_is_current(out, meta.get("stats") or {})
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         from curate.export import export_run
