@@ -65,6 +65,22 @@ from curate.cli.common import curate_errors, device_option, quiet_option, setup_
     "by default such rows are rejected as outside_dataset.",
 )
 @click.option(
+    "--fetch/--no-fetch",
+    "fetch_urls",
+    default=True,
+    show_default=True,
+    help="Download http(s) image URLs (cached in RUN_DIR/downloads; opt-out headers such as "
+    "X-Robots-Tag: noai are honoured). --no-fetch rejects them as url_not_fetched.",
+)
+@click.option(
+    "--fetch-workers", default=16, show_default=True, type=click.IntRange(min=1),
+    help="Concurrent downloads.",
+)  # fmt: skip
+@click.option(
+    "--fetch-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0.1),
+    help="Seconds per request before it counts as a timeout (retried with backoff).",
+)  # fmt: skip
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the data of a run folder that holds another dataset (its steps, report "
@@ -74,16 +90,18 @@ from curate.cli.common import curate_errors, device_option, quiet_option, setup_
 @curate_errors
 def ingest(
     name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out,
-    allow_outside_paths, overwrite, quiet,
+    allow_outside_paths, fetch_urls, fetch_workers, fetch_timeout, overwrite, quiet,
 ):  # fmt: skip
     """Load a dataset into a run folder: images + one table keyed by sample_id.
 
     Every input row becomes one table row; unusable rows are kept as status=rejected with a
-    reason (undecodable, truncated, empty caption, ...), never dropped silently.
+    reason (undecodable, truncated, empty caption, http_404, opted_out, ...), never dropped
+    silently. Image URLs are downloaded concurrently and cached, so a rerun resumes.
 
     \b
-    Example:
+    Examples:
       curate ingest --dataset builtin:digits --out runs/digits
+      curate ingest --dataset laion_subset.parquet --image-column url --out runs/laion
     """
     from curate.io.ingest import IngestConfig
     from curate.io.ingest import ingest as run_ingest
@@ -93,7 +111,8 @@ def ingest(
     cfg = IngestConfig(
         name=name, split=split, image_column=image_column, caption_column=caption_column,
         id_column=id_column, limit=limit, streaming=streaming, max_pixels=max_pixels,
-        allow_outside_paths=allow_outside_paths,
+        allow_outside_paths=allow_outside_paths, fetch_urls=fetch_urls,
+        fetch_workers=fetch_workers, fetch_timeout=fetch_timeout,
     )  # fmt: skip
     summary = run_ingest(cfg, out, quiet=quiet, overwrite=overwrite)
     rejected = sum(summary["rejected"].values())
@@ -127,9 +146,12 @@ def echo_notes(summary: dict) -> None:
         )
     urls = summary.get("rejected", {}).get("url_not_fetched")
     if urls:
+        click.echo(f"note: {urls} row(s) hold URLs that were not fetched (--no-fetch)")
+    retry = summary.get("urls_to_retry")
+    if retry:
         click.echo(
-            f"note: {urls} row(s) hold URLs; curate does not download images yet: fetch them "
-            "first (e.g. with img2dataset) and ingest the local files"
+            f"note: {retry} URL(s) failed with a timeout or server error; ingest again with "
+            "--overwrite to retry them (what was downloaded is cached)"
         )
 
 

@@ -44,7 +44,10 @@ RUN_ENTRIES = (
     "export",
     "artifacts",
     "recipe.resolved.yaml",
+    "downloads",
 )
+#: Kept when a run's data is replaced: the cache of downloaded URLs is still valid.
+KEEP_ON_RESET = ("downloads",)
 #: Entries that identify a folder written by curate before folders carried a marker.
 _LEGACY_RUN = ("ingest.json", "table.parquet")
 
@@ -260,7 +263,7 @@ def reset_run_dir(path: Path | str) -> None:
     if folder_kind(path) != RUN:
         raise UsageError(f"{path}: not a curate run folder; refusing to reset it")
     for name in RUN_ENTRIES:
-        if name in (MARKER, LOCK_FILE):
+        if name in (MARKER, LOCK_FILE, *KEEP_ON_RESET):
             continue
         p = path / name
         with disk_errors("remove", p):

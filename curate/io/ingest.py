@@ -38,6 +38,7 @@ from curate.io.store import IMAGES_DIR
 from curate.table import SAMPLE_ID, STATUS_OK, STATUS_REJECTED, TABLE_FILE, write_table
 
 INGEST_FILE = "ingest.json"
+_OPERATIONAL = ("fetch_workers", "fetch_timeout")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class IngestConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     min_side: int = 1
     allow_outside_paths: bool = False
+    fetch_urls: bool = True  # download http(s) image URLs (the img2dataset / LAION layout)
+    fetch_workers: int = 16
+    fetch_timeout: float = 10.0
 
     def validate(self) -> list[str]:
         problems = []
@@ -65,18 +69,37 @@ class IngestConfig:
             problems.append("max_pixels: must be > 0")
         if self.min_side < 1:
             problems.append("min_side: must be >= 1")
+        if self.fetch_workers < 1:
+            problems.append("fetch_workers: must be >= 1")
+        if not self.fetch_timeout > 0:
+            problems.append("fetch_timeout: must be > 0 seconds")
         return problems
 
     def fingerprint(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """What the ingest depends on; how fast URLs are fetched is not part of it."""
+        settings = {k: v for k, v in asdict(self).items() if k not in _OPERATIONAL}
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.blake2b(blob, digest_size=8).hexdigest()
 
 
-def _read_bytes(cell: Any, source: Source, allow_outside: bool) -> tuple[bytes | None, str | None]:
+def _image_ref(cell: Any) -> str | None:
+    """The path or URL string a cell points at (None for inline bytes or no reference)."""
+    if isinstance(cell, str):
+        return cell
+    if isinstance(cell, dict) and not cell.get("bytes") and isinstance(cell.get("path"), str):
+        return cell["path"]
+    return None
+
+
+def _read_bytes(
+    cell: Any, source: Source, allow_outside: bool, fetched: dict | None = None
+) -> tuple[bytes | None, str | None]:
     """The encoded image of one cell, or ``(None, reason)``.
 
     Paths resolve against the dataset's own folder; one that leaves it is ``outside_dataset``
     unless ``allow_outside``. Images of a Hub dataset come from the Hub client's own cache.
+    URLs come from ``fetched`` (what the downloader got for this chunk of rows); without it
+    they are ``url_not_fetched``.
     """
     if cell is None:
         return None, "empty_image"
@@ -101,6 +124,8 @@ def _read_bytes(cell: Any, source: Source, allow_outside: bool) -> tuple[bytes |
         return None, "empty_image"
     if not isinstance(path, str):
         return None, "invalid_image_cell"
+    if fetched is not None and path in fetched:
+        return fetched[path]
     return read_image_file(
         path, source.base_dir, allow_outside=allow_outside or source.kind == "hub"
     )
@@ -256,13 +281,21 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
                     desc="ingest",
                     unit="img",
                 )
-                for idx, row in enumerate(rows):
-                    _ingest_row(
-                        idx, row, source, config, ids, cols, extra, reasons, writer, features
-                    )
+                fetcher = _fetcher(config, run_dir, quiet)
+                idx = 0
+                for chunk in _chunks(rows, FETCH_CHUNK):
+                    fetched = _fetch_chunk(fetcher, chunk, source)
+                    for row in chunk:
+                        _ingest_row(
+                            idx, row, source, config, ids, cols, extra, reasons, writer,
+                            features, fetched,
+                        )  # fmt: skip
+                        idx += 1
                 writer.finalize()
             finally:
                 writer.close()
+                if fetcher is not None:
+                    fetcher.close()
         elapsed = time.perf_counter() - start
         n = len(cols[SAMPLE_ID])
         if n == 0:
@@ -306,6 +339,7 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
         "rows": n,
         "kept": reasons.get(STATUS_OK, 0),
         "rejected": {k: v for k, v in sorted(reasons.items()) if k != STATUS_OK},
+        "urls_to_retry": _transient_failures(reasons),
         "seconds": round(elapsed, 3),
         "rows_per_second": round(n / elapsed, 1) if elapsed > 0 else None,
     }
@@ -328,6 +362,16 @@ def _datasets_bars(show: bool):
             utils.enable_progress_bars()
 
 
+def _transient_failures(reasons: Counter) -> int:
+    """Rows whose URL failed in a way worth trying again (timeouts, 5xx, connection errors)."""
+    from curate.io.fetch import is_permanent
+
+    fetch_codes = ("timeout", "connection_error", "fetch_error", "http_")
+    return sum(
+        n for code, n in reasons.items() if code.startswith(fetch_codes) and not is_permanent(code)
+    )
+
+
 def _homogeneous(values: list) -> list:
     """A source column as one type: its values as text when they mix types."""
     kinds = {type(v) for v in values if v is not None}
@@ -339,7 +383,55 @@ def _homogeneous(values: list) -> list:
     ]
 
 
-def _ingest_row(idx, row, source, config, ids, cols, extra, reasons, writer, features) -> None:
+FETCH_CHUNK = 256  # rows whose URLs are downloaded together
+DOWNLOADS_DIR = "downloads"
+
+
+def _chunks(rows, size: int):
+    chunk: list = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _fetcher(config: IngestConfig, run_dir: Path, quiet: bool):
+    """The URL downloader, caching in ``RUN_DIR/downloads`` (kept across re-ingests and
+    ``--overwrite``, so a rerun fetches only what it does not have); None with ``fetch: false``."""
+    if not config.fetch_urls:
+        return None
+    from curate.io.fetch import FetchConfig, Fetcher
+
+    cfg = FetchConfig(workers=config.fetch_workers, timeout=config.fetch_timeout)
+    return Fetcher(run_dir / DOWNLOADS_DIR, cfg, progress=not quiet)
+
+
+def _fetch_chunk(fetcher, chunk: list, source: Source) -> dict | None:
+    """Download the URLs a chunk of rows points at: ``{url: (bytes | None, reason | None)}``."""
+    if fetcher is None:
+        return None
+    from curate.io.fetch import looks_like_url
+
+    urls = sorted(
+        {
+            ref
+            for row in chunk
+            if isinstance(row, dict) and ROW_ERROR not in row
+            for ref in [_image_ref(row.get(source.image_column))]
+            if ref is not None and looks_like_url(ref)
+        }
+    )
+    if not urls:
+        return None
+    return dict(zip(urls, fetcher.fetch_many(urls), strict=True))
+
+
+def _ingest_row(
+    idx, row, source, config, ids, cols, extra, reasons, writer, features, fetched=None
+) -> None:
     row_error = row.get(ROW_ERROR) if isinstance(row, dict) else "bad_line (not a record)"
     if row_error is not None:
         sid = "bad-" + content_id(None, (idx, row_error), None)
@@ -348,7 +440,7 @@ def _ingest_row(idx, row, source, config, ids, cols, extra, reasons, writer, fea
     else:
         cell = row.get(source.image_column)
         raw_caption = row.get(source.caption_column) if source.caption_column else None
-        data, why = _read_bytes(cell, source, config.allow_outside_paths)
+        data, why = _read_bytes(cell, source, config.allow_outside_paths, fetched)
         raw_id = _as_id(row.get(source.id_column)) if source.id_column is not None else None
         if source.id_column is not None and raw_id is None:
             raw_id = "missing-id-" + content_id(data, cell, raw_caption)

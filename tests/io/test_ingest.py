@@ -211,3 +211,70 @@ def test_a_folder_that_is_not_curates_is_refused_untouched(tmp_path):
     with pytest.raises(UsageError, match="not made by curate"):
         ingest(IngestConfig(name=str(tmp_path / "data.jsonl")), tmp_path, quiet=True)
     assert sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.fixture
+def image_server():
+    """A loopback HTTP server: /ok/N.png images, /missing (404), /optout (noai), /page (HTML)."""
+    import http.server
+    import threading
+
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the stdlib's name)
+            hits.append(self.path)
+            if self.path.startswith("/ok/") or self.path == "/optout":
+                body, kind = _png(len(self.path)), "image/png"
+            elif self.path == "/page":
+                body, kind = b"<html>not an image</html>", "text/html"
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            if self.path == "/optout":
+                self.send_header("X-Robots-Tag", "noai")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    server.shutdown()
+
+
+def test_url_datasets_are_downloaded_with_a_reason_per_failure(tmp_path, image_server):
+    base, hits = image_server
+    urls = [f"{base}/ok/{i}.png" for i in range(3)] + [
+        f"{base}/missing",
+        f"{base}/optout",
+        f"{base}/page",
+    ]
+    pl.DataFrame({"url": urls, "caption": [f"c{i}" for i in range(6)]}).write_csv(
+        tmp_path / "laion.csv"
+    )
+    cfg = IngestConfig(name=str(tmp_path / "laion.csv"), image_column="url", fetch_timeout=2)
+    s = ingest(cfg, tmp_path / "run", quiet=True)
+    table = read_table(tmp_path / "run").sort("source_index")
+    assert table["status"].to_list()[:3] == ["ok"] * 3
+    assert [r.split(" ")[0] for r in table["reason"].to_list()[3:]] == [
+        "http_404",
+        "opted_out",
+        "not_an_image",
+    ]
+    assert s["kept"] == 3 and sum(s["rejected"].values()) == 3
+    assert ImageStore(tmp_path / "run").get(table["sample_id"].to_list()[:1])[0].size == (12, 10)
+    # a rerun into a new ingest of the same run reuses the downloads: no request at all
+    n = len(hits)
+    ingest(cfg, tmp_path / "run", quiet=True, overwrite=True)
+    assert len(hits) == n
+    # --no-fetch: URLs are rejected with their own reason, nothing is requested
+    cfg = IngestConfig(name=str(tmp_path / "laion.csv"), image_column="url", fetch_urls=False)
+    s = ingest(cfg, tmp_path / "nofetch", quiet=True)
+    assert s["rejected"] == {"url_not_fetched": 6} and len(hits) == n

@@ -283,8 +283,10 @@ def _path_kinds(folder: Path, private: Path) -> list[tuple[str, str | None, froz
         ("path_unicode", "images/ünï cødé 猫.png", frozenset({OK})),
         ("path_too_long_name", "images/" + "x" * 300 + ".png", frozenset({"path_too_long"})),
         ("path_too_long_total", deep, frozenset({"path_too_long"})),
-        ("path_http", "http://example.com/cat.png", frozenset({"url_not_fetched"})),
-        ("path_https", "https://example.com/a/b.jpg?x=1", frozenset({"url_not_fetched"})),
+        # URLs are fetched; port 9 on loopback refuses at once (no network needed)
+        ("path_http", "http://127.0.0.1:9/cat.png", frozenset({"connection_error"})),
+        ("path_https", "https://127.0.0.1:9/a/b.jpg?x=1", frozenset({"connection_error"})),
+        ("path_s3", "s3://bucket/key.png", frozenset({"unsupported_url", "url_not_fetched"})),
         ("path_directory", "images", frozenset({"not_a_file"})),
         ("path_directory_slash", "images/subdir/", frozenset({"not_a_file"})),
         ("path_missing", "images/does_not_exist.png", frozenset({"missing_file"})),
