@@ -17,6 +17,11 @@ from curate.cli.common import (
     seed_option,
     setup_logging,
 )
+from curate.cli.options import config_keys, config_options, errors_as_flags, pop_config
+from curate.train.config import TrainConfig
+
+# what `train` takes besides the TrainConfig fields, as named in the job's errors
+_TRAIN_JOB_KEYS = config_keys(TrainConfig, "dataset", "out_dir", "resume", "overwrite", "device")
 
 
 @click.command()
@@ -28,245 +33,47 @@ from curate.cli.common import (
 )
 @click.option(
     "--out",
+    "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Model folder to write (a diffusers pipeline + curate_train.json).",
 )
-@click.option(
-    "--objective",
-    type=click.Choice(["ddpm", "ambient"]),
-    default="ddpm",
-    show_default=True,
-    help="ddpm: standard loss; ambient: fixed noisy copies above --sigma-n (Shah et al. 2025).",
-)
-@click.option(
-    "--sigma-n",
-    type=click.FloatRange(min=0),
-    default=0.5,
-    show_default=True,
-    help="Ambient noise level (VE units of the model input, images in [-1, 1]).",
-)
-@click.option(
-    "--sigma-n-column",
-    default=None,
-    metavar="COL",
-    help="Table column with a per-sample sigma_n (null rows use --sigma-n).",
-)
-@click.option(
-    "--noisy-only-column",
-    default=None,
-    metavar="COL",
-    help="Boolean table column: true rows are only ever seen as noisy copies.",
-)
-@click.option(
-    "--ambient-noise",
-    type=click.Choice(["fixed", "redraw"]),
-    default="fixed",
-    show_default=True,
-    help="fixed: one noisy copy per sample (the method); redraw: new noise each epoch (a control that breaks it).",
-)
-@click.option(
-    "--model",
-    default="tiny",
-    show_default=True,
-    metavar="tiny|unet-32|unet-64|sd-finetune:ID",
-    help="Model preset, or sd-finetune:ID to fine-tune a Stable Diffusion UNet on VAE latents.",
-)
-@click.option(
-    "--resolution",
-    type=click.IntRange(min=4),
-    default=None,
-    help="Training image size (default: the preset's: tiny 16, unet-32 32, unet-64 64).",
-)
-@click.option(
-    "--channels",
-    type=click.Choice(["1", "3"]),
-    default=None,
-    help="1 = grey, 3 = RGB (default: 1 for tiny, 3 otherwise).",
-)
-@click.option(
-    "--conditioning",
-    type=click.Choice(["none", "caption"]),
-    default="none",
-    show_default=True,
-    help="Unconditional, or conditioned on captions through a frozen text encoder.",
-)
-@click.option(
-    "--text-encoder",
-    default="minilm",
-    show_default=True,
-    metavar="minilm|tiny-clip|ID",
-    help="Frozen text encoder for --conditioning caption (pixel presets).",
-)
-@click.option(
-    "--caption-transform",
-    default=None,
-    metavar="mc|rc|rt|cwr|rna",
-    help="Rewrite captions at each use (curate.captions strategies).",
-)
-@click.option("--caption-p", type=float, default=None, help="Probability for --caption-transform.")
-@click.option(
-    "--caption-dropout",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Probability of training on the empty caption.",
-)
-@click.option(
-    "--embedding-noise",
-    type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="gn: add lambda * N(0, I) to each caption embedding, redrawn at every use.",
-)
-@click.option(
-    "--prediction-type",
-    type=click.Choice(["epsilon", "v_prediction", "sample"]),
-    default="epsilon",
-    show_default=True,
-    help="What the network predicts (new pixel models only).",
-)
-@click.option(
-    "--steps", type=click.IntRange(min=0), default=2000, show_default=True, help="Optimizer steps."
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=64,
-    show_default=True,
-    help="Per-device batch size.",
-)
-@click.option(
-    "--grad-accum",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Gradient accumulation steps.",
-)
-@click.option("--lr", type=float, default=None, help="Learning rate (default: the preset's).")
-@click.option(
-    "--warmup-steps",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Linear learning-rate warm-up.",
-)
-@click.option(
-    "--ema-decay",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.999,
-    show_default=True,
-    help="EMA decay of the saved weights (0 disables).",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(min=0),
-    default=1000,
-    show_default=True,
-    help="Checkpoint every K steps (0: none).",
-)
-@click.option(
-    "--mixed-precision",
-    type=click.Choice(["auto", "no", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 autocast on CUDA, never on CPU.",
-)
+@config_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
-@seed_option
 @device_option
 @quiet_option
 @curate_errors
-def train(
-    dataset, out, objective, sigma_n, sigma_n_column, noisy_only_column, ambient_noise, model,
-    resolution, channels, conditioning, text_encoder, caption_transform, caption_p,
-    caption_dropout, embedding_noise, prediction_type, steps, batch_size, grad_accum, lr, warmup_steps, ema_decay,
-    checkpoint_every, mixed_precision, resume, overwrite, dry_run, seed, device, quiet,
-):  # fmt: skip
-    """Train a diffusion model on a dataset (`accelerate launch -m curate train ...` for GPUs)."""
+@errors_as_flags(_TRAIN_JOB_KEYS)
+def train(dataset, out_dir, resume, overwrite, dry_run, device, quiet, **settings):
+    """Train a diffusion model on a dataset (`accelerate launch -m curate train ...` for GPUs).
+
+    Every training setting is a field of curate.train.config.TrainConfig, which the `train`
+    recipe step takes under the same names (--sigma-n here is sigma_n there).
+    """
     import dataclasses
 
-    from curate.device import resolve_device
-    from curate.models.presets import preset_defaults
-    from curate.train.loop import TrainConfig
-
+    config = pop_config(TrainConfig, settings)
     setup_logging(quiet)
-    if channels is None:
-        channels = "1" if model == "tiny" else "3"
-    config = TrainConfig(
-        objective=objective,
-        sigma_n=sigma_n,
-        ambient_noise=ambient_noise,
-        sigma_n_column=sigma_n_column,
-        noisy_only_column=noisy_only_column,
-        model=model,
-        resolution=resolution,
-        channels=int(channels),
-        conditioning=conditioning,
-        text_encoder=text_encoder,
-        caption_dropout=caption_dropout,
-        embedding_noise=embedding_noise,
-        prediction_type=prediction_type,
-        steps=steps,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        warmup_steps=warmup_steps,
-        ema_decay=ema_decay,
-        checkpoint_every=checkpoint_every,
-        mixed_precision=mixed_precision,
-        seed=seed,
-    )
-    config.validate()
-    if caption_transform and conditioning != "caption":
-        from curate.errors import UsageError
-
-        raise UsageError("--caption-transform needs --conditioning caption")
+    config.check()
     if dry_run:
-        click.echo(
-            json.dumps(
-                {"dataset": dataset, "out": str(out), **dataclasses.asdict(config)}, indent=1
-            )
-        )
+        resolved = dataclasses.asdict(config.with_default_channels())
+        click.echo(json.dumps({"dataset": dataset, "out": str(out_dir), **resolved}, indent=1))
         return
-    dev = resolve_device(device)
-    transform = None
-    if caption_transform:
-        from curate.captions.transforms import make_transform
+    from curate.device import resolve_device
+    from curate.train.job import train_job
 
-        transform = make_transform(caption_transform, p=caption_p, seed=seed)
-    from curate.train.data import load_training_data
-    from curate.train.loop import train as run_train
-
-    res = resolution or preset_defaults(model)["resolution"]
-    if res is None:  # sd-finetune: the image size follows from the checkpoint
-        from curate.models.presets import build_model
-
-        res = build_model(model, channels=config.channels, device="cpu").image_resolution
-        config = dataclasses.replace(config, resolution=res)
-    data = load_training_data(
+    job = train_job(
         dataset,
-        channels=config.channels,
-        resolution=res,
-        sigma_n_column=sigma_n_column,
-        noisy_only_column=noisy_only_column,
-        quiet=quiet,
-    )
-    extra = {"dataset": dataset, "caption_transform": transform.describe() if transform else None}
-    path = run_train(
-        data,
-        out,
+        out_dir,
         config,
-        device=dev,
-        caption_transform=transform,
+        device=resolve_device(device),
         resume=resume,
         overwrite=overwrite,
         quiet=quiet,
-        extra_info=extra,
     )
-    click.echo(f"model written to {path}")
+    click.echo(f"model written to {job.out_dir}")
 
 
 @click.command()
@@ -285,10 +92,12 @@ def train(
 )
 @click.option(
     "--method",
-    type=click.Choice(["ddim", "euler", "heun"]),
+    type=click.Choice(["ddim", "ddpm", "euler", "heun"]),
     default="ddim",
     show_default=True,
-    help="Deterministic sampler (heun: 2 model calls per step).",
+    help="ddim and ddpm step with diffusers' own schedulers from the model's scheduler config "
+    "(clip_sample, thresholding, spacing: the images diffusers' pipelines make); euler and heun "
+    "(2 model calls per step) integrate the probability-flow ODE.",
 )
 @click.option(
     "--batch-size",

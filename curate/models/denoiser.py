@@ -129,6 +129,45 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
 # The discrete schedule of a DDPM-style scheduler
 # ---------------------------------------------------------------------------------------------
 
+SchedulerKind = Literal["ddim", "ddpm"]
+# what a sampler may change in a model's scheduler config: how it steps, never what the weights
+# were trained on (betas, timesteps, prediction type)
+SAMPLER_OVERRIDES = (
+    "timestep_spacing", "steps_offset", "set_alpha_to_one", "clip_sample", "clip_sample_range",
+    "thresholding", "dynamic_thresholding_ratio", "sample_max_value", "variance_type",
+)  # fmt: skip
+
+
+def diffusers_scheduler(config: dict[str, Any], kind: SchedulerKind, **overrides: Any):
+    """A diffusers ``DDIMScheduler`` / ``DDPMScheduler`` built from a model's scheduler config.
+
+    Built as diffusers' own pipelines build it (``DDIMPipeline`` runs
+    ``DDIMScheduler.from_config(scheduler.config)`` on whatever scheduler the model ships):
+    every key the class accepts is honoured (``clip_sample``, ``clip_sample_range``,
+    ``thresholding``, ``dynamic_thresholding_ratio``, ``sample_max_value``, ``prediction_type``,
+    ``timestep_spacing``, ``steps_offset``, ``set_alpha_to_one``, ``variance_type``,
+    ``rescale_betas_zero_snr``...), keys meant for other classes are dropped silently and the
+    rest take diffusers' defaults. ``overrides`` replace config keys.
+    """
+    import inspect
+
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    classes = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if kind not in classes:
+        raise ModelError(f"scheduler kind {kind!r} is not one of {tuple(classes)}")
+    cls = classes[kind]
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    keep = {k: v for k, v in dict(config).items() if k in accepted}
+    unknown = sorted(set(overrides) - accepted)
+    if unknown:
+        raise ModelError(f"{cls.__name__} has no setting {', '.join(map(repr, unknown))}")
+    keep.update(overrides)
+    try:
+        return cls.from_config(keep)
+    except Exception as err:  # diffusers raises plain errors for unknown schedules
+        raise ModelError(f"cannot build a {cls.__name__} from the scheduler config: {err}") from err
+
 
 class DiscreteSchedule:
     """The noise levels of a discrete-time scheduler and the map sigma <-> (fractional) timestep."""
@@ -142,16 +181,7 @@ class DiscreteSchedule:
     @classmethod
     def from_scheduler_config(cls, config: dict[str, Any]) -> DiscreteSchedule:
         """The schedule of a diffusers scheduler config (betas as DDPMScheduler computes them)."""
-        from diffusers import DDPMScheduler
-
-        keep = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-        try:
-            sched = DDPMScheduler.from_config(keep)
-        except Exception as err:  # diffusers raises plain errors for unknown schedules
-            raise ModelError(
-                f"cannot build a DDPM schedule from the scheduler config: {err}"
-            ) from err
-        return cls(sched.alphas_cumprod)
+        return cls(diffusers_scheduler(config, "ddpm").alphas_cumprod)
 
     @property
     def sigma_min(self) -> float:

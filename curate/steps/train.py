@@ -2,92 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import polars as pl
 
 from curate.steps.base import RunContext, Step
+from curate.train.config import TrainConfig, setting
 
 
 @dataclass(frozen=True)
-class Train(Step):
+class Train(TrainConfig, Step):
     """Trains on the rows selection keeps so far (``status == "ok"``, no ``*_drop`` set) and
     writes a diffusers pipeline folder to ``RUN_DIR/<out>`` (default ``model``), which later
     steps (``audit``) and ``curate sample`` read. A rerun continues from the newest checkpoint
     when the settings are unchanged. The report gets a sample grid and the loss curve.
+
+    Its settings are every ``TrainConfig`` field (``curate train --help`` describes them) plus
+    ``out`` and ``report_samples``; ``seed`` defaults to the recipe's.
     """
 
     name: ClassVar[str] = "train"
     requires: ClassVar[tuple[str, ...]] = ("sample_id", "status")
 
-    objective: Literal["ddpm", "ambient"] = "ddpm"
-    sigma_n: float = 0.5
-    sigma_n_column: str | None = None
-    noisy_only_column: str | None = None
-    ambient_noise: Literal["fixed", "redraw"] = "fixed"
-    model: str = "tiny"
-    resolution: int | None = None
-    channels: int | None = None  # default: 1 for tiny, 3 otherwise
-    conditioning: Literal["none", "caption"] = "none"
-    text_encoder: str = "minilm"
-    caption_transform: str | None = None
-    caption_p: float | None = None
-    embedding_noise: float = 0.0
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    steps: int = 2000
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float | None = None
-    ema_decay: float = 0.999
-    checkpoint_every: int = 1000
-    out: str = "model"
-    report_samples: int = 16
+    seed: int | None = setting(None, "Random seed (default: the recipe's seed).")
+    out: str = setting("model", "Model folder, inside the run folder.")
+    report_samples: int = setting(16, "Samples in the report's grid.", min=0)
 
     def required_columns(self) -> tuple[str, ...]:
         extra = tuple(c for c in (self.sigma_n_column, self.noisy_only_column) if c)
         return self.requires + extra
 
-    def _config(self):
-        from curate.train.loop import TrainConfig
-
-        channels = self.channels or (1 if self.model == "tiny" else 3)
-        return TrainConfig(
-            objective=self.objective,
-            sigma_n=self.sigma_n,
-            ambient_noise=self.ambient_noise,
-            sigma_n_column=self.sigma_n_column,
-            noisy_only_column=self.noisy_only_column,
-            model=self.model,
-            resolution=self.resolution,
-            channels=channels,
-            conditioning=self.conditioning,
-            text_encoder=self.text_encoder,
-            embedding_noise=self.embedding_noise,
-            prediction_type=self.prediction_type,
-            steps=self.steps,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            lr=self.lr,
-            ema_decay=self.ema_decay,
-            checkpoint_every=self.checkpoint_every,
-        )
+    def train_config(self, recipe_seed: int = 0) -> TrainConfig:
+        """The ``TrainConfig`` part of this step, with the recipe's seed unless one is set."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        if self.seed is None:
+            values["seed"] = recipe_seed
+        return TrainConfig(**values)
 
     def validate(self) -> list[str]:
-        import re
-
-        from curate.errors import UsageError
-
-        problems = []
-        try:
-            self._config().validate()
-        except UsageError as err:  # name the recipe key instead of the CLI flag
-            problems.append(re.sub(r"--([a-z][a-z-]*)", lambda m: m[1].replace("-", "_"), str(err)))
-        if self.caption_transform and self.conditioning != "caption":
-            problems.append("caption_transform: needs conditioning: caption")
         from curate.io.folders import RUN_ENTRIES
 
+        problems = self.problems()  # TrainConfig's checks, over this step's fields
         if not self.out or Path(self.out).is_absolute() or ".." in Path(self.out).parts:
             problems.append("out: a folder name inside the run folder, e.g. model")
         elif Path(self.out).parts[0] in RUN_ENTRIES:
@@ -97,44 +55,26 @@ class Train(Step):
         return problems
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-        import dataclasses
-
-        from curate.errors import UsageError
-        from curate.models.presets import build_model, preset_defaults
-        from curate.train.data import from_table
-        from curate.train.loop import train
+        from curate.train.job import RunRows, train_job
 
         if table.height == 0:  # nothing ingested: nothing to train (a table with rows but no
             # kept row is an error, raised by from_table)
             ctx.stats["train_samples"] = 0
             return pl.DataFrame()
-        config = dataclasses.replace(self._config(), seed=ctx.seed)
-        res = config.resolution or preset_defaults(config.model)["resolution"]
-        if res is None:  # sd-finetune: the checkpoint fixes the image size
-            res = build_model(config.model, channels=config.channels).image_resolution
-            config = dataclasses.replace(config, resolution=res)
-        data = from_table(
-            table,
-            ctx.images(),
-            channels=config.channels,
-            resolution=res,
-            sigma_n_column=config.sigma_n_column,
-            noisy_only_column=config.noisy_only_column,
-        )
-        transform = None
-        if self.caption_transform:
-            from curate.captions.transforms import make_transform
-
-            transform = make_transform(self.caption_transform, p=self.caption_p, seed=ctx.seed)
         out = ctx.run_dir / self.out
-        kwargs = dict(device=ctx.device, caption_transform=transform, quiet=ctx.quiet)
-        try:
-            train(data, out, config, resume=_has_checkpoint(out), overwrite=True, **kwargs)
-        except UsageError as err:
-            if not str(err).startswith("--resume"):
-                raise
-            train(data, out, config, overwrite=True, **kwargs)  # settings changed: start over
-        ctx.stats.update({"train_samples": len(data), "model_dir": str(out), "steps": config.steps})
+        job = train_job(
+            RunRows(table, ctx.images()),
+            out,
+            self.train_config(ctx.seed),
+            device=ctx.device,
+            resume="auto",  # continue a checkpoint with the same settings, else start over
+            overwrite=True,
+            quiet=ctx.quiet,
+            info={"dataset": str(ctx.run_dir)},
+        )
+        ctx.stats.update(
+            {"train_samples": job.num_samples, "model_dir": str(out), "steps": job.config.steps}
+        )
         self._report(out, ctx, table)
         return pl.DataFrame()
 
@@ -174,10 +114,6 @@ class Train(Step):
             + thumb_grid(zip(images, prompts, strict=True), size=64)
         )
         ctx.report.add_section("train", "Training", body, order=80)
-
-
-def _has_checkpoint(out: Path) -> bool:
-    return any((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else False
 
 
 def _to_pil(x) -> list:

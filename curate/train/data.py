@@ -51,7 +51,7 @@ def images_to_tensor(images: Sequence, channels: int, resolution: int) -> torch.
 
     mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
-        raise UsageError(f"--channels must be 1 or 3, got {channels}")
+        raise UsageError(f"channels: must be 1 or 3, got {channels}")
     arrs = []
     for img in images:
         if img is None:
@@ -91,13 +91,10 @@ def from_table(
     noisy_only_column: str | None = None,
 ) -> TrainData:
     """The kept rows of a run table, with images from ``store`` (an ``ImageStore``)."""
-    for col, flag in (
-        (sigma_n_column, "--sigma-n-column"),
-        (noisy_only_column, "--noisy-only-column"),
-    ):
+    for col, key in ((sigma_n_column, "sigma_n_column"), (noisy_only_column, "noisy_only_column")):
         if col and col not in table.columns:
             raise UsageError(
-                f"{flag} {col!r} is not a column of the table; see `curate info RUN_DIR`"
+                f"{key}: {col!r} is not a column of the table; see `curate info RUN_DIR`"
             )
     kept = table.filter(pl_mask(kept_mask(table)))
     if kept.height == 0:

@@ -1,4 +1,5 @@
-"""The training loop: one config dataclass, one ``Trainer``, one ``train()`` entry point.
+"""The training loop: one ``Trainer``, one ``train()`` entry point (settings: ``TrainConfig`` in
+``curate.train.config``; loading data and the model folder's records: ``curate.train.job``).
 
 Every random draw is a function of ``(seed, sample_id, stream position)``: which samples a step
 sees, their timesteps and noise, the caption drawn from a list. Nothing depends on global RNG
@@ -31,90 +32,19 @@ import torch
 
 from curate.errors import UsageError
 from curate.models.denoiser import CURATE_CONFIG, DiffusersDenoiser
-from curate.models.presets import ModelBundle, build_model, preset_defaults, save_pipeline
+from curate.models.presets import ModelBundle, build_model, save_pipeline
 from curate.seeding import rng_for, torch_generator
+from curate.train.config import RESUME_KEYS, TrainConfig
 from curate.train.data import TrainData, positions_to_indices, stream_positions
 from curate.train.loss import ambient_loss, ddpm_loss, fixed_noise, redrawn_noise
 
 CaptionTransform = Callable[[str, str, int], str]
 
-# config keys that must match when resuming (the others may change, e.g. --steps)
-_RESUME_KEYS = (
-    "objective",
-    "sigma_n",
-    "ambient_noise",
-    "model",
-    "resolution",
-    "channels",
-    "conditioning",
-    "text_encoder",
-    "prediction_type",
-    "batch_size",
-    "grad_accum",
-    "seed",
-    "sigma_n_column",
-    "noisy_only_column",
-)
+# draw every sample's fixed ambient noise up front when it has at most this many numbers;
+# larger datasets draw it per batch from (seed, sample_id), the same values
+PRELOAD_NOISE_NUMEL = 1 << 27
 
-
-@dataclass
-class TrainConfig:
-    """Resolved training settings (saved as ``curate_train.json``)."""
-
-    objective: Literal["ddpm", "ambient"] = "ddpm"
-    sigma_n: float = 0.5  # ambient: noise level (VE units of the model's input) of the noisy copies
-    ambient_noise: Literal["fixed", "redraw"] = "fixed"  # "redraw" is the broken control
-    ambient_form: Literal["auto", "ve", "vp"] = "auto"  # auto: vp for latent models
-    sigma_n_column: str | None = None  # per-sample sigma_n (null -> sigma_n)
-    noisy_only_column: str | None = None  # True -> the sample is never seen clean
-    model: str = "tiny"
-    resolution: int | None = None  # image resolution; None -> the preset's
-    channels: int = 1
-    conditioning: Literal["none", "caption"] = "none"
-    text_encoder: str = "minilm"
-    caption_dropout: float = 0.0  # probability of training on the empty caption
-    embedding_noise: float = 0.0  # gn: lambda * N(0, I) on caption embeddings, redrawn per draw
-    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
-    steps: int = 2000
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float | None = None  # None -> the preset's
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999  # 0 disables EMA
-    checkpoint_every: int = 1000  # 0: only the final model
-    keep_checkpoints: int = 2
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # auto: bf16 on cuda, never on cpu
-    seed: int = 0
-    log_every: int = 25
-
-    def validate(self) -> None:
-        """Raise ``UsageError`` naming the flag of the first bad setting."""
-        checks = [
-            (self.objective in ("ddpm", "ambient"), "--objective must be ddpm or ambient"),
-            (self.sigma_n >= 0, "--sigma-n must be >= 0"),
-            (self.ambient_noise in ("fixed", "redraw"), "--ambient-noise must be fixed or redraw"),
-            (self.conditioning in ("none", "caption"), "--conditioning must be none or caption"),
-            (self.steps >= 0, "--steps must be >= 0"),
-            (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.grad_accum >= 1, "--grad-accum must be >= 1"),
-            (0 <= self.ema_decay < 1, "--ema-decay must be in [0, 1)"),
-            (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
-            (self.channels in (1, 3), "--channels must be 1 or 3"),
-            (0 <= self.caption_dropout < 1, "--caption-dropout must be in [0, 1)"),
-            (self.embedding_noise >= 0, "--embedding-noise must be >= 0"),
-            (
-                self.mixed_precision in ("auto", "no", "bf16"),
-                "--mixed-precision must be auto, no or bf16",
-            ),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-        if self.objective == "ddpm" and (self.sigma_n_column or self.noisy_only_column):
-            raise UsageError("--sigma-n-column/--noisy-only-column need --objective ambient")
-        preset_defaults(self.model)  # raises on an unknown --model
+__all__ = ["TrainConfig", "Trainer", "TrainResult", "latest_checkpoint", "train"]
 
 
 @dataclass
@@ -138,15 +68,23 @@ class Trainer:
         quiet: bool = False,
         accelerate: bool | None = None,
     ):
-        config.validate()
+        config.check()
+        if config.channels is None:
+            config = dataclasses.replace(config, channels=data.channels)
         self.config = config
         self.data = data
         self.quiet = quiet
+        if caption_transform is None and config.caption_transform:
+            from curate.captions.transforms import make_transform
+
+            caption_transform = make_transform(
+                config.caption_transform, p=config.caption_p, seed=config.seed
+            )
         self.caption_transform = caption_transform
         if len(data) == 0:
             raise UsageError("no training samples")
         if config.channels != data.channels:
-            raise UsageError(f"--channels {config.channels} but the data has {data.channels}")
+            raise UsageError(f"channels: {config.channels} but the data has {data.channels}")
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         self.accelerator = None
@@ -157,7 +95,7 @@ class Trainer:
             mp = "bf16" if str(device).startswith("cuda") else "no"
         if mp == "bf16" and not str(device).startswith("cuda"):
             raise UsageError(
-                "--mixed-precision bf16 needs --device cuda; mixed precision is GPU-only"
+                "mixed_precision: bf16 needs device: cuda; mixed precision is GPU-only"
             )
         self.mixed_precision = mp
         if use_acc:
@@ -179,7 +117,7 @@ class Trainer:
         )
         if bundle.image_resolution != data.resolution:
             raise UsageError(
-                f"--resolution: the data is {data.resolution}px but --model {config.model} "
+                f"resolution: the data is {data.resolution}px but model: {config.model} "
                 f"makes {bundle.image_resolution}px; load the data at the model's resolution"
             )
         self.bundle = bundle
@@ -210,7 +148,8 @@ class Trainer:
         self._sigma_n = self._per_sample_sigma_n()
         self._fixed: torch.Tensor | None = None
         numel = len(data) * math.prod(self.model_shape)
-        if config.objective == "ambient" and config.ambient_noise == "fixed" and numel <= 1 << 27:
+        fixed = config.objective == "ambient" and config.ambient_noise == "fixed"
+        if fixed and numel <= PRELOAD_NOISE_NUMEL:
             self._fixed = fixed_noise(
                 config.seed, data.sample_ids, self.model_shape
             )  # (N, C, H, W)
@@ -222,7 +161,8 @@ class Trainer:
             col = np.asarray(self.data.sigma_n, dtype=float)
             if np.any(col[np.isfinite(col)] < 0):
                 raise UsageError(
-                    f"--sigma-n-column {self.config.sigma_n_column}: values must be >= 0"
+                    f"sigma_n_column: {self.config.sigma_n_column!r} has values < 0; a noise "
+                    "level must be >= 0"
                 )
             base = np.where(np.isfinite(col), col, base)
         return base
@@ -395,7 +335,8 @@ class Trainer:
             loss = self.train_step()
             if not math.isfinite(loss):
                 raise UsageError(
-                    f"training diverged at step {self.step} (loss {loss}); lower --lr or use --grad-clip"
+                    f"training diverged at step {self.step} (loss {loss}); lower lr: {self.lr:g}"
+                    " or set grad_clip: 1"
                 )
             recent.append(loss)
             if self.step % self.config.log_every == 0 or self.step == until:
@@ -451,15 +392,10 @@ class Trainer:
         from safetensors.torch import load_file
 
         path = Path(path)
+        problem = checkpoint_mismatch(path, self.config)
+        if problem:
+            raise UsageError(problem)
         state = json.loads((path / "state.json").read_text())
-        saved = state["config"]
-        for key in _RESUME_KEYS:
-            if saved.get(key) != getattr(self.config, key):
-                flag = "--" + key.replace("_", "-")
-                raise UsageError(
-                    f"--resume: {flag} was {saved.get(key)!r} in the checkpoint but is "
-                    f"{getattr(self.config, key)!r} now; use the same value or a new --out"
-                )
         dev = str(self.device)
         self._raw_unet().load_state_dict(load_file(str(path / "model.safetensors"), device=dev))
         if self.ema is not None and (path / "ema.safetensors").exists():
@@ -497,6 +433,11 @@ class Trainer:
                 "world_size": self.world,
             },
             "text_encoder": self.text_encoder.spec() if self.text_encoder is not None else None,
+            "caption_transform": (
+                self.caption_transform.describe()
+                if hasattr(self.caption_transform, "describe")
+                else None
+            ),
             "data": {"num_samples": len(self.data)},
             "result": {"step": self.step, "seconds": round(self.seconds, 2), "losses": self.losses},
             "versions": _versions(),
@@ -513,6 +454,19 @@ def latest_checkpoint(out_dir: Path | str) -> Path | None:
     return steps[-1] if steps else None
 
 
+def checkpoint_mismatch(path: Path | str, config: TrainConfig) -> str | None:
+    """Why ``config`` cannot continue the checkpoint at ``path`` (a ``RESUME_KEYS`` setting
+    differs), or None when it can."""
+    saved = json.loads((Path(path) / "state.json").read_text())["config"]
+    for key in RESUME_KEYS:
+        if saved.get(key) != getattr(config, key):
+            return (
+                f"resume: the checkpoint has {key}: {saved.get(key)!r}, now "
+                f"{getattr(config, key)!r}; use the same value or a new out_dir"
+            )
+    return None
+
+
 def train(
     data: TrainData,
     out_dir: Path | str,
@@ -520,17 +474,25 @@ def train(
     *,
     device: str = "cpu",
     caption_transform: CaptionTransform | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     overwrite: bool = False,
     quiet: bool = False,
     extra_info: dict[str, Any] | None = None,
 ) -> Path:
-    """Train on ``data`` and write the model folder ``out_dir``; returns its path."""
+    """Train on ``data`` and write the model folder ``out_dir``; returns its path.
+
+    ``resume``: True continues from the newest checkpoint (the settings in ``RESUME_KEYS``
+    must match); "auto" continues when there is one with matching settings and otherwise
+    starts over (which needs ``overwrite`` when the folder is not empty). A non-empty folder
+    that curate train did not make is never written into or deleted.
+    """
     from curate.io.folders import MARKER, atomic_write_json, folder_kind
 
+    if config.channels is None:
+        config = dataclasses.replace(config, channels=data.channels)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
+        raise UsageError(f"out_dir: {out} exists and is not a folder")
     nonempty = out.exists() and any(out.iterdir())
     ours = out.exists() and (
         folder_kind(out) == "model"
@@ -539,11 +501,19 @@ def train(
     )
     if nonempty and not ours:
         raise UsageError(
-            f"--out {out}: the folder is not empty and was not made by curate train; choose a "
-            "new or empty folder (curate never deletes your files)"
+            f"out_dir: {out}: the folder is not empty and was not made by curate train; choose "
+            "a new or empty folder (curate never deletes your files)"
         )
+    ckpt = latest_checkpoint(out) if nonempty else None
+    if resume == "auto":
+        resume = ckpt is not None and checkpoint_mismatch(ckpt, config) is None
+    elif resume and ckpt is None:
+        raise UsageError(f"resume: no checkpoint under {out / 'checkpoints'} to continue from")
     if nonempty and not (resume or overwrite):
-        raise UsageError(f"--out {out} is not empty; pass --resume to continue or --overwrite")
+        raise UsageError(
+            f"out_dir: {out} is not empty; set resume: true to continue or overwrite: true to "
+            "start over"
+        )
     if overwrite and not resume and nonempty:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -551,11 +521,6 @@ def train(
         atomic_write_json(out / MARKER, {"kind": "model", "what": "model folder"})
     trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
     if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise UsageError(
-                f"--resume: no checkpoint under {out / 'checkpoints'}; train without --resume"
-            )
         trainer.load_checkpoint(ckpt)
     trainer.run(config.steps, out)
     if trainer.rank == 0:

@@ -8,7 +8,7 @@ import torch
 from curate.errors import UsageError
 from curate.models.denoiser import DiscreteSchedule
 from curate.models.presets import default_scheduler_config
-from curate.models.sampling import sample, sampling_sigmas
+from curate.models.sampling import sample, sampling_sigmas, sampling_timesteps
 
 
 class GaussianDenoiser:
@@ -17,6 +17,7 @@ class GaussianDenoiser:
     def __init__(self, mu=0.3, s=0.2, res=4):
         self.mu, self.s = mu, s
         self.schedule = DiscreteSchedule.from_scheduler_config(default_scheduler_config())
+        # no scheduler_config: ddim/ddpm step a config derived from `schedule` (no clipping)
         self.sigma_min, self.sigma_max = self.schedule.sigma_min, self.schedule.sigma_max
         self.channels, self.resolution, self.conditional = 1, res, False
 
@@ -33,27 +34,32 @@ def test_samplers_recover_a_known_gaussian(method, steps):
     assert x.std().item() == pytest.approx(0.2, rel=0.05)
 
 
-def test_ddim_matches_diffusers_ddim_scheduler():
-    """Our DDIM through the adapter equals diffusers' DDIMScheduler (trailing, eta 0) step by step."""
+def test_ddim_with_overrides_matches_diffusers_ddim_scheduler():
+    """``scheduler_overrides`` change how DDIM steps: trailing spacing here, stepped by hand with
+    diffusers' DDIMScheduler from the same unit noise (full parity: tests/models/test_parity.py)."""
     from diffusers import DDIMScheduler
 
-    from curate.models.denoiser import DiffusersDenoiser, ve_to_vp
+    from curate.models.denoiser import DiffusersDenoiser
     from curate.models.presets import build_pixel_unet
     from curate.models.sampling import initial_noise
 
     cfg = {**default_scheduler_config(), "clip_sample": False}
     unet = build_pixel_unet("tiny", channels=1, resolution=8).eval()
     den = DiffusersDenoiser(unet, cfg)
-    ours = sample(den, 3, steps=10, method="ddim", seed=1, progress=False, clip=False)
+    trailing = {"timestep_spacing": "trailing"}
+    ours = sample(
+        den, 3, steps=10, seed=1, progress=False, clip=False, scheduler_overrides=trailing
+    )
 
     keep = {k: v for k, v in cfg.items() if k != "_class_name"}
-    sched = DDIMScheduler.from_config(keep, timestep_spacing="trailing", set_alpha_to_one=True)
+    sched = DDIMScheduler.from_config(keep, timestep_spacing="trailing")
     sched.set_timesteps(10)
-    x = ve_to_vp(initial_noise(1, [0, 1, 2], (1, 8, 8)) * den.sigma_max, den.sigma_max)
+    assert sched.timesteps[0] == 999
+    x = initial_noise(1, [0, 1, 2], (1, 8, 8))
     with torch.no_grad():
         for t in sched.timesteps:
             x = sched.step(unet(x, t).sample, t, x, eta=0.0).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
 
 
 def test_heun_beats_euler_at_equal_model_calls():
@@ -93,10 +99,41 @@ def test_callback_sees_each_step_and_can_replace_x0():
 
 def test_sigma_schedules_end_at_zero_and_decrease():
     den = GaussianDenoiser()
-    for m in ("ddim", "euler", "heun"):
+    for m in ("ddim", "ddpm", "euler", "heun"):
         s = sampling_sigmas(den, 10, m)
         assert len(s) == 11 and s[-1] == 0 and torch.all(s[:-1] > s[1:])
-        assert s[0] == pytest.approx(den.sigma_max, rel=1e-4)
+    assert sampling_sigmas(den, 10, "euler")[0] == pytest.approx(den.sigma_max, rel=1e-4)
+    # ddim/ddpm visit the scheduler's timesteps: "leading" (diffusers' default) starts at
+    # T - T/steps, "trailing" at T - 1
+    assert sampling_timesteps(den, 10, "ddim").tolist() == list(range(900, -1, -100))
+    assert sampling_sigmas(den, 10, "ddim")[0] == pytest.approx(float(den.schedule.sigmas[900]))
+
+
+def test_ddpm_is_seeded_per_sample_and_independent_of_batch_size():
+    den = GaussianDenoiser()
+    a = sample(den, 5, steps=8, method="ddpm", seed=3, batch_size=5, progress=False)
+    b = sample(den, 5, steps=8, method="ddpm", seed=3, batch_size=2, progress=False)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, sample(den, 5, steps=8, method="ddpm", seed=4, progress=False))
+    ddim = sample(den, 5, steps=8, method="ddim", seed=3, progress=False)
+    assert not torch.allclose(a, ddim)  # fresh noise at every step
+
+
+def test_on_step_reports_every_step_with_clipped_x0():
+    """The callback sees the raw prediction; the scheduler clips it (clip_sample) before use."""
+    den = GaussianDenoiser()
+    den.scheduler_config = {**default_scheduler_config(), "clip_sample": True}
+    seen, records = [], []
+
+    def cb(i, sigma, x, x0):
+        seen.append(float(x0.abs().max()))
+        return torch.full_like(x0, 5.0)  # far outside [-1, 1]
+
+    x = sample(den, 2, steps=4, callback=cb, on_step=records.append, progress=False, clip=False)
+    assert [r.step for r in records] == [0, 1, 2, 3]
+    assert [r.timestep for r in records] == [750, 500, 250, 0]
+    assert all(float(r.x0.max()) == 1.0 for r in records)
+    torch.testing.assert_close(x, torch.ones_like(x))  # set_alpha_to_one: the last x0, clipped
 
 
 def test_bad_arguments_raise_usage_errors():
@@ -107,3 +144,9 @@ def test_bad_arguments_raise_usage_errors():
         sample(den, 2, steps=0, progress=False)
     with pytest.raises(UsageError, match="cond"):
         sample(den, 2, cond=torch.zeros(3, 4), progress=False)
+    with pytest.raises(UsageError, match="--steps 2000"):
+        sample(den, 2, steps=2000, progress=False)
+    with pytest.raises(UsageError, match="not one of"):
+        sample(den, 2, steps=2, progress=False, scheduler_overrides={"beta_end": 0.1})
+    with pytest.raises(UsageError, match="eta"):
+        sample(den, 2, steps=2, method="ddpm", eta=0.5, progress=False)

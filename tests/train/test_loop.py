@@ -122,13 +122,13 @@ def test_resume_continues_exactly(tmp_path, digits8):
     assert info["result"]["step"] == 4 and info["config"]["objective"] == "ambient"
 
 
-def test_resume_errors_name_the_flag(tmp_path, digits8):
+def test_resume_errors_name_the_key(tmp_path, digits8):
     x, _ = digits8
     data = from_tensors(x)
-    with pytest.raises(UsageError, match="--resume: no checkpoint"):
+    with pytest.raises(UsageError, match="resume: no checkpoint"):
         train(data, tmp_path / "none", _cfg(), resume=True, quiet=True)
     train(data, tmp_path / "m", _cfg(steps=2, checkpoint_every=1), quiet=True)
-    with pytest.raises(UsageError, match="--batch-size"):
+    with pytest.raises(UsageError, match="the checkpoint has batch_size: 4, now 8"):
         train(data, tmp_path / "m", _cfg(steps=3, batch_size=8), resume=True, quiet=True)
     with pytest.raises(UsageError, match="not empty"):
         train(data, tmp_path / "m", _cfg(), quiet=True)
@@ -191,13 +191,13 @@ def test_accelerate_path_runs_on_cpu(digits8):
     assert tr.step == 2 and tr.accelerator is not None
 
 
-def test_config_errors_name_the_flag(digits8):
+def test_config_errors_name_the_key(digits8):
     x, _ = digits8
-    with pytest.raises(UsageError, match="--objective ambient"):
+    with pytest.raises(UsageError, match="need objective: ambient"):
         Trainer(from_tensors(x), _cfg(sigma_n_column="risk"), quiet=True)
-    with pytest.raises(UsageError, match="--mixed-precision bf16 needs --device cuda"):
+    with pytest.raises(UsageError, match="mixed_precision: bf16 needs device: cuda"):
         Trainer(from_tensors(x), _cfg(mixed_precision="bf16"), quiet=True)
-    with pytest.raises(UsageError, match="--resolution"):
+    with pytest.raises(UsageError, match="resolution: the data is 8px"):
         Trainer(from_tensors(x), _cfg(resolution=16), quiet=True)
 
 
@@ -225,7 +225,7 @@ def test_from_run_uses_kept_rows_and_sigma_column(tmp_path):
     i = data.sample_ids.index(ids[5])
     assert data.sigma_n[i] == 1.5 and np.isnan(data.sigma_n[0])
     assert data.captions[0][0].startswith("a handwritten digit")
-    with pytest.raises(UsageError, match="--sigma-n-column"):
+    with pytest.raises(UsageError, match="sigma_n_column: 'nope' is not a column"):
         from_run(run, sigma_n_column="nope")
     with pytest.raises(DataError, match="table.parquet"):
         from_run(tmp_path)
@@ -257,5 +257,141 @@ def test_embedding_noise_changes_the_loss_deterministically(digits8):
     clean, noisy, again = loss(0.0), loss(0.5), loss(0.5)
     assert torch.equal(noisy, again)
     assert not torch.allclose(clean, noisy)
-    with pytest.raises(UsageError, match="--embedding-noise"):
+    with pytest.raises(UsageError, match="embedding_noise: must be >= 0"):
         loss(-1.0)
+
+
+def test_resume_refuses_a_changed_sigma_n(tmp_path, digits8):
+    """sigma_n decides the noisy copies: a checkpoint trained at another level is not continued."""
+    x, _ = digits8
+    data = from_tensors(x)
+    cfg = _cfg(objective="ambient", sigma_n=0.5, steps=2, checkpoint_every=1)
+    train(data, tmp_path / "m", cfg, quiet=True)
+    with pytest.raises(UsageError, match="the checkpoint has sigma_n: 0.5, now 1.0"):
+        train(
+            data,
+            tmp_path / "m",
+            _cfg(**{**vars(cfg), "sigma_n": 1.0, "steps": 3}),
+            resume=True,
+            quiet=True,
+        )
+
+
+def test_auto_resume_continues_only_matching_settings(tmp_path, digits8):
+    """resume="auto" (the recipe step's) continues the same settings and restarts changed ones."""
+    x, _ = digits8
+    data = from_tensors(x)
+    base = dict(objective="ambient", steps=2, checkpoint_every=1, keep_checkpoints=5, log_every=1)
+    first = train(data, tmp_path / "m", _cfg(**base), quiet=True)
+    old = json.loads((first / "curate_train.json").read_text())["result"]["losses"]
+
+    def rerun(**kw):
+        out = train(
+            data, tmp_path / "m", _cfg(**{**base, **kw}), resume="auto", overwrite=True, quiet=True
+        )
+        return json.loads((out / "curate_train.json").read_text())["result"]["losses"]
+
+    same = rerun(steps=3)  # continues: steps 1-2 are the first run's
+    assert same[:2] == old and len(same) == 3
+    changed = rerun(steps=3, sigma_n=1.0)  # starts over with the new noise level
+    assert len(changed) == 3 and changed[0] != old[0]
+
+
+def _spy_encode(trainer):
+    """Record the captions the trainer encodes and the clean embeddings it gets back."""
+    seen = []
+    real = trainer.text_encoder.encode
+
+    def encode(captions):
+        emb = real(captions)
+        seen.append((list(captions), emb.clone()))
+        return emb
+
+    trainer.text_encoder.encode = encode
+    return seen
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_caption_dropout_trains_on_the_empty_caption(digits8, p):
+    x, caps = digits8
+    cfg = _cfg(conditioning="caption", text_encoder="tiny-clip", caption_dropout=p, batch_size=8)
+    tr = Trainer(from_tensors(x[:8], captions=caps[:8]), cfg, quiet=True)
+    seen = _spy_encode(tr)
+    tr.run(8)
+    used = [c for caps_, _ in seen for c in caps_]
+    empty = sum(c == "" for c in used) / len(used)
+    assert len(used) == 64
+    assert empty == 0 if p == 0 else 0.3 < empty < 0.7
+
+
+def test_embedding_noise_leaves_dropped_captions_clean(monkeypatch, digits8):
+    """gn perturbs caption embeddings; a dropped caption is the unconditional one, kept exact."""
+    x, caps = digits8
+    cfg = _cfg(
+        conditioning="caption",
+        text_encoder="tiny-clip",
+        caption_dropout=0.5,
+        embedding_noise=1.0,
+        batch_size=8,
+    )
+    tr = Trainer(from_tensors(x[:8], captions=caps[:8]), cfg, quiet=True)
+    seen = _spy_encode(tr)
+    conds = []
+    real = loop_mod.ddpm_loss
+
+    def spy(denoiser, x0, sigma, eta, cond=None):
+        conds.append(cond.clone())
+        return real(denoiser, x0, sigma, eta, cond)
+
+    monkeypatch.setattr(loop_mod, "ddpm_loss", spy)
+    tr.run(4)
+    dropped = kept = 0
+    for (captions, clean), cond in zip(seen, conds, strict=True):
+        for j, cap in enumerate(captions):
+            if cap == "":
+                assert torch.equal(cond[j], clean[j])
+                dropped += 1
+            else:
+                assert not torch.allclose(cond[j], clean[j])
+                kept += 1
+    assert dropped and kept
+
+
+def test_fixed_noise_drawn_per_batch_is_the_preloaded_noise(monkeypatch, digits8):
+    """A dataset too large to preload its ambient noise draws it per batch: the same fixed eps."""
+    x, _ = digits8
+    data = from_tensors(x[:4])
+    cfg = _cfg(objective="ambient")
+
+    def eps_by_image():
+        calls = _record_ambient_calls(monkeypatch)
+        Trainer(data, cfg, quiet=True).run(3)  # 3 epochs
+        return _by_image(calls, x[:4])
+
+    pre = eps_by_image()
+    monkeypatch.setattr(loop_mod, "PRELOAD_NOISE_NUMEL", 0)
+    lazy = eps_by_image()
+    assert sorted(lazy) == [0, 1, 2, 3]
+    for i, uses in lazy.items():
+        assert len(uses) == 3
+        for eps, _ in uses:
+            assert torch.equal(eps, uses[0][0])  # never redrawn across epochs
+            assert torch.equal(eps, pre[i][0][0])  # and the preloaded values
+
+
+@pytest.mark.parametrize("form,expected", [("auto", "ve"), ("vp", "vp"), ("ve", "ve")])
+def test_ambient_form_reaches_the_loss(monkeypatch, digits8, form, expected):
+    """The loss is computed in the configured coordinates (auto: ve for a pixel model; the
+    latent case, auto -> vp, is tests/models/test_text_presets.py's sd-finetune test)."""
+    x, _ = digits8
+    forms = []
+    real = loop_mod.ambient_loss
+
+    def spy(*args, form="ve", **kw):
+        forms.append(form)
+        return real(*args, form=form, **kw)
+
+    monkeypatch.setattr(loop_mod, "ambient_loss", spy)
+    tr = Trainer(from_tensors(x[:4]), _cfg(objective="ambient", ambient_form=form), quiet=True)
+    tr.run(2)
+    assert tr.form == expected and forms == [expected, expected]

@@ -1,0 +1,167 @@
+"""Click options built from a config dataclass, and the one table from config keys to flags.
+
+A library config (e.g. ``curate.train.config.TrainConfig``) declares each setting once: its type,
+default and, in ``field(metadata=...)``, its ``help`` text and optionally ``metavar``, ``min``,
+``max`` and ``max_open``. :func:`config_options` turns the fields into options, one per field,
+named after the field, so the command body gets the settings as keyword arguments and builds
+the config with :func:`pop_config`.
+
+The library names config keys in its messages (``sigma_n_column: ...``, as a recipe would); a
+command translates them into flags with :func:`keys_to_flags`, through :data:`FLAGS`.
+
+Only click (and the standard library) is imported here: ``curate --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import click
+
+# The flag of every key whose flag is not ``--`` + the key with ``_`` written as ``-``.
+FLAGS: dict[str, str] = {
+    "out_dir": "--out",
+}
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a config key: ``sigma_n`` -> ``--sigma-n``, see :data:`FLAGS`."""
+    return FLAGS.get(key) or "--" + key.replace("_", "-")
+
+
+def config_keys(cls: type, *extra: str) -> tuple[str, ...]:
+    """The keys of dataclass ``cls`` (its init fields) plus ``extra`` (a job's own arguments)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init) + extra
+
+
+_KEYS = re.compile(r"(?<![\w.\-`/])([a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*)(?![\w\-/])(: true\b|:)?")
+
+
+def keys_to_flags(message: str, keys: Iterable[str]) -> str:
+    """Rewrite the config keys named in a library message into flags, through :func:`flag`.
+
+    The library writes keys as a recipe does, and a key (or ``key/key`` pair) is rewritten where
+    the message is about it (``key: ...`` at the start keeps its colon), where it is set to a
+    value (``key: value`` -> ``--flag value``, ``key: true`` -> ``--flag``), and anywhere when
+    it is a compound name, which is never an English word (``model`` in "the model's size"
+    stays a word, ``sigma_n`` becomes ``--sigma-n``)::
+
+        sigma_n_column/noisy_only_column: need objective: ambient
+        --sigma-n-column/--noisy-only-column: need --objective ambient
+    """
+    known = set(keys)
+
+    def sub(m: re.Match) -> str:
+        parts, suffix = m[1].split("/"), m[2] or ""
+        if not all(p in known for p in parts):
+            return m[0]
+        flags = "/".join(flag(p) for p in parts)
+        if suffix == ":":
+            return flags + (":" if m.start() == 0 else "")
+        if suffix:  # ": true"
+            return flags
+        return flags if len(parts) > 1 or "_" in m[1] else m[0]
+
+    return _KEYS.sub(sub, message)
+
+
+def errors_as_flags(keys: Iterable[str]) -> Callable:
+    """Decorator for a command body: a ``CurateError``'s message gets its keys as flags."""
+    from curate.errors import CurateError
+
+    keys = tuple(keys)
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except CurateError as err:
+                err.args = (keys_to_flags(str(err), keys), *err.args[1:])
+                raise
+
+        return wrapper
+
+    return wrap
+
+
+def config_options(cls: type, *, exclude: Iterable[str] = ()) -> Callable:
+    """Decorator adding one Click option per field of dataclass ``cls`` (in field order).
+
+    The option's parameter is the field's name, its flag :func:`flag` of it, its help the
+    field's ``metadata["help"]`` (keys rewritten as flags). Types: ``Literal[...]`` -> a choice
+    (non-string choices converted back), ``int``/``float`` -> a number, a range when the
+    metadata has ``min``/``max``, ``bool`` -> an on/off flag pair, ``X | None`` -> X with the
+    default None.
+    """
+    skip = set(exclude)
+    hints = typing.get_type_hints(cls)
+    keys = config_keys(cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in skip]
+    options = [_option(f, hints[f.name], keys) for f in fields]
+
+    def decorate(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def pop_config(cls: type, params: dict[str, Any]):
+    """Build ``cls`` from the command's keyword arguments, removing its fields from ``params``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    return cls(**{n: params.pop(n) for n in names if n in params})
+
+
+def _option(f: dataclasses.Field, tp: Any, keys: tuple[str, ...]) -> Callable:
+    meta = f.metadata
+    if "help" not in meta:
+        raise TypeError(f"{f.name}: give the field a help text, field(metadata={{'help': ...}})")
+    tp, _ = _unwrap_optional(tp)
+    default = f.default if f.default is not dataclasses.MISSING else None
+    kwargs: dict[str, Any] = {
+        "help": keys_to_flags(meta["help"], keys),
+        "default": default,
+        "show_default": default is not None,
+    }
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    decls = [flag(f.name)]
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        by_text = {str(c): c for c in choices}
+        kwargs["type"] = click.Choice(list(by_text))
+        if default is not None:
+            kwargs["default"] = str(default)
+        if not all(isinstance(c, str) for c in choices):
+            kwargs["callback"] = lambda _ctx, _param, v: None if v is None else by_text[v]
+    elif tp is bool:
+        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"]
+    elif tp in (int, float):
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is None and hi is None:
+            kwargs["type"] = tp
+        elif tp is int:
+            kwargs["type"] = click.IntRange(lo, hi, max_open=bool(meta.get("max_open")))
+        else:
+            kwargs["type"] = click.FloatRange(lo, hi, max_open=bool(meta.get("max_open")))
+    elif tp is str:
+        kwargs["type"] = str
+    else:
+        raise TypeError(f"{f.name}: no Click option for the type {tp!r}")
+    return click.option(*decls, f.name, **kwargs)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
