@@ -25,12 +25,13 @@ class Counting(Step):
     name: ClassVar[str] = "counting"
     produces: ClassVar[tuple[str, ...]] = ("counting_value",)
     fail: bool = False
+    offset: int = 0
 
     def compute(self, table, ctx):
         CALLS.append(self.name)
         if self.fail:
             raise KeyboardInterrupt
-        return table.select(pl.col("source_index").alias("counting_value") * 2)
+        return table.select((pl.col("source_index") * 2 + self.offset).alias("counting_value"))
 
 
 @dataclass(frozen=True)
@@ -146,3 +147,21 @@ def test_summary_groups_reasons_without_per_row_details():
     )
     kinds = reasons.select(reason_kind(pl.col("r")))["r"].to_list()
     assert kinds == ["duplicate of …", "duplicate of …", "smaller than 16px"]
+
+
+def test_changing_an_upstream_step_reruns_the_steps_after_it(tmp_path, registry):
+    """A step's cache key holds everything upstream: a later step whose own config did not
+    change still reruns when an earlier one did."""
+    run_recipe(_recipe(), tmp_path, quiet=True)
+    CALLS.clear()
+    raw = {
+        "dataset": {"name": "builtin:digits", "limit": 30},
+        "steps": [
+            {"counting": {"offset": 100}},
+            {"counting2": {}},
+            {"select": {"where": "counting2_value > 40", "reason": "too big"}},
+        ],
+    }
+    results = run_recipe(parse_recipe(raw), tmp_path, quiet=True)
+    assert CALLS == ["counting", "counting2"] and not any(r.skipped for r in results)
+    assert read_table(tmp_path)["counting2_value"].to_list() == [2 * i + 101 for i in range(30)]

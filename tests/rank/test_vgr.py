@@ -109,3 +109,19 @@ def test_wrong_image_size_and_bad_settings_are_clear_errors(tiny_unet_denoiser):
         volume_growth(tiny_unet_denoiser, _images(2, 1, 8), ["a", "b"], VGRConfig(axes=3))
     with pytest.raises(UsageError, match="radius"):
         volume_growth(tiny_unet_denoiser, _images(2, 1, 8), ["a", "b"], VGRConfig(radius=0))
+
+
+def test_flip_averages_the_score_of_the_mirrored_image(tiny_unet_denoiser):
+    """``flip`` is the mean of the image's score and its mirror's (each with its own direction)."""
+    from curate.rank.vgr import _score
+
+    x = _images(3, 1, 8)
+    ids = ["a", "b", "c"]
+    plain_cfg, flip_cfg = VGRConfig(), VGRConfig(flip=True)
+    plain = _score(tiny_unet_denoiser, x.float(), ids, plain_cfg, None, "")
+    mirrored = _score(tiny_unet_denoiser, x.float().flip(-1), ids, plain_cfg, None, "flip")
+    flipped = volume_growth(tiny_unet_denoiser, x, ids, flip_cfg)
+    assert torch.allclose(flipped, (0.5 * (plain + mirrored)).cpu(), atol=1e-6)
+    assert not torch.allclose(
+        mirrored, _score(tiny_unet_denoiser, x.float(), ids, plain_cfg, None, "flip")
+    )
