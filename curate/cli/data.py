@@ -283,7 +283,12 @@ def export(run_dir, fmt, out, repo_id, private, overwrite, shard_rows, quiet):
 
 @click.command(name="steps")
 def list_steps():
-    """List the recipe steps and the columns each one adds."""
+    """List the recipe steps and their settings (the keys a recipe step takes).
+
+    \b
+    Example:
+      curate steps
+    """
     import dataclasses
 
     from curate.registry import get_steps

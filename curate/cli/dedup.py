@@ -236,7 +236,15 @@ def run(
     seed: int,
     quiet: bool,
 ) -> None:
-    """Run dedup_images and dedup_captions on RUN_DIR and print what they found."""
+    """Run dedup_images and dedup_captions on RUN_DIR and print what they found.
+
+    Thresholds default to auto: calibrated on RUN_DIR's own images and captions.
+
+    \b
+    Examples:
+      curate dedup run runs/digits
+      curate dedup run runs/photos --images exact,phash,sscd --phash-radius 6
+    """
     from curate.device import resolve_device
     from curate.errors import UsageError
     from curate.runner import apply_step
@@ -366,7 +374,13 @@ def calibrate(
     seed: int,
     quiet: bool,
 ) -> None:
-    """Plant known copies into a sample of RUN_DIR's images; print precision/recall per tier and threshold."""
+    """Plant known copies into a sample of RUN_DIR's images; print precision/recall per tier and threshold.
+
+    \b
+    Examples:
+      curate dedup calibrate runs/photos
+      curate dedup calibrate runs/photos --out calibration.json
+    """
     import polars as pl
 
     from curate.dedup.calibrate import calibrate_images, format_calibration

@@ -51,6 +51,12 @@ def train(dataset, out_dir, resume, overwrite, dry_run, device, quiet, **setting
 
     Every training setting is a field of curate.train.config.TrainConfig, which the `train`
     recipe step takes under the same names (--sigma-n here is sigma_n there).
+
+    \b
+    Examples:
+      curate train --dataset runs/digits --out models/digits --steps 3000
+      curate train --dataset runs/digits --out models/ambient --objective ambient --sigma-n 1
+      curate train --dataset runs/digits --out models/digits --resume
     """
     import dataclasses
 

@@ -16,6 +16,7 @@ and the network output (eps, v or x0, per the scheduler's ``prediction_type``) i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -326,7 +327,22 @@ def resolve_model_path(path_or_id: str | Path) -> str:
     shipped = ASSET_MODELS / str(path_or_id)
     if shipped.exists():
         return str(shipped)
-    return str(path_or_id)
+    from curate.io.load import plausible_hub_id
+
+    name = str(path_or_id)
+    parent_is_local = len(path.parts) > 1 and Path(path.parts[0]).is_dir()
+    if name.startswith((".", "/", "~")) or not plausible_hub_id(name) or parent_is_local:
+        # a mistyped local folder: say so instead of asking the Hub for it
+        shipped_names = ", ".join(sorted(p.name for p in ASSET_MODELS.iterdir())) or "none"
+        raise ModelError(
+            f"{name}: no such model folder (shipped models: {shipped_names}; a Hub id looks "
+            "like user/name)"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise ModelError(
+            f"{name}: not a local model folder, and HF_HUB_OFFLINE is set so the Hub is not asked"
+        )
+    return name
 
 
 def load_denoiser(path_or_id: str | Path, device: str = "cpu") -> DiffusersDenoiser:

@@ -145,3 +145,21 @@ def test_shipped_digits_model_loads_by_name_and_samples():
     x = sample(den, 4, steps=10, progress=False)
     assert x.shape == (4, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert x.std() > 0.3  # a trained model makes high-contrast strokes, not grey mush
+
+
+def test_a_mistyped_model_folder_is_named_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import time
+
+    from curate.errors import ModelError
+    from curate.models.denoiser import load_denoiser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    start = time.monotonic()
+    for name in ("models/digts", "./digts", "a/b/c"):
+        with pytest.raises(ModelError, match="no such model folder"):
+            load_denoiser(name)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        load_denoiser("someone/model")
+    assert time.monotonic() - start < 5  # no Hub retries
