@@ -166,8 +166,8 @@ MUTATIONS = [
     M(
         "dedup/caption MinHash threshold ignored",
         "curate/steps/dedup.py",
-        "                edges = sig_pairs(sig, thr) if thr is not None else Edges.empty()",
-        "                edges = sig_pairs(sig, 0.0) if thr is not None else Edges.empty()",
+        '                thr = threshold("minhash")',
+        '                thr = 0.0 if threshold("minhash") is not None else None',
         ("tests/dedup/test_dedup_steps.py",),
     ),
     # -- audit -------------------------------------------------------------------------------

@@ -239,3 +239,31 @@ def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tiny_open_clip):
     per_image = twins.group_by("pixel_hash").agg(pl.col("dedup_images_is_dup").sum())
     assert (per_image["dedup_images_is_dup"] >= 1).all()
     assert exact["dedup_images_clip_cluster"].null_count() == 0
+
+
+def test_caption_minhash_threshold_decides_which_captions_are_near_duplicates(run):
+    """Two captions sharing most words are near duplicates at a loose Jaccard threshold and
+    distinct at a strict one."""
+    table = read_table(run)
+    ok = table.filter(pl.col("status") == "ok")["source_index"].to_list()[:2]
+    a = "a red vintage car parked on a quiet street in the morning sun today"
+    b = "a red vintage car parked on a quiet road in the evening sun today"
+    table = table.with_columns(
+        caption=pl.when(pl.col("source_index") == ok[0])
+        .then(pl.lit(a))
+        .when(pl.col("source_index") == ok[1])
+        .then(pl.lit(b))
+        .otherwise(pl.col("caption"))
+    )
+    pair = pl.col("source_index").is_in(ok)
+
+    def clustered(threshold):
+        step = DedupCaptions(tiers=("minhash",), minhash_threshold=threshold)
+        out = compute_step(step, table, _ctx(run, f"mh{threshold}")).filter(pair)
+        return (
+            out["dedup_captions_cluster"].n_unique() == 1
+            and out["dedup_captions_cluster"].null_count() == 0
+        )
+
+    assert clustered(0.3)
+    assert not clustered(0.95)
