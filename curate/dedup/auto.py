@@ -6,23 +6,35 @@ For every tier and image-size band the calibration measures two distributions:
   small rotation, text overlay) planted into a deterministic sample of the run's images; the
   score of each copy against its own original. Copies whose pixels equal the original's (a
   resize of an 8 px image is the image) are left out: the exact tier finds those.
-* **background**: for a larger sample of the run's rows, the score to their nearest *other* row
-  (mirrored hashes included, SSCD score normalisation applied as the tier applies it). Real data
-  holds real duplicates, which would count as false matches and push every threshold to the
-  strict end. Neighbours that are certainly copies are therefore left out: identical pixels, and
-  pairs on which two or more tiers agree at their current thresholds. The thresholds are then
-  recomputed without them, a few rounds until nothing changes. One tier alone never excludes a
-  pair, so a tier that cannot tell the images of a band apart cannot vouch for itself.
+* **background**: every pair within a hashed sample of the run's rows per band (one row per
+  identical-pixel key; mirrored hashes included, SSCD score normalisation applied as the tier
+  applies it). Random pairs rather than nearest neighbours: a row's nearest neighbour is its
+  copy wherever the data holds one, while among random pairs real copies are few and can be
+  accounted for. The per-pair tail ``p(t)`` (share of pairs at or above ``t``) times the number
+  of other rows is a query's expected number of false matches ``F(t)``.
+* **copies in the background**: the pairs on which two tiers reach the similarity 90 % of the
+  planted copy pairs (copy-original and copy-copy) stay below are counted (``confirmed_pairs``)
+  and divided by the share of planted pairs that do: an estimate of the real copy pairs in the
+  sample (``estimated_copy_pairs``). Their expected tail, that count times the planted pairs'
+  tail, is subtracted from each tier's tail, never below the pairs another tier puts below 98 %
+  of the planted pairs (certainly different pictures), and the result made monotone from the
+  loose end (a stricter threshold never has more background pairs). One tier alone never
+  vouches for a copy, so a tier that cannot tell a band's images apart (digits) finds no copies
+  to subtract. Single-tier runs subtract nothing (conservative). The caption tiers keep the
+  nearest-neighbour background (``calibrate_nearest``).
 
-The threshold of a tier in a band is the loosest one whose precision on a one-to-one mixture
-(every sampled image with one planted copy) reaches ``target_precision``:
-``recall / (recall + false-match rate)``, recall over the planted copies and false-match rate
-over the background rows. A tier whose recall at that threshold stays below ``min_recall``, or
+The threshold of a tier in a band is the loosest one whose precision reaches
+``target_precision`` under the model recorded as ``precision_model``: ``lam R / (lam R + F)``,
+``R`` the recall on the planted copies, ``F`` the expected false matches per query and ``lam``
+the copies per row (``copies_per_row``): 1, as if every row had one copy; with ``PREVALENCE``
+twice the estimated copy pairs over the sampled rows, at least 1 (off: it lifts recall where
+most rows are copies but loses precision on 32 px tiles). A tier whose recall at
+that threshold stays below ``min_recall``, or
 that reaches the target at no threshold, is **disabled** for the band: its bits or embedding do
 not tell that band's images apart, so its matches there count only where a stronger tier agrees
 (which then decides on its own). Bands: image min side <= 32 px (``tiny``), <= 128 px
 (``small``), larger (``large``); a band with too few rows to calibrate uses the calibration of
-all rows together (``pooled``).
+all rows together (``pooled``). Cost: ``background_sample`` rows per band, all their pairs.
 """
 
 from __future__ import annotations
@@ -39,10 +51,22 @@ BANDS: tuple[tuple[str, int], ...] = (("tiny", 32), ("small", 128), ("large", 1 
 CALIBRATION_TRANSFORMS = ("jpeg", "resize", "crop", "flip", "rotate", "text")
 MIN_BAND_ORIGINALS = 16  # fewer sampled originals in a band: use the pooled calibration
 MIN_ROWS = 8  # fewer rows in the whole run: no calibration, the tier's fixed default
-CANDIDATES = 48  # neighbours per background row examined for the nearest non-copy
-STANDOUT_RANK = 8  # a copy stands out from a row's 8th nearest neighbour
-ROUNDS = 4  # rounds of "leave out confirmed copies, recompute thresholds"
+CANDIDATES = 48  # neighbours per row the step searches (kNN width it keeps)
 HIST_BINS = 40
+# A background pair counts as a copy in the data when two tiers are at least as similar as this
+# quantile of their planted copy pairs (copy-original and copy-copy).
+CONFIRM_QUANTILE = 0.9
+NOISE_Z = 0.0  # standard deviations of the expected copy tail subtracted beyond it (2: too loose)
+PREVALENCE = False  # judge precision at the estimated copies per row (True) or one per row
+CONFIRMED_Z = 0.0  # copy count from this many deviations below the confirmed count (1: too strict)
+SURE_QUANTILE = 0.02  # another tier below this quantile of planted copy pairs: not a copy
+REPORT_BACKGROUND = 4096  # the most similar background pairs kept for the report's histogram
+PRECISION_MODEL = (
+    "precision = lam R / (lam R + F): R = recall on planted copies, F = (distinct rows - 1) * "
+    "p(t), p(t) = share of background pairs (all pairs of a hashed sample per band) at or above "
+    "t after the estimated real copy pairs' expected tail is subtracted, lam = 1 (one copy per "
+    "row; with PREVALENCE: 2 * estimated copy pairs / sampled rows, at least 1)"
+)
 HASH_BITS = 64
 COSINE_GRID = np.round(np.arange(0.995, 0.295, -0.005), 3)  # strict to loose
 HASH_RADII = np.arange(0, 25)  # strict to loose
@@ -72,17 +96,27 @@ def histogram(values: np.ndarray, edges: np.ndarray) -> dict:
 
 
 def pick_threshold(
-    pos: np.ndarray, bg: np.ndarray, grid: np.ndarray, target: float, min_recall: float
+    pos: np.ndarray,
+    bg: np.ndarray,
+    grid: np.ndarray,
+    target: float,
+    min_recall: float,
+    fmr: np.ndarray | None = None,
 ) -> dict:
     """The loosest threshold of ``grid`` (ordered strict to loose, similarity units) whose
-    one-to-one precision ``R / (R + F)`` reaches ``target``; ``status`` says ok or why not."""
+    one-to-one precision ``R / (R + F)`` reaches ``target``; ``status`` says ok or why not.
+
+    ``R``: the fraction of ``pos`` (planted copies) at or above the threshold. ``F``: the
+    per-query false-match rate, ``fmr[k]`` for ``grid[k]`` where given, else the fraction of
+    ``bg`` (one background score per query) at or above it."""
     pos = np.asarray(pos, float)
     bg = np.asarray(bg, float)
     best = None
     rows = []
-    for thr in grid:
+    for k, thr in enumerate(grid):
         r = float(np.mean(pos >= thr)) if len(pos) else 0.0
-        f = float(np.mean(bg >= thr)) if len(bg) else 0.0
+        f_bg = float(np.mean(bg >= thr)) if len(bg) else 0.0
+        f = float(fmr[k]) if fmr is not None else f_bg
         p = r / (r + f) if r + f > 0 else 1.0
         rows.append((float(thr), p, r, f))
         if r > 0 and p >= target:
@@ -192,6 +226,46 @@ class TierData:
         return round(float(thr), 4)
 
 
+def pair_matrix(t: TierData, rows: np.ndarray) -> np.ndarray:
+    """Similarity of every pair of ``rows`` (indices into ``t.real``) in tier ``t``'s unit,
+    the upper triangle flattened (``i < j``, row-major): ``(m * (m - 1) / 2,)`` float32.
+    Hashes: popcount of XOR, mirrored hash included; SSCD normalisation applied as the tier
+    applies it."""
+    m = len(rows)
+    iu, ju = np.triu_indices(m, 1)
+    if m < 2:
+        return np.zeros(0, np.float32)
+    f = t.real[rows]
+    if t.kind == "hash":
+        a = np.ascontiguousarray(f[:, :8]).view(np.uint64)[:, 0]
+        b = np.ascontiguousarray(f[:, 8:]).view(np.uint64)[:, 0]
+        d = np.minimum(
+            np.bitwise_count(a[:, None] ^ a[None, :]), np.bitwise_count(b[:, None] ^ a[None, :])
+        )
+        d = np.minimum(d, d.T)  # mirror either side
+        return (1.0 - d[iu, ju] / HASH_BITS).astype(np.float32)
+    if t.kind == "minhash":
+        s = np.empty((m, m), np.float32)
+        for st in range(0, m, 64):
+            s[st : st + 64] = (f[st : st + 64, None, :] == f[None, :, :]).mean(axis=2)
+        s = s[iu, ju]
+    else:
+        x = np.ascontiguousarray(f, np.float32)
+        s = (x @ x.T)[iu, ju]
+    if t.norm_background is not None and t.norm_rank > 0:
+        bg = t.norm_background[rows]
+        s = t.normalise(s, bg[iu], bg[ju])
+    return s.astype(np.float32)
+
+
+def tail_counts(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """For each threshold of ``grid``, how many of ``scores`` reach it."""
+    s = np.sort(np.asarray(scores, np.float64))
+    return (len(s) - np.searchsorted(s, np.asarray(grid, np.float64) - 1e-9, side="left")).astype(
+        np.int64
+    )
+
+
 def calibrate(
     tiers: Sequence[TierData],
     ids: Sequence[str],
@@ -207,6 +281,227 @@ def calibrate(
     copies_per_original: int = len(CALIBRATION_TRANSFORMS),
 ) -> dict:
     """Thresholds per tier and band. ``copy_src[c]`` is the real row copy ``c`` was made from;
+    ``identity[i]`` is a key equal for rows with identical pixels (or captions), None if unknown:
+    the background is drawn from one row per key.
+
+    Background: every pair within a hashed sample of (at most ``background_sample``) rows of
+    each band, one row per identity key. Pairs that are copies in the data are left out
+    (``_confirmed``); the per-pair tail ``p(t)`` of the rest, times the number of other rows a
+    query is matched against, is the per-query false-match rate ``F(t)`` (see
+    ``pick_threshold``).
+
+    Returns ``{"tiers": {name: {"bands": {band: result}, ...}}, "rounds": n}`` with a result per
+    band as ``pick_threshold`` plus the threshold in the tier's unit, recall per transform and
+    histograms of the copy and background scores.
+    """
+    n = len(ids)
+    nb = len(band_names)
+    band = np.asarray(band)
+    copy_src = np.asarray(copy_src, np.int64)
+    copy_kind = np.asarray(copy_kind, dtype=object)
+    keys = np.array([k if k is not None else f"\x00row{r}" for r, k in enumerate(identity)],
+                    dtype=object)  # fmt: skip
+    _, first = np.unique(keys, return_index=True)
+    reps = np.sort(first)  # one row per identity: "different original images"
+    is_rep = np.zeros(n, bool)
+    is_rep[reps] = True
+    others = max(1, len(reps) - 1)  # rows a query is matched against, identical pixels once
+    # Copies against their originals, and pairs of copies of one original (how two real copies
+    # of one picture in the data score against each other).
+    pos, gpos, graw = {}, {}, {}
+    ga, gb = _group_pairs(copy_src)  # indices into copies; -1: the original itself
+    for t in tiers:
+        s = t.pair(t.copies, t.real[copy_src])
+        bg_c = None
+        if t.norm_background is not None and t.norm_rank > 0 and len(t.copies):
+            sims, _ = t.neighbours(t.copies, t.norm_rank + 1)
+            bg_c = sims[:, min(t.norm_rank, sims.shape[1] - 1)]
+            s_norm = t.normalise(s, bg_c, t.norm_background[copy_src])
+        else:
+            s_norm = s
+        pos[t.name] = s_norm
+        cc = t.pair(t.copies[ga], t.copies[gb]) if len(ga) else np.zeros(0, np.float32)
+        graw[t.name] = np.concatenate([s, cc])
+        if bg_c is not None and len(ga):
+            cc = t.normalise(cc, bg_c[ga], bg_c[gb])
+        gpos[t.name] = np.concatenate([s_norm, cc])
+    copy_band = band[copy_src]
+    level = {k: float(np.quantile(v, CONFIRM_QUANTILE)) if len(v) else np.inf
+             for k, v in graw.items()}  # fmt: skip
+    joint = np.zeros(len(next(iter(graw.values()))) if graw else 0, np.int64)
+    for k, v in graw.items():
+        joint += v >= level[k]
+    q_joint = float(np.mean(joint >= 2)) if len(joint) and len(tiers) >= 2 else 0.0
+    info = {"background_pairs": 0, "sample_rows": 0, "confirmed_pairs": 0,
+            "estimated_copy_pairs": 0.0}  # fmt: skip
+    bg: dict[str, dict[int, tuple]] = {t.name: {} for t in tiers}
+    for b in range(nb):
+        rows = hashed_sample(ids, seed, "background", background_sample,
+                             np.flatnonzero((band == b) & is_rep))  # fmt: skip
+        m = len(rows)
+        npairs = m * (m - 1) // 2
+        raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
+        votes = np.zeros(npairs, np.int64)
+        for k, v in raw.items():
+            votes += v >= level[k]
+        confirmed = int((votes >= 2).sum())
+        # Copy pairs in the sample: those two tiers confirm, scaled up by the share of planted
+        # copy pairs two tiers confirm. Their expected tail is subtracted from each tier's.
+        # its lower bound: confirmed pairs are a Poisson count, and an overestimate would hide
+        # background at loose thresholds where most planted copy pairs score
+        low = max(0.0, confirmed - CONFIRMED_Z * np.sqrt(confirmed))
+        n_copies = low / q_joint if q_joint > 0 else 0.0
+        info["background_pairs"] += npairs
+        info["sample_rows"] += m
+        info["confirmed_pairs"] += confirmed
+        tails = {}
+        for t in tiers:
+            s = raw[t.name] if t.kind != "cosine" or t.norm_background is None else None
+            s = pair_matrix(t, rows) if s is None else s
+            grid = t.grid()
+            counts = tail_counts(s, grid).astype(float)
+            share = tail_counts(gpos[t.name], grid) / max(1, len(gpos[t.name]))
+            # A floor no subtraction goes below: pairs another tier puts below nearly every
+            # planted copy pair are certainly different pictures.
+            sure = np.zeros(npairs, bool)
+            for o in tiers:
+                if o.name != t.name and len(graw[o.name]):
+                    sure |= raw[o.name] < np.quantile(graw[o.name], SURE_QUANTILE)
+            floor = tail_counts(s[sure], grid).astype(float)
+            tails[t.name] = (s, counts, share, floor)
+        info["estimated_copy_pairs"] += round(n_copies, 1)
+        for t in tiers:
+            s, counts, share, floor = tails[t.name]
+            expected = n_copies * share
+            # the copies' count is an estimate: allow for its Poisson noise
+            b_counts = np.maximum(counts - expected - NOISE_Z * np.sqrt(expected), floor)
+            # never more pairs at a stricter threshold than at a looser one: the loose end,
+            # where copies are a small part of the count, bounds the strict end's estimate
+            b_counts = np.minimum.accumulate(b_counts[::-1])[::-1]
+            bg[t.name][b] = (
+                b_counts,
+                npairs,
+                s,
+                max(1.0, 2.0 * n_copies / max(m, 1)) if PREVALENCE else 1.0,
+            )
+    results = {t.name: _per_band(t, pos[t.name], copy_band, copy_kind, bg[t.name],
+                                 target, min_recall, nb, copies_per_original, others)
+               for t in tiers}  # fmt: skip
+    out = dict(info)
+    out["confirm_quantile"] = CONFIRM_QUANTILE
+    out["confirmed_share_of_planted_pairs"] = round(q_joint, 4)
+    out["precision_model"] = PRECISION_MODEL
+    out["tiers"] = {}
+    for t in tiers:
+        out["tiers"][t.name] = {
+            "unit": {"hash": "radius", "minhash": "jaccard"}.get(t.kind, "cosine"),
+            "bands": {band_names[b]: results[t.name][b] for b in range(nb)},
+        }
+    return out
+
+
+def _group_pairs(copy_src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(a, b)`` of planted copies made from the same original."""
+    a, b = [], []
+    order = np.argsort(copy_src, kind="stable")
+    src = copy_src[order]
+    for lo, hi in zip(*_runs(src), strict=True):
+        idx = order[lo:hi]
+        i, j = np.triu_indices(len(idx), 1)
+        a.append(idx[i])
+        b.append(idx[j])
+    if not a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(a).astype(np.int64), np.concatenate(b).astype(np.int64)
+
+
+def _runs(sorted_vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if len(sorted_vals) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    cut = np.flatnonzero(sorted_vals[1:] != sorted_vals[:-1]) + 1
+    return np.r_[0, cut], np.r_[cut, len(sorted_vals)]
+
+
+def _per_band(t: TierData, pos, copy_band, copy_kind, bg, target, min_recall, nb, per_original,
+              others) -> dict:  # fmt: skip
+    """``pick_threshold`` per band on that band's background pairs ``bg[b] = (tail counts per
+    grid threshold, pairs, scores)``; pooled where a band has too few samples."""
+    grid = t.grid()
+    edges = t.edges()
+
+    def one(pmask, counts, pairs, scores, lam: float, pooled: bool) -> dict:
+        p_tail = counts / max(pairs, 1)
+        fmr = np.minimum(1.0, others * p_tail)
+        # precision = lam R / (lam R + F): lam real copies per row (at least one)
+        r = pick_threshold(pos[pmask], np.zeros(0), grid, target, min_recall, fmr=fmr / lam)
+        k = int(np.argmin(np.abs(grid - r["threshold"])))
+        r["false_match_rate"] = round(float(fmr[k]), 5)
+        r["copies_per_row"] = round(float(lam), 3)
+        if pairs < MIN_BAND_ORIGINALS * (MIN_BAND_ORIGINALS - 1) // 2:
+            r["status"] = "disabled"
+            r["why"] = f"{pairs} background pairs: too few"
+        thr = r["threshold"]
+        r["sim_threshold"] = thr if r["status"] == "ok" else np.inf
+        r["threshold"] = t.unit_threshold(thr)
+        r["pooled"] = pooled
+        r["copies"] = int(pmask.sum())
+        r["background_pairs"] = int(pairs)
+        r["pair_tail"] = float(p_tail[k])
+        kinds = copy_kind[pmask]
+        ps = pos[pmask]
+        r["recall_by_transform"] = {
+            k: round(float(np.mean(ps[kinds == k] >= thr)), 3) for k in sorted(set(kinds))
+        }
+        r["copy_hist"] = histogram(ps, edges)
+        r["background_hist"] = histogram(scores, edges)
+        r["_copies"] = ps  # raw scores for the report; dropped from stats
+        r["_background"] = np.sort(scores)[-REPORT_BACKGROUND:]  # its tail, for the report
+        return r
+
+    sizes = {b: bg[b][1] for b in range(nb)}
+    total = sum(sizes.values())
+    counts = sum(bg[b][0] for b in range(nb))
+    scores_all = np.concatenate([bg[b][2] for b in range(nb)]) if nb else np.zeros(0)
+    lam_all = sum(bg[b][3] * bg[b][1] for b in range(nb)) / max(total, 1)
+    pooled = one(np.ones(len(pos), bool), counts, total, scores_all, max(1.0, lam_all), True)
+    out = {}
+    for b in range(nb):
+        pm = copy_band == b
+        originals = pm.sum() / max(1, per_original)
+        if (
+            originals >= MIN_BAND_ORIGINALS
+            and sizes[b] >= MIN_BAND_ORIGINALS * (MIN_BAND_ORIGINALS - 1) // 2
+        ):
+            out[b] = one(pm, bg[b][0], sizes[b], bg[b][2], bg[b][3], False)
+        else:
+            out[b] = dict(pooled, background_pairs_in_band=int(sizes[b]))
+    return out
+
+
+# -- nearest-neighbour background (the caption tiers) ------------------------------------
+
+STANDOUT_RANK = 8  # a copy stands out from a row's 8th nearest neighbour
+ROUNDS = 4  # rounds of "leave out confirmed copies, recompute thresholds"
+
+
+def calibrate_nearest(
+    tiers: Sequence[TierData],
+    ids: Sequence[str],
+    band: np.ndarray,
+    copy_src: np.ndarray,
+    copy_kind: np.ndarray,
+    identity: Sequence,
+    seed: int,
+    target: float,
+    min_recall: float,
+    background_sample: int = 4096,
+    band_names: Sequence[str] = tuple(b[0] for b in BANDS),
+    copies_per_original: int = len(CALIBRATION_TRANSFORMS),
+) -> dict:
+    """The nearest-neighbour calibration (caption tiers): each background row against its nearest
+    non-copy row; pairs two tiers agree on, identical keys and standout pairs left out.
+
+    Thresholds per tier and band. ``copy_src[c]`` is the real row copy ``c`` was made from;
     ``identity[i]`` is a key equal for rows with identical pixels (or captions), None if unknown:
     the background is searched among one row per key.
 
@@ -308,7 +603,7 @@ def calibrate(
         results = {}
         for t in tiers:
             nn = _nearest_non_copy(scores[t.name], excluded, row_start)
-            results[t.name] = _per_band(t, pos[t.name], copy_band, copy_kind, nn,
+            results[t.name] = _per_band_nearest(t, pos[t.name], copy_band, copy_kind, nn,
                                         band[bg_rows], target, min_recall, nb,
                                         copies_per_original)  # fmt: skip
         # Pairs on which two or more tiers agree (or with identical pixels) are copies.
@@ -351,7 +646,7 @@ def _nearest_non_copy(scores: np.ndarray, excluded: np.ndarray, start: np.ndarra
     return np.where(left == 0, np.nan, nn)
 
 
-def _per_band(
+def _per_band_nearest(
     t: TierData, pos, copy_band, copy_kind, nn, bg_band, target, min_recall, nb, per_original
 ) -> dict:
     """``pick_threshold`` per band, pooled where a band has too few samples."""
@@ -441,8 +736,8 @@ def plant_caption_edits(
 
 def format_auto(result: dict, target: float) -> str:
     """Plain-text lines of an auto calibration (``DedupImages`` / ``DedupCaptions`` stats)."""
-    lines = [f"auto thresholds (target precision {target}; copies confirmed by two tiers left "
-             f"out of the background: {result.get('excluded_pairs', 0)} pairs)"]  # fmt: skip
+    lines = [f"auto thresholds (target precision {target}; background {result.get('background_pairs', 0)} "
+             f"sampled pairs, about {result.get('estimated_copy_pairs', 0):.0f} of them copies)"]  # fmt: skip
     for name, res in result.get("tiers", {}).items():
         if "fixed" in res:
             lines.append(f"  {name}: fixed {res['fixed']} {res.get('why', '')}".rstrip())

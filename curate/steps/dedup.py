@@ -205,8 +205,10 @@ def _calibration_section(calibration: dict, target: float) -> str:
     parts = [
         f"<p>Thresholds calibrated on this run (target precision {target}): planted copies of "
         f"{calibration.get('originals', 0)} sampled images ({calibration.get('copies', 0)} "
-        "copies) against each row's nearest other row, copies confirmed by two tiers left out "
-        f"({calibration.get('excluded_pairs', 0)} pairs, {calibration.get('rounds', 0)} rounds)."
+        "copies) against every pair of a sample of rows "
+        f"({calibration.get('background_pairs', 0)} pairs), the copies the data holds "
+        f"(about {calibration.get('estimated_copy_pairs', 0):.0f} pairs, "
+        f"{calibration.get('confirmed_pairs', 0)} confirmed by two tiers) subtracted."
         " A disabled tier matches nothing in that band on its own.</p>",
         html_table(
             rows,
@@ -228,7 +230,7 @@ def _calibration_section(calibration: dict, target: float) -> str:
             if vals is None or r.get("pooled") and band != "pooled":
                 continue
             parts.append(
-                f"<div><b>{esc(name)} {esc(band)}</b>: background (nearest non-copy) scores, "
+                f"<div><b>{esc(name)} {esc(band)}</b>: background (sampled pairs, most similar) scores, "
                 f"threshold {r['threshold']}<br>"
                 f"{histogram_svg(list(vals), label=f'{name} {band} background')}"
                 f"{histogram_svg(list(r.get('_copies', [])), label=f'{name} {band} copies')}</div>"
@@ -843,7 +845,7 @@ class DedupCaptions(Step):
             data.append(auto.TierData(name, kind, real, embed(name, texts)))
 
         identity = [x if x else None for x in norm]
-        res = auto.calibrate(data, ids, np.zeros(len(ids), np.int64), src, kinds, identity,
+        res = auto.calibrate_nearest(data, ids, np.zeros(len(ids), np.int64), src, kinds, identity,
                              ctx.seed, self.target_precision, self.min_recall,
                              self.background_sample, band_names=("all",),
                              copies_per_original=len(auto.CAPTION_EDITS))  # fmt: skip
