@@ -197,33 +197,17 @@ def _marker(kind: str, **info: Any) -> dict:
 def claim_run_dir(path: Path | str, flag: str = "--out") -> Path:
     """Make ``path`` a run folder, or check that it is one; refuse anyone else's folder."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
-    kind = folder_kind(path) if path.exists() else None
-    if kind == RUN:
-        if not (path / MARKER).exists():
-            atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
-        return path
-    if kind is not None:
-        raise UsageError(
-            f"{flag} {path}: holds a curate {kind}, not a run folder; choose another folder"
-        )
-    if path.exists() and not _is_empty_dir(path):
-        raise UsageError(
-            f"{flag} {path}: the folder is not empty and was not made by curate; "
-            "choose a new or empty folder (curate never writes into or deletes your files)"
-        )
-    with disk_errors("create", path):
-        path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
-    return path
+    if path.is_dir() and not (path / MARKER).exists() and folder_kind(path) == RUN:
+        # a run folder from before markers: give it one
+        atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
+    return claim_folder(path, RUN, flag, run_id=uuid.uuid4().hex)
 
 
-def claim_folder(path: Path | str, kind: str, flag: str = "--out") -> Path:
-    """Make ``path`` a curate ``kind`` folder (samples, audit, model), or check that it is one.
+def claim_folder(path: Path | str, kind: str, flag: str = "--out", **info: Any) -> Path:
+    """Make ``path`` a curate ``kind`` folder (run, samples, audit), or check that it is one.
 
-    A new or empty folder is marked; a folder curate made as ``kind`` is reused (files in it
-    may be replaced by a rerun); anything else is refused.
+    A new or empty folder is marked (with ``info`` in its marker); a folder curate made as
+    ``kind`` is reused (a rerun may replace files in it); anything else is refused.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -236,11 +220,11 @@ def claim_folder(path: Path | str, kind: str, flag: str = "--out") -> Path:
     if path.exists() and not _is_empty_dir(path):
         raise UsageError(
             f"{flag} {path}: the folder is not empty and was not made by curate; "
-            "choose a new or empty folder (curate never overwrites your files)"
+            "choose a new or empty folder (curate never writes into or deletes your files)"
         )
     with disk_errors("create", path):
         path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path / MARKER, _marker(kind))
+    atomic_write_json(path / MARKER, _marker(kind, **info))
     return path
 
 
