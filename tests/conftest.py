@@ -84,6 +84,28 @@ def tiny_open_clip(tmp_path):
     return save_tiny_open_clip(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def tiny_latent_parts():
+    """A tiny random Stable-Diffusion-shaped pair: a text UNet on 4x8x8 latents (16-d text
+    tokens) and a VAE for 3x16x16 images, frozen, seeded."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+        attention_head_dim=2, norm_num_groups=4,
+    ).eval().requires_grad_(False)  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+    ).eval().requires_grad_(False)  # fmt: skip
+    return unet, vae
+
+
 def save_tiny_diffusion_model(path: Path, text_encoder: str | None = None) -> Path:
     """A randomly initialised ``tiny`` preset (1x16x16) saved as a pipeline folder, untrained;
     ``text_encoder`` ("tiny-clip", "minilm") makes it text-conditional."""

@@ -222,7 +222,7 @@ def ingest(
     with run_lock(run_dir):
         old = read_ingest_summary(run_dir)
         src_fp = source_fingerprint(config.name, config.split)
-        state, _ = ingest_state(run_dir, config)
+        state, _ = ingest_state(run_dir, config, src_fp)
         if state == "current" and not overwrite:
             return {**old, "unchanged": True}  # this exact source and config: nothing to do
         if old is not None and old.get("fingerprint") != config.fingerprint() and not overwrite:
@@ -479,7 +479,7 @@ def _reason_code(reason: str) -> str:
     return reason.split(" (", 1)[0]
 
 
-def ingest_state(run_dir: Path, config) -> tuple[str, str | None]:
+def ingest_state(run_dir: Path, config, source_fp: str | None = None) -> tuple[str, str | None]:
     """Whether ``run_dir`` holds an ingest of ``config``: ``(state, why)``.
 
     state: ``current`` (nothing to do), ``stale`` (same settings, but the source changed or
@@ -493,7 +493,7 @@ def ingest_state(run_dir: Path, config) -> tuple[str, str | None]:
     if not (run_dir / IMAGES_DIR).is_dir() or not _readable_parquet(run_dir / TABLE_FILE):
         return "stale", "the run's images or table are missing or unreadable"
     old_fp = summary.get("source_fingerprint")
-    new_fp = source_fingerprint(config.name, config.split)
+    new_fp = source_fp or source_fingerprint(config.name, config.split)
     if old_fp is not None and new_fp is not None and old_fp != new_fp:
         return "stale", f"the source {config.name} changed since it was ingested"
     return "current", None

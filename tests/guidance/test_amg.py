@@ -269,26 +269,12 @@ def test_pixel_cosine_similarity_on_a_conditional_model_uses_all_three_guidances
 
 
 @pytest.fixture(scope="module")
-def latent_model():
+def latent_model(tiny_latent_parts):
     """A tiny random latent (Stable-Diffusion-shaped) denoiser: 4x8x8 latents, 3x16x16 images."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-        attention_head_dim=2, norm_num_groups=4,
-    )  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-    )  # fmt: skip
     from curate.models.presets import default_scheduler_config
 
-    den = DiffusersDenoiser(unet, default_scheduler_config(), vae=vae)
-    return den.eval().requires_grad_(False)
+    unet, vae = tiny_latent_parts
+    return DiffusersDenoiser(unet, default_scheduler_config(), vae=vae).eval()
 
 
 def test_latent_model_is_measured_on_decoded_images_and_guided_through_the_decoder(latent_model):

@@ -253,23 +253,9 @@ def test_undertrained_model_with_clip_sample_is_clipped_every_step(undertrained_
 
 
 @pytest.fixture(scope="module")
-def latent_parts():
+def latent_parts(tiny_latent_parts):
     """A tiny random Stable-Diffusion-shaped model: text UNet (4x8x8 latents), VAE (3x16x16)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-        layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
-        attention_head_dim=2, norm_num_groups=4,
-    ).eval().requires_grad_(False)  # fmt: skip
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(8, 16), latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-    ).eval().requires_grad_(False)  # fmt: skip
-    return unet, vae
+    return tiny_latent_parts
 
 
 @pytest.mark.parametrize("kind", ["ddim", "ddpm"])
