@@ -46,7 +46,10 @@ class Recipe:
             "seed": self.seed,
             "device": self.device,
             "dataset": dataclasses.asdict(self.dataset),
-            "steps": [{s.name: s.config()} for s in self.steps],
+            "steps": [
+                {s.name: {"id": s.step_id, **s.config()} if s.step_id else s.config()}
+                for s in self.steps
+            ],
         }
         if self.export is not None:
             out["export"] = self.export.config()
@@ -57,8 +60,8 @@ class Recipe:
         lines = [f"recipe {self.name!r} (seed {self.seed})", f"  dataset: {self.dataset.name}"]
         for i, step in enumerate(self.all_steps(), start=1):
             cfg = ", ".join(f"{k}={v!r}" for k, v in step.config().items())
-            produces = ", ".join(step.produced_columns()) or "-"
-            lines.append(f"  {i}. {step.name}({cfg})\n       adds: {produces}")
+            produces = ", ".join(step.output_columns()) or "-"
+            lines.append(f"  {i}. {step.run_name}({cfg})\n       adds: {produces}")
         return "\n".join(lines)
 
 
@@ -273,6 +276,7 @@ def parse_recipe(raw: Any, *, name: str = "recipe", source_path: str | None = No
     if "export" in raw:
         entries.append(("export", {"export": raw["export"]}))
     export_step = None
+    ids: dict[str, str] = {}  # step id -> its YAML path
     for path, entry in entries:
         if isinstance(entry, str):
             entry = {entry: {}}
@@ -286,19 +290,33 @@ def parse_recipe(raw: Any, *, name: str = "recipe", source_path: str | None = No
             )
             continue
         step_path = path if path == "export" else f"{path}.{step_name}"
+        step_id = None
+        if isinstance(params, dict) and "id" in params and path != "export":
+            params = dict(params)
+            step_id = params.pop("id")
+            if not isinstance(step_id, str) or not step_id.isidentifier():
+                problems.append(f"{step_path}.id: a plain identifier like naive, got {step_id!r}")
+                step_id = None
+            elif step_id in ids:
+                problems.append(f"{step_path}.id: {step_id!r} is already the id of {ids[step_id]}")
+                step_id = None
+        _check_references(registry[step_name], params, ids, step_path, problems)
         step = build_config(registry[step_name], params, step_path, problems)
         if step is None:
             continue
+        if step_id is not None:
+            ids[step_id] = step_path
+            step = step.with_id(step_id)
         for col in step.required_columns():
             if col not in produced_by and not col.startswith("src_"):
                 problems.append(
                     f"{step_path}: needs column {col!r}, which no earlier step produces"
                 )
-        for col in step.produced_columns():
+        for col in step.output_columns():
             if col in produced_by:
                 problems.append(
                     f"{step_path}: column {col!r} is already produced by {produced_by[col]}"
-                    " (give this step a different label)"
+                    " (give this step a different label, or an id: naive)"
                 )
             produced_by[col] = step_path
         if path == "export":
@@ -317,6 +335,28 @@ def parse_recipe(raw: Any, *, name: str = "recipe", source_path: str | None = No
         export=export_step,
         raw=raw,
     )
+
+
+def _check_references(
+    cls: type[Step], params: Any, ids: dict[str, str], path: str, problems: list[str]
+) -> None:
+    """A setting in ``cls.references`` names an earlier step's id (or, outside those, an
+    existing path): ``audit: {model: naive}`` after ``train: {id: naive}``."""
+    if not isinstance(params, dict):
+        return
+    for key in cls.references:
+        value = params.get(key)
+        values = value.values() if isinstance(value, dict) else value
+        values = [values] if isinstance(values, str) else values
+        for v in values if isinstance(values, list | tuple) or hasattr(values, "__iter__") else ():
+            if not isinstance(v, str) or v in ids:
+                continue
+            if v.isidentifier() and not Path(v).exists():
+                known = f" (ids so far: {', '.join(ids)})" if ids else ""
+                problems.append(
+                    f"{path}.{key}: {v!r} is neither an earlier step's id nor an existing path"
+                    + known
+                )
 
 
 def load_recipe(path: Path | str, overrides: list[str] | None = None) -> Recipe:

@@ -274,11 +274,16 @@ def write_listing(
 
 
 def more_link(
-    shown: int, total: int, listing: Path | str, report_dir: Path | str, what: str
+    shown: int,
+    total: int,
+    listing: Path | str,
+    report_dir: Path | str,
+    what: str,
+    place: str = "in the step folder",
 ) -> str:
-    """``"… and M more <what> …: full listing (CSV)"`` linking to ``listing`` relative to the report
-    folder (so ``RUN_DIR/report/index.html`` opens ``RUN_DIR/steps/NN-name/…``); ``""`` when
-    nothing was left out."""
+    """``"… and M more <what> …: full listing (CSV) <place>"`` linking to ``listing`` relative to
+    the report folder (so ``RUN_DIR/report/index.html`` opens ``RUN_DIR/steps/NN-name/…``);
+    ``""`` when nothing was left out."""
     import os
 
     more = total - shown
@@ -290,7 +295,7 @@ def more_link(
     return (
         f'<p class="more">… and {more} more {esc(what)} (the first {shown} of {total} are '
         f'shown): <a href="{esc(href)}">full listing of all {total}</a> '
-        f'(<a href="{esc(csv_href)}">CSV</a>) in the step folder.</p>'
+        f'(<a href="{esc(csv_href)}">CSV</a>) {esc(place)}.</p>'
     )
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def _hash(*parts: object) -> str:
 
 
 def step_fingerprint(step: Step, upstream: str, seed: int = 0) -> str:
-    """A step's cache key: its config, the run seed and everything upstream of it."""
+    """A step's cache key: its config, the run seed, its id and everything upstream of it."""
+    if step.step_id:
+        return _hash(upstream, step.name, step.config(), seed, step.step_id)
     return _hash(upstream, step.name, step.config(), seed)
 
 
@@ -68,7 +71,7 @@ def check_contract(step: Step, table: pl.DataFrame, new: pl.DataFrame) -> pl.Dat
     """Enforce the step contract: exactly the produced columns, one row per input row."""
     if not isinstance(new, pl.DataFrame):
         raise TypeError(f"step {step.name} returned {type(new).__name__}, not a polars DataFrame")
-    expected = list(step.produced_columns())
+    expected = list(step.produced_columns())  # the step's own names (see compute_step)
     if not expected and new.width == 0:
         return new  # a step that only writes files (export, train) adds nothing
     if sorted(new.columns) != sorted(expected):
@@ -89,8 +92,10 @@ def compute_step(step: Step, table: pl.DataFrame, ctx: RunContext) -> pl.DataFra
         raise DataError(
             f"step {step.name} needs column(s) {', '.join(missing)}; run the step that adds them first"
         )
-    view = table.drop([c for c in step.produced_columns() if c in table.columns])
+    view = table.drop([c for c in step.output_columns() if c in table.columns])
     new = check_contract(step, view, step.compute(view, ctx))
+    if step.step_id:  # a step used twice: its columns carry its id
+        new = new.rename({c: step.column_name(c) for c in new.columns})
     return view.hstack(new) if new.width else view
 
 
@@ -104,11 +109,31 @@ class StepResult:
 
 
 def _step_dir(run_dir: Path, index: int, step: Step) -> Path:
-    return run_dir / STEPS_DIR / f"{index:02d}-{step.name}"
+    return run_dir / STEPS_DIR / f"{index:02d}-{step.run_name}"
+
+
+def _register(step: Step, sdir: Path, ctx: RunContext) -> None:
+    """Hand a step with an id on to later steps: its folder and its output (``ctx.outputs``)."""
+    if step.step_id:
+        ctx.step_dirs[step.step_id] = sdir
+        out = step.output_dir(ctx)
+        if out is not None:
+            ctx.outputs[step.step_id] = out
+
+
+# Gathers a sharded step's per-row values for ``table`` (``curate merge``): called with the
+# step's index, the step, the table and its folder, only when the step has to be computed.
+ShardValues = Callable[[int, Step, pl.DataFrame, Path], pl.DataFrame]
 
 
 def _run_one(
-    step: Step, index: int, table: pl.DataFrame, upstream: str, ctx: RunContext, force: bool
+    step: Step,
+    index: int,
+    table: pl.DataFrame,
+    upstream: str,
+    ctx: RunContext,
+    force: bool,
+    shard_values: ShardValues | None = None,
 ) -> tuple[pl.DataFrame, str, StepResult]:
     fp = step_fingerprint(step, upstream, ctx.seed)
     sdir = _step_dir(ctx.run_dir, index, step)
@@ -119,25 +144,33 @@ def _run_one(
     if meta is not None and meta.get("fingerprint") == fp and step.outputs_exist(ctx, meta):
         cols = _read_columns(cols_file)
         if cols is not None and cols[SAMPLE_ID].to_list() == table[SAMPLE_ID].to_list():
-            view = table.drop([c for c in step.produced_columns() if c in table.columns])
+            view = table.drop([c for c in step.output_columns() if c in table.columns])
             extra = cols.drop(SAMPLE_ID)
             table = view.hstack(extra) if extra.width else view
             after = int((~removal_frame(table)["keep"]).sum())
-            log.info("step %d %s: unchanged, skipped", index, step.name)
-            return table, fp, StepResult(index, step.name, True, 0.0, after - before)
+            log.info("step %d %s: unchanged, skipped", index, step.run_name)
+            _register(step, sdir, ctx)
+            return table, fp, StepResult(index, step.run_name, True, 0.0, after - before)
     done.unlink(missing_ok=True)
     sdir.mkdir(parents=True, exist_ok=True)
     ctx.step_dir = sdir
     ctx.stats = {}
-    log.info("step %d %s ...", index, step.name)
+    log.info("step %d %s ...", index, step.run_name)
     start = time.perf_counter()
-    table = compute_step(step, table, ctx)
+    ctx.shard_values = None
+    if shard_values is not None and step.shardable:
+        ctx.shard_values = shard_values(index, step, table, sdir)
+    try:
+        table = compute_step(step, table, ctx)
+    finally:
+        ctx.shard_values = None
     seconds = time.perf_counter() - start
     after = int((~removal_frame(table)["keep"]).sum())
-    produced = list(step.produced_columns())
+    produced = list(step.output_columns())
     write_table(table.select([SAMPLE_ID, *produced]), cols_file)
     meta = {
         "step": step.name,
+        **({"id": step.step_id} if step.step_id else {}),
         "index": index,
         "fingerprint": fp,
         "config": step.config(),
@@ -147,7 +180,8 @@ def _run_one(
     }
     atomic_write_json(done, meta)
     write_table(table, ctx.run_dir / TABLE_FILE)
-    return table, fp, StepResult(index, step.name, False, seconds, after - before)
+    _register(step, sdir, ctx)
+    return table, fp, StepResult(index, step.run_name, False, seconds, after - before)
 
 
 def _read_columns(path: Path) -> pl.DataFrame | None:
@@ -186,18 +220,26 @@ def run_recipe(
     quiet: bool = False,
     force: bool = False,
     overwrite: bool = False,
+    shard_values: ShardValues | None = None,
 ) -> list[StepResult]:
     """Ingest (if needed) and run every step of ``recipe`` in ``run_dir``; returns per-step results.
 
     ``run_dir`` must be new, empty or a run folder; it is locked while the recipe runs.
+    ``shard_values`` (``curate merge``) gives the sharded steps their per-row values.
     """
     run_dir = claim_run_dir(run_dir)
     with run_lock(run_dir):
-        return _run_recipe_locked(recipe, run_dir, device, quiet, force, overwrite)
+        return _run_recipe_locked(recipe, run_dir, device, quiet, force, overwrite, shard_values)
 
 
 def _run_recipe_locked(
-    recipe: Recipe, run_dir: Path, device: str, quiet: bool, force: bool, overwrite: bool
+    recipe: Recipe,
+    run_dir: Path,
+    device: str,
+    quiet: bool,
+    force: bool,
+    overwrite: bool,
+    shard_values: ShardValues | None = None,
 ) -> list[StepResult]:
     summary = ensure_ingested(recipe, run_dir, quiet, overwrite)
     atomic_write_text(run_dir / "recipe.resolved.yaml", dump_yaml(recipe.resolved()))
@@ -209,7 +251,7 @@ def _run_recipe_locked(
     results = []
     steps = recipe.all_steps()
     for index, step in enumerate(steps, start=1):
-        table, upstream, result = _run_one(step, index, table, upstream, ctx, force)
+        table, upstream, result = _run_one(step, index, table, upstream, ctx, force, shard_values)
         results.append(result)
     # Folders of steps no longer in the recipe would confuse the summary: remove them.
     keep = {_step_dir(run_dir, i, s).name for i, s in enumerate(steps, start=1)}
@@ -222,7 +264,11 @@ def _run_recipe_locked(
 
 
 def apply_step(
-    run_dir: Path | str, step: Step, ctx: RunContext, force: bool = False
+    run_dir: Path | str,
+    step: Step,
+    ctx: RunContext,
+    force: bool = False,
+    shard_values: ShardValues | None = None,
 ) -> pl.DataFrame:
     """Run one step on an existing run folder, outside a recipe (``curate dedup RUN_DIR``).
 
@@ -231,22 +277,39 @@ def apply_step(
     """
     run_dir = require_run_dir(run_dir)
     with run_lock(run_dir):
-        return _apply_step_locked(run_dir, step, ctx, force)
+        return _apply_step_locked(run_dir, step, ctx, force, shard_values)
 
 
-def _apply_step_locked(run_dir: Path, step: Step, ctx: RunContext, force: bool) -> pl.DataFrame:
-    table = read_table(run_dir / TABLE_FILE)
+def applied_step_index(run_dir: Path, name: str) -> int:
+    """The index ``apply_step`` gives step ``name``: its earlier folder's, else one past the last."""
     steps_dir = run_dir / STEPS_DIR
     existing = sorted(steps_dir.glob("*")) if steps_dir.exists() else []
     index = None
     for d in existing:
-        if d.name.split("-", 1)[-1] == step.name:
+        if d.name.split("-", 1)[-1] == name:
             index = int(d.name.split("-", 1)[0])
     if index is None:
         index = max((int(d.name.split("-", 1)[0]) for d in existing), default=0) + 1
+    return index
+
+
+def step_dir(run_dir: Path, index: int, step: Step) -> Path:
+    """``RUN_DIR/steps/NN-name``: where step number ``index`` keeps its files."""
+    return _step_dir(run_dir, index, step)
+
+
+def _apply_step_locked(
+    run_dir: Path,
+    step: Step,
+    ctx: RunContext,
+    force: bool,
+    shard_values: ShardValues | None = None,
+) -> pl.DataFrame:
+    table = read_table(run_dir / TABLE_FILE)
+    index = applied_step_index(run_dir, step.name)
     upstream = _hash(read_ingest_summary(run_dir) or {}, sorted(c for c in table.columns))
     ctx.run_dir = run_dir
-    table, _, _ = _run_one(step, index, table, upstream, ctx, force)
+    table, _, _ = _run_one(step, index, table, upstream, ctx, force, shard_values)
     write_table(table, run_dir / TABLE_FILE)
     write_summary(run_dir, table)
     return table
@@ -282,6 +345,7 @@ def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> d
             continue
         stats["steps"].append(
             {k: meta.get(k) for k in ("index", "step", "seconds", "removed", "stats")}
+            | ({"id": meta["id"]} if meta.get("id") else {})
         )
     assert stats["kept"] + stats["removed"] == stats["rows"]
     atomic_write_json(run_dir / "stats.json", stats)
@@ -291,7 +355,11 @@ def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> d
         f"<p><b>{stats['rows']}</b> input rows = <b>{stats['kept']}</b> kept + "
         f"<b>{stats['removed']}</b> removed.</p>",
         html_table(
-            [(s["index"], s["step"], s["seconds"], s["removed"]) for s in stats["steps"]],
+            [
+                (s["index"], s["step"] + (f" ({s['id']})" if s.get("id") else ""), s["seconds"],
+                 s["removed"])
+                for s in stats["steps"]
+            ],  # fmt: skip
             ["#", "step", "seconds", "removed"],
         ),
         html_table(

@@ -1,7 +1,10 @@
 """The sample table: one row per input row, keyed by ``sample_id``; steps append columns.
 
-This module owns the column names every part of curate agrees on, the keep/remove rule, and
-deterministic parquet I/O (the same table always gives byte-identical files).
+This module owns the column names every part of curate agrees on, the keep/remove rule (a row
+is kept when ingest accepted it and every ``*_drop`` column is null), the rows a model trains
+on (:func:`kept_rows`, :func:`caption_lists`), and deterministic parquet I/O (the same table
+always gives byte-identical files). It sits in curate's lowest layer with ``curate.core``:
+it imports only ``curate.errors``.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from pathlib import Path
 import polars as pl
 
 from curate.errors import DataError, UsageError
-from curate.steps.base import DROP_SUFFIX
 
+#: A column named ``<step>_drop`` holding a reason string marks a row for removal; null keeps it.
+DROP_SUFFIX = "_drop"
 SAMPLE_ID = "sample_id"
 STATUS = "status"
 REASON = "reason"
@@ -119,6 +123,11 @@ def removal_counts(table: pl.DataFrame) -> pl.DataFrame:
 def kept_mask(table: pl.DataFrame) -> pl.Series:
     """Boolean Series: True for rows that survive ingest and every step."""
     return removal_frame(table)["keep"]
+
+
+def kept_rows(table: pl.DataFrame) -> pl.DataFrame:
+    """The rows of ``table`` that survive ingest and every step (:func:`kept_mask`), in order."""
+    return table.filter(kept_mask(table))
 
 
 def ok_mask(table: pl.DataFrame) -> pl.Series:

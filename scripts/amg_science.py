@@ -38,11 +38,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from repro_ambient import split_digits  # noqa: E402
 
-from curate.audit.audit import TrainingSet  # noqa: E402
 from curate.audit.frechet import frechet_distance_features, randconv_features  # noqa: E402
 from curate.audit.metrics import nn_ratio, normalized_l2, pixel_neighbours  # noqa: E402
+from curate.core.images import tensor_to_pil  # noqa: E402
+from curate.core.text import uncond_embedding  # noqa: E402
 from curate.guidance.amg import AMGConfig  # noqa: E402
-from curate.guidance.run import build_amg, uncond_embedding  # noqa: E402
+from curate.guidance.run import build_amg  # noqa: E402
+from curate.io.training import TrainingSet  # noqa: E402
 from curate.models.denoiser import load_denoiser  # noqa: E402
 from curate.models.sampling import sample  # noqa: E402
 from curate.train.loop import TrainConfig, Trainer  # noqa: E402
@@ -119,7 +121,7 @@ class Setup:
         self.den = load_denoiser(path)
         self.encoder = None
         if kind == "cond":
-            from curate.models.text import text_encoder_for_model
+            from curate.core.text import text_encoder_for_model
 
             self.encoder = text_encoder_for_model(self.den)
 
@@ -241,9 +243,8 @@ def grid(setup: Setup, cfg: AMGConfig, args, path: Path, n: int = 16) -> None:
     scale = 4
     canvas = Image.new("L", (n * (res * scale + 2), 4 * (res * scale + 2) + 6), 255)
     for r, imgs in enumerate(rows):
-        arr = ((imgs.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
-        for c in range(n):
-            tile = Image.fromarray(arr[c, 0]).resize((res * scale,) * 2, Image.Resampling.NEAREST)
+        for c, pil in enumerate(tensor_to_pil(imgs[:n])):
+            tile = pil.resize((res * scale,) * 2, Image.Resampling.NEAREST)
             canvas.paste(tile, (c * (res * scale + 2), r * (res * scale + 2) + (6 if r > 1 else 0)))
     canvas.save(path)
 

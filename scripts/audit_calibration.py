@@ -28,8 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.audit.audit import AuditSettings, TrainingSet, audit_samples, pil_to_tensor
 from curate.audit.oracle import EmpiricalDenoiser
+from curate.audit.scoring import audit_samples
+from curate.audit.settings import AuditSettings
+from curate.core.images import pil_to_tensor
+from curate.io.training import TrainingSet
 from curate.models.sampling import sample
 
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
@@ -42,7 +45,7 @@ def digits_16() -> torch.Tensor:
 
     raw = load_digits().images  # (1797, 8, 8), 0..16
     pils = [Image.fromarray(np.round(a * 255 / 16).astype(np.uint8), mode="L") for a in raw]
-    return pil_to_tensor(pils, 16, 1)
+    return pil_to_tensor(pils, channels=1, resolution=16)
 
 
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:

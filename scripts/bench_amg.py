@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.audit.audit import TrainingSet
 from curate.guidance.amg import AMGConfig
 from curate.guidance.run import build_amg
+from curate.io.training import TrainingSet
 from curate.models.denoiser import load_denoiser
 from curate.models.sampling import sample
 from curate.train.data import from_builtin

@@ -1,4 +1,5 @@
-"""Science check for caption rewriting (Somepalli et al. 2023 at CPU scale; seeds.md §6 row 4).
+"""Science check for caption rewriting at CPU scale (Somepalli et al. 2023, "Understanding and
+Mitigating Copying in Diffusion Models").
 
 A tiny text-conditional model on ``builtin:digits`` (16x16 grey), trained under several
 conditioning regimes, then audited for copying with curate's audit (pixel nearest neighbours):
@@ -34,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.audit.audit import AuditSettings, TrainingSet, audit_samples
+from curate.audit.scoring import audit_samples
+from curate.audit.settings import AuditSettings
 from curate.captions.transforms import gaussian_noise_per_sample, make_transform
+from curate.io.training import TrainingSet
 from curate.models.sampling import sample
 from curate.seeding import rng_for
 from curate.train.data import from_builtin, from_tensors

@@ -8,6 +8,11 @@ updating, which is itself a finding). Writes ``reports/mutation.md`` and ``.json
 
     python scripts/mutation_check.py                    # every mutation
     python scripts/mutation_check.py --only trust       # mutations whose name starts with it
+    python scripts/mutation_check.py --only train/ --only guidance/ --merge
+                                                        # several prefixes; keep the other rows
+
+Each row names the first test that failed. Interrupted (Ctrl-C, SIGTERM, SIGHUP), the script
+restores the mutated file in the copy, kills the running pytest and removes the copy.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +65,7 @@ MUTATIONS = [
     M(
         "trust/no lock",
         "curate/io/folders.py",
-        "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)",
         "            pass",
         ("tests/io/test_folders.py",),
     ),
@@ -185,10 +191,212 @@ MUTATIONS = [
         '_score(denoiser, x, sample_ids, config, cond, "flip")',
         ("tests/rank",),
     ),
+    # -- protect: tests/protect, one behaviour per mutation ---------------------------------
+    M(
+        "train/job drops sigma_n_column",
+        "curate/train/job.py",
+        '        "sigma_n_column": config.sigma_n_column,',
+        '        "sigma_n_column": None,',
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/command drops sigma_n_column",
+        "curate/cli/model.py",
+        "    config = pop_config(TrainConfig, settings)",
+        "    config = dataclasses.replace(pop_config(TrainConfig, settings), sigma_n_column=None)",
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/step drops sigma_n_column",
+        "curate/steps/train.py",
+        '        if self.seed is None:\n            values["seed"] = recipe_seed',
+        '        values["sigma_n_column"] = None\n'
+        '        if self.seed is None:\n            values["seed"] = recipe_seed',
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/latent models get the ve ambient form",
+        "curate/train/loop.py",
+        '            self.form = "vp" if bundle.latent else "ve"',
+        '            self.form = "ve"',
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/vp ambient loss computed in ve form",
+        "curate/train/loss.py",
+        "        est = vp_noisy_estimate(x_t, d, s_t, s_n)",
+        "        est, x_n = tweedie_noisy_estimate(d, x_in, sigma, sigma_n), target",
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/ambient noise redrawn on the per-batch path",
+        "curate/train/loop.py",
+        "                    else fixed_noise(cfg.seed, ids, self.model_shape)",
+        "                    else redrawn_noise(cfg.seed, ids, self.model_shape, epochs)",
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/resume ignores a changed sigma_n",
+        "curate/train/config.py",
+        '    "objective",\n    "sigma_n",\n',
+        '    "objective",\n',
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/caption dropout ignored",
+        "curate/train/loop.py",
+        "            if self.config.caption_dropout and rng.random() < self.config.caption_dropout:",
+        "            if False:",
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "train/embedding noise on dropped captions",
+        "curate/train/loop.py",
+        "cond, cfg.embedding_noise, cfg.seed, keys, 0, mask=keep",
+        "cond, cfg.embedding_noise, cfg.seed, keys, 0, mask=None",
+        ("tests/protect/test_train.py",),
+    ),
+    M(
+        "table/merged captions beat rewritten ones (swapped precedence)",
+        "curate/table.py",
+        '    if "caption_new" in table.columns:\n'
+        '        new = pl.col("caption_new")\n'
+        '        if table.schema["caption_new"] != pl.List(pl.String):\n'
+        "            new = pl.concat_list(new)\n"
+        '        candidates.append(pl.when(pl.col("caption_new").is_not_null()).then(new))\n'
+        '    if "dedup_images_captions" in table.columns:\n'
+        '        merged = pl.col("dedup_images_captions")\n'
+        "        candidates.append(pl.when(merged.list.len() > 0).then(merged))\n",
+        '    if "dedup_images_captions" in table.columns:\n'
+        '        merged = pl.col("dedup_images_captions")\n'
+        "        candidates.append(pl.when(merged.list.len() > 0).then(merged))\n"
+        '    if "caption_new" in table.columns:\n'
+        '        new = pl.col("caption_new")\n'
+        '        if table.schema["caption_new"] != pl.List(pl.String):\n'
+        "            new = pl.concat_list(new)\n"
+        '        candidates.append(pl.when(pl.col("caption_new").is_not_null()).then(new))\n',
+        ("tests/protect/test_records.py",),
+    ),
+    M(
+        "runner/stats miss ingest rejections",
+        "curate/runner.py",
+        '        rem.filter(~pl.col("keep"))\n        .group_by(["removed_by", "reason_kind"])',
+        '        rem.filter(~pl.col("keep") & (pl.col("removed_by") != "ingest"))\n'
+        '        .group_by(["removed_by", "reason_kind"])',
+        ("tests/protect/test_records.py",),
+    ),
+    M(
+        "export/Hub token written to the log",
+        "curate/export.py",
+        '    log.info("pushed %s", repo_id)',
+        '    log.info("pushed %s (token %s)", repo_id, __import__("huggingface_hub").get_token())',
+        ("tests/protect/test_records.py",),
+    ),
+    M(
+        "recipe/yaml.load with an unsafe loader",
+        "curate/recipe.py",
+        '        raw = yaml.safe_load(path.read_text(encoding="utf-8"))',
+        '        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.Loader)',
+        ("tests/protect/test_recipe.py",),
+    ),
+    M(
+        "recipe/--set parsed with an unsafe loader",
+        "curate/recipe.py",
+        '            value = yaml.safe_load(text) if text != "" else ""',
+        '            value = yaml.load(text, Loader=yaml.UnsafeLoader) if text != "" else ""',
+        ("tests/protect/test_recipe.py",),
+    ),
+    M(
+        "dedup/mutual guard disabled",
+        "curate/dedup/clusters.py",
+        '    if guard == "mutual":\n        edges = mutual_filter(n, edges, mutual_m)',
+        "    if False:\n        edges = mutual_filter(n, edges, mutual_m)",
+        ("tests/protect/test_dedup.py",),
+    ),
+    M(
+        "dedup/caption dedup ignores image clusters",
+        "curate/steps/dedup.py",
+        '        if "dedup_images_cluster" in ok.columns:',
+        "        if False:",
+        ("tests/protect/test_dedup.py",),
+    ),
+    M(
+        "guidance/cfg combined wrongly",
+        "curate/models/sampling.py",
+        "    return x0_u + scale * (x0_c - x0_u)",
+        "    return x0_c + scale * (x0_c - x0_u)",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/despecification sign flipped",
+        "curate/guidance/amg.py",
+        "new = xu + (s0 - t1).view(shape) * (xc - xu)  # G_spe",
+        "new = xu + (s0 + t1).view(shape) * (xc - xu)  # G_spe",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/caption deduplication sign flipped",
+        "curate/guidance/amg.py",
+        "new = new - t2.view(shape) * (x0_n - xu)",
+        "new = new + t2.view(shape) * (x0_n - xu)",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/--amg-guidances parsed as all three",
+        "curate/guidance/run.py",
+        '        guidances=tuple(g.strip() for g in guidances.split(",") if g.strip()),',
+        '        guidances=("spe", "dup", "sim"),',
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/spe applied when left out",
+        "curate/guidance/amg.py",
+        'c1 if "spe" in cfg.guidances else 0.0',
+        "c1",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/dup applied when left out",
+        "curate/guidance/amg.py",
+        'if "dup" in cfg.guidances and self.text_encoder is not None:',
+        "if self.text_encoder is not None:",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/sim applied when left out",
+        "curate/guidance/amg.py",
+        'if "sim" in cfg.guidances and c3 > 0:',
+        "if c3 > 0:",
+        ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/AMG gate per batch",
+        "curate/guidance/amg.py",
+        "active = sim > lam  # (B,)",
+        "active = (sim > lam).any().expand_as(sim)  # (B,)",
+        ("tests/protect/test_guidance.py",),
+    ),
+    # -- the two AMG fixes (tests/guidance/test_amg_training_index.py) -----------------------
+    M(
+        "guidance/AMG index over every row, copies included",
+        "curate/guidance/run.py",
+        '    keep = distinct_training_rows(train.images, getattr(train, "keys", None), clusters)',
+        "    keep = np.arange(len(train.images))",
+        ("tests/guidance/test_amg_training_index.py",),
+    ),
+    M(
+        "guidance/s2 capped by the discarded s1",
+        "curate/guidance/amg.py",
+        '                    t1, t2 = text_scales(sim[a], s0, c1 if "spe" in cfg.guidances else 0.0, c2)',
+        "                    t1, t2 = text_scales(sim[a], s0, c1, c2)\n"
+        '                    t1 = t1 if "spe" in cfg.guidances else torch.zeros_like(t1)',
+        ("tests/guidance/test_amg_training_index.py", "tests/protect/test_guidance.py"),
+    ),
 ]
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, float]:
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, float, str | None]:
+    """Run ``tests`` in ``tree``: (all passed, seconds, the first failing test's node id)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(tree),
@@ -197,7 +405,7 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, f
     }
     existing = [t for t in tests if (tree / t.split("::")[0]).exists()]
     if not existing:
-        return True, 0.0
+        return True, 0.0, None
     start = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -209,19 +417,44 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: int) -> tuple[bool, f
             timeout=timeout,
         )
         passed = proc.returncode == 0
+        failed = [
+            line.split(" ", 1)[1].split(" - ", 1)[0]
+            for line in proc.stdout.splitlines()
+            if line.startswith(("FAILED ", "ERROR "))
+        ]
+        first = failed[0] if failed else (None if passed else f"pytest exit {proc.returncode}")
     except subprocess.TimeoutExpired:
-        passed = False  # a hang is a failure the suite would show
-    return passed, time.perf_counter() - start
+        passed, first = False, "timeout"  # a hang is a failure the suite would show
+    return passed, time.perf_counter() - start, first
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default=None, help="run mutations whose name starts with this")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        help="run mutations whose name starts with this (repeatable)",
+    )
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of mutations not run now from the existing report (with --only)",
+    )
     ap.add_argument("--timeout", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "reports" / "mutation"))
     args = ap.parse_args()
 
-    chosen = [m for m in MUTATIONS if args.only is None or m.name.startswith(args.only)]
+    only = tuple(args.only) if args.only else None
+    chosen = [m for m in MUTATIONS if only is None or m.name.startswith(only)]
+    # SIGTERM / SIGHUP unwind like Ctrl-C, so every ``finally`` runs: the mutated file in the
+    # copy is restored, the running pytest is killed (subprocess.run) and the copy is removed.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupted)
     work = Path(tempfile.mkdtemp(prefix="curate-mutation-"))
     tree = work / "tree"
     shutil.copytree(
@@ -231,26 +464,51 @@ def main() -> None:
     )
     results = []
     try:
-        base_ok, _ = run_tests(tree, tuple(sorted({t for m in chosen for t in m.tests})), 1800)
+        base_ok, _, base_failed = run_tests(
+            tree, tuple(sorted({t for m in chosen for t in m.tests})), 1800
+        )
         if not base_ok:
-            print("warning: the protecting tests fail before any mutation", file=sys.stderr)
+            print(
+                f"warning: the protecting tests fail before any mutation ({base_failed}); "
+                "a kill then proves nothing",
+                file=sys.stderr,
+            )
         for m in chosen:
             path = tree / m.file
             original = path.read_text(encoding="utf-8")
             if m.old not in original:
-                results.append({"name": m.name, "status": "stale", "seconds": 0.0})
+                results.append(
+                    {"name": m.name, "status": "stale", "seconds": 0.0, "killed_by": None}
+                )
                 print(f"stale     {m.name}")
                 continue
             path.write_text(original.replace(m.old, m.new, 1), encoding="utf-8")
             try:
-                passed, seconds = run_tests(tree, m.tests, args.timeout)
+                passed, seconds, killer = run_tests(tree, m.tests, args.timeout)
             finally:
                 path.write_text(original, encoding="utf-8")
             status = "survived" if passed else "killed"
-            results.append({"name": m.name, "status": status, "seconds": round(seconds, 1)})
-            print(f"{status:<9} {m.name} ({seconds:.0f} s)")
+            results.append(
+                {
+                    "name": m.name,
+                    "status": status,
+                    "seconds": round(seconds, 1),
+                    "killed_by": killer,
+                }
+            )
+            print(f"{status:<9} {m.name} ({seconds:.0f} s){' by ' + killer if killer else ''}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    for r in results:
+        r["run"] = "this"
+    if args.merge and out.with_suffix(".json").exists():
+        earlier = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+        rows = {r["name"]: {"killed_by": None, **r, "run": "earlier"} for r in earlier["results"]}
+        rows.update({r["name"]: r for r in results})
+        results = [rows[m.name] for m in MUTATIONS if m.name in rows]  # the list's order
+        base_ok = base_ok and earlier.get("baseline_tests_pass", True)
+    now = sum(r["run"] == "this" for r in results)
     live = [r for r in results if r["status"] != "stale"]
     killed = sum(r["status"] == "killed" for r in live)
     summary = {
@@ -262,20 +520,31 @@ def main() -> None:
         "baseline_tests_pass": base_ok,
         "results": results,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     lines = [
         "# Targeted mutations",
         "",
-        f"`python scripts/mutation_check.py{' --only ' + args.only if args.only else ''}`: "
+        f"`python scripts/mutation_check.py{''.join(f' --only {o!r}' for o in only or ())}"
+        f"{' --merge' if args.merge else ''}`: "
         f"each row breaks one behaviour in a copy of the tree and runs the tests that should "
         f"protect it. Kill rate **{summary['kill_rate']}** ({killed} of {len(live)}; "
-        f"{summary['stale']} stale).",
+        f"{summary['stale']} stale). The protecting tests "
+        f"{'pass' if base_ok else 'FAIL'} on the unmutated tree."
+        + (
+            f" {now} rows are from this run; the others (run: earlier) are kept from the "
+            "previous report."
+            if now < len(results)
+            else ""
+        ),
         "",
-        "| mutation | result | seconds |",
-        "| --- | --- | --- |",
-        *[f"| {r['name']} | {r['status']} | {r['seconds']} |" for r in results],
+        "| mutation | result | seconds | first failing test | run |",
+        "| --- | --- | --- | --- | --- |",
+        *[
+            f"| {r['name']} | {r['status']} | {r['seconds']} | {r['killed_by'] or ''} "
+            f"| {r['run']} |"
+            for r in results
+        ],
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")

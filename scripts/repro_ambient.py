@@ -1,4 +1,5 @@
-"""Reproduce the ambient-diffusion claim at CPU scale (seeds.md §6, Shah et al. 2025).
+"""Reproduce the ambient-diffusion claim at CPU scale (Shah et al. 2025, "Does Generation Require
+Memorization?"; Ambient Diffusion, Daras et al.).
 
 A tiny UNet is trained on a small subset of ``builtin:digits`` at 16x16 with the standard DDPM
 loss (baseline) and with the ambient loss over a sweep of sigma_n (fixed noisy copies), plus the
@@ -38,7 +39,8 @@ MEMORIZED_RATIO = 1 / 3
 
 # --quick: 32 native 8x8 digits, where the baseline already copies ~40% of samples after 2,000
 # steps (reports/ambient/onset). Distinct digits lie ~7 apart in [-1, 1] pixel units here, so a
-# noisy copy stops identifying its image only for sigma_n of a few units (seeds.md §1(g)4): the
+# noisy copy stops identifying its image only for sigma_n of a few units (noise of the size of
+# the gap between images): the
 # sweep goes to 6. Two seeds; ~7 minutes per run on a shared 2-core machine.
 QUICK = dict(
     num_train=32,

@@ -63,8 +63,10 @@ def main() -> None:
 
     from scipy.stats import spearmanr
 
-    from curate.audit.audit import AuditSettings, TrainingSet, audit_samples
     from curate.audit.oracle import EmpiricalDenoiser
+    from curate.audit.scoring import audit_samples
+    from curate.audit.settings import AuditSettings
+    from curate.io.training import TrainingSet
     from curate.models.sampling import sample
     from curate.rank.vgr import VGRConfig, volume_growth
     from curate.seeding import rng_for

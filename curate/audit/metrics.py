@@ -1,4 +1,4 @@
-"""Memorization metrics as pure functions on arrays (definitions: research seeds.md section 5).
+"""Memorization metrics as pure functions on arrays, each as defined in the paper named with it.
 
 * **Top-1 similarity** (Somepalli et al. 2023; Shah et al. 2025): the cosine similarity of each
   generation to its nearest training image in a feature space; summarised by its 95th percentile
@@ -9,89 +9,26 @@
   memorized if < 1/3. NN2 is the second *distinct* training image, so an image present twice in
   the training set cannot hide a copy of it (the ratio would be ~1 otherwise).
 
-Neighbours are exact: faiss flat indexes (``IndexFlatIP`` / ``IndexFlatL2``) searched in query
+Neighbours are exact (``curate.core.neighbours.knn``): faiss flat indexes searched in query
 batches, then the retrieved distances are recomputed in float64 so that exact copies read as 0.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from curate.core.neighbours import as_rows, distinct_groups, knn, l2_normalize
 from curate.errors import DataError
 
-# Thresholds from the literature (seeds.md section 5).
+# Thresholds from the literature (the paper beside each).
 SSCD_THRESHOLD = 0.5  # Somepalli et al. CVPR 2023: a replication if top-1 SSCD similarity > 0.5
 COSINE_THRESHOLD = 0.9  # Shah et al. 2025: DINO-style cosine > 0.9
 NL2_ALPHA = 0.5
 NL2_K = 50
 NL2_THRESHOLD = 1.4  # AMG (Chen et al. 2024) flags memorization at l < 1.4
 RATIO_THRESHOLD = 1.0 / 3.0
-
-_REFINE_ELEMENTS = 32 * 1024 * 1024  # float32 elements gathered per recomputation batch
-
-
-def _as_rows(x: np.ndarray, name: str) -> np.ndarray:
-    """``x`` as a C-contiguous float32 (N, D) matrix (images are flattened)."""
-    arr = np.asarray(x)
-    if arr.ndim < 2:
-        raise DataError(f"{name}: expected a batch of vectors or images, got shape {arr.shape}")
-    arr = arr.reshape(arr.shape[0], -1)
-    return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows of ``x`` scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def search(
-    queries: np.ndarray,
-    base: np.ndarray,
-    k: int,
-    metric: str = "l2",
-    batch_size: int = 1024,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of each query in ``base``.
-
-    Returns ``(values, indices)``, both (Q, k): for ``metric="ip"`` inner products, best first;
-    for ``metric="l2"`` Euclidean distances (not squared), recomputed from the differences,
-    nearest first.
-    """
-    import faiss
-
-    q = _as_rows(queries, "queries")
-    b = _as_rows(base, "base")
-    if q.shape[1] != b.shape[1]:
-        raise DataError(f"queries have {q.shape[1]} dims but the base has {b.shape[1]}")
-    if len(b) == 0:
-        raise DataError("nearest-neighbour search needs a non-empty training set")
-    k = min(k, len(b))
-    index = faiss.IndexFlatIP(b.shape[1]) if metric == "ip" else faiss.IndexFlatL2(b.shape[1])
-    index.add(b)
-    values = np.empty((len(q), k), dtype=np.float64)
-    indices = np.empty((len(q), k), dtype=np.int64)
-    # The exact recomputation gathers (B, k, D) candidates; keep that under ~128 MB.
-    batch_size = max(1, min(batch_size, _REFINE_ELEMENTS // (k * b.shape[1])))
-    for start in range(0, len(q), batch_size):
-        chunk = q[start : start + batch_size]
-        vals, idx = index.search(chunk, k)  # (B, k)
-        if metric == "l2":
-            # faiss expands |q|^2 + |x|^2 - 2 q.x, which reads ~1e-2 for an exact copy;
-            # the direct difference is exactly 0 there.
-            diff = chunk[:, None, :] - b[idx]  # (B, k, D)
-            vals = np.sqrt(np.einsum("bkd,bkd->bk", diff, diff).astype(np.float64))
-            order = np.argsort(vals, axis=1, kind="stable")
-            vals = np.take_along_axis(vals, order, axis=1)
-            idx = np.take_along_axis(idx, order, axis=1)
-        values[start : start + len(chunk)] = vals
-        indices[start : start + len(chunk)] = idx
-    return values, indices
 
 
 def cosine_top1(
@@ -101,9 +38,9 @@ def cosine_top1(
 
     Rows are L2-normalised here, so any features may be passed. Returns ``(sim (Q,), idx (Q,))``.
     """
-    sims, idx = search(
-        l2_normalize(_as_rows(sample_feats, "sample features")),
-        l2_normalize(_as_rows(train_feats, "training features")),
+    sims, idx = knn(
+        l2_normalize(as_rows(sample_feats, "sample features")),
+        l2_normalize(as_rows(train_feats, "training features")),
         k=1,
         metric="ip",
         batch_size=batch_size,
@@ -137,50 +74,6 @@ def fraction_below(values: np.ndarray, threshold: float) -> float:
     return float((v < threshold).mean())
 
 
-def distinct_groups(
-    train: np.ndarray, keys: Sequence[object] | None = None, eps: float = 0.0
-) -> np.ndarray:
-    """Group id per training row: rows that are the same image share the id of the group's first
-    row. Same image means equal ``keys`` (e.g. pixel hashes), byte-identical arrays, or, when
-    ``eps > 0``, an L2 distance of at most ``eps`` (merged transitively)."""
-    x = _as_rows(train, "training images")
-    n = len(x)
-    parent = np.arange(n)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-
-    seen: dict[object, int] = {}
-    for i in range(n):
-        ids: list[object] = [("bytes", hashlib.blake2b(x[i].tobytes(), digest_size=16).digest())]
-        if keys is not None and keys[i] is not None:
-            ids.append(("key", keys[i]))
-        for key in ids:
-            if key in seen:
-                union(seen[key], i)
-            else:
-                seen[key] = i
-    if eps > 0 and n > 1:
-        import faiss
-
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(x)
-        lims, _, idx = index.range_search(x, float(eps) ** 2)  # radius is squared for L2
-        for i in range(n):
-            for j in idx[lims[i] : lims[i + 1]]:
-                if j != i:
-                    union(i, int(j))
-    return np.array([find(i) for i in range(n)], dtype=np.int64)
-
-
 @dataclass
 class PixelNeighbours:
     """Pixel-space neighbours of each generation among the DISTINCT training images.
@@ -209,9 +102,9 @@ def pixel_neighbours(
 
     ``groups`` comes from ``distinct_groups``; by default only byte-identical rows are merged.
     Duplicates are removed before the search, so NN2 and the k-neighbour mean see each image
-    once (seeds.md section 5: deduplicate X before any nearest-neighbour ratio test).
+    once (an image stored twice would otherwise be its own NN2 and hide a copy of it).
     """
-    x = _as_rows(train, "training images")
+    x = as_rows(train, "training images")
     groups = distinct_groups(x) if groups is None else np.asarray(groups)
     if len(groups) != len(x):
         raise DataError(f"groups has {len(groups)} entries for {len(x)} training images")
@@ -222,7 +115,7 @@ def pixel_neighbours(
             f"got {len(reps)} distinct among {len(x)}"
         )
     k_used = min(max(k, 2), len(reps))
-    dist, idx = search(samples, x[reps], k=k_used, metric="l2", batch_size=batch_size)
+    dist, idx = knn(samples, x[reps], k=k_used, metric="l2", batch_size=batch_size)
     return _neighbours(dist, idx, reps, copies, k_used)
 
 
@@ -256,14 +149,14 @@ def leave_one_out_neighbours(
     training data alone. ``queries`` (first rows of duplicate groups) limits which images are
     scored, since the cost is O(queries x N). None with fewer than 3 distinct images.
     """
-    x = _as_rows(train, "training images")
+    x = as_rows(train, "training images")
     groups = distinct_groups(x) if groups is None else np.asarray(groups)
     reps, copies = np.unique(groups, return_counts=True)
     if len(reps) < 3:
         return None
     queries = reps if queries is None else np.asarray(queries)
     k_used = min(max(k, 2), len(reps) - 1)
-    dist, idx = search(x[queries], x[reps], k=k_used + 1, metric="l2", batch_size=batch_size)
+    dist, idx = knn(x[queries], x[reps], k=k_used + 1, metric="l2", batch_size=batch_size)
     dist, idx = dist[:, 1:], idx[:, 1:]  # column 0 is the image itself (distance 0)
     return _neighbours(dist, idx, reps, copies, k_used)
 

@@ -5,7 +5,7 @@ For a training set {x_i}, the optimal denoiser of the empirical distribution und
 
     D*(x, sigma) = sum_i softmax_i(-|x - x_i|^2 / (2 sigma^2)) x_i
 
-(seeds.md section 6). Sampling its probability-flow ODE down to a small sigma lands on a training
+(the posterior mean of the training set under Gaussian noise). Sampling its probability-flow ODE down to a small sigma lands on a training
 image, so its generations must audit as ~100% memorized: a metric that says otherwise is broken.
 """
 
@@ -23,7 +23,12 @@ class EmpiricalDenoiser:
     """``D(x, sigma, cond=None) -> x0_hat`` (VE/EDM convention) for the empirical distribution
     of ``train_images`` (N, C, H, W) in [-1, 1]. Unconditional; ``cond`` is ignored."""
 
+    # the pixel-model part of ``curate.models.denoiser.Denoiser``: no timesteps, no VAE
     conditional = False
+    schedule = None
+    scheduler_config = None
+    vae = None
+    info: dict = {}
 
     def __init__(
         self,

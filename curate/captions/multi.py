@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Captioner = Callable[[list], list[list[str]]]
 
 
-def caption_lists(
+def pooled_captions(
     table: pl.DataFrame, column: str | None = "captions", group: str | None = None
 ) -> list[list[str]]:
     """Per row, its distinct non-empty captions: ``caption`` first, then ``column``'s list.

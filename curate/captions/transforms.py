@@ -298,8 +298,9 @@ def gaussian_noise_cfg(
     By default only the prompt embedding is perturbed. The guided prediction is
     ``D(uncond) + w * (D(cond) - D(uncond))``, so noise in the unconditional branch enters with
     weight ``1 - w`` (about -6.5 at w = 7.5): amplified and pointing away from the prompt, which is
-    not the mitigation. The paper's code perturbs both halves only because diffusers'
-    ``_encode_prompt`` returns them concatenated (seeds.md §4(g) 1); pass ``perturb_uncond=True``
+    not the mitigation. The code of Somepalli et al. ("Understanding and Mitigating Copying in
+    Diffusion Models") perturbs both halves only because diffusers' ``_encode_prompt`` returns
+    them concatenated; pass ``perturb_uncond=True``
     to reproduce that.
     """
     new_cond = gaussian_noise(cond, lam, generator)

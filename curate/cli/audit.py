@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from curate.audit.alignment import DEFAULT_PRETRAINED
 from curate.cli.common import (
     amg_config,
     amg_options,
@@ -14,6 +13,7 @@ from curate.cli.common import (
     quiet_option,
     seed_option,
 )
+from curate.core.weights import CLIP_PRETRAINED
 
 
 @click.command("audit")
@@ -110,7 +110,7 @@ from curate.cli.common import (
 )
 @click.option(
     "--alignment-pretrained",
-    default=DEFAULT_PRETRAINED,
+    default=CLIP_PRETRAINED,
     show_default=True,
     help="Weights of --alignment-clip: an open_clip tag or a local checkpoint file.",
 )
@@ -157,10 +157,14 @@ def audit(
       curate audit --oracle --train runs/digits --resolution 16 --out audits/oracle
       curate audit models/digits --train runs/digits --out audits/amg --amg
     """
-    from curate.audit.audit import AuditSettings, image_shape, load_training_set, run_audit
+    from curate.audit.job import audit_with_amg, run_audit
+    from curate.audit.settings import AuditSettings
     from curate.cli.common import setup_logging
+    from curate.core.text import text_encoder_for_model, uncond_embedding
     from curate.device import resolve_device
     from curate.errors import UsageError
+    from curate.io.training import load_training_set
+    from curate.models.denoiser import image_shape
 
     setup_logging(quiet)
     if amg_flags.get("amg") and amg_flags.get("amg_train") and amg_flags["amg_train"] != train_dir:
@@ -210,20 +214,21 @@ def audit(
         chans, size = train.images.shape[1], train.images.shape[-1]
         reference = load_training_set(fd_reference, resolution=size, channels=chans).images
     encoder = None
-    if getattr(denoiser, "conditional", False):
-        from curate.audit.audit import model_text_encoder
-
-        encoder = model_text_encoder(denoiser, text_encoder, device)
+    if denoiser.conditional:
+        encoder = text_encoder_for_model(denoiser, device, kind=text_encoder)
     extra = dict(fd_reference=reference, fd_reference_name=f"kept rows of {fd_reference}")
     if amg_cfg is not None:
-        from curate.guidance.run import audit_with_amg
-
         result, guided, comparison = audit_with_amg(
             denoiser, train, out_dir, settings, amg_cfg, device=device, quiet=quiet,
             model_name=name, text_encoder=encoder, guidance_scale=guidance_scale, **extra,
         )  # fmt: skip
         for metric, plain_v, amg_v in comparison["table"]:
             click.echo(f"{metric}: plain {plain_v or '-'} | AMG {amg_v or '-'}")
+        for warning in result.summary["warnings"]:
+            click.echo(f"warning: {warning}", err=True)
+        for warning in guided.summary["warnings"]:  # the training-set ones are the same
+            if warning not in result.summary["warnings"]:
+                click.echo(f"warning: AMG audit: {warning}", err=True)
         click.echo(
             f"wrote {out_dir}/comparison.json, {out_dir}/amg/ and {out_dir}/report/index.html"
         )
@@ -232,7 +237,6 @@ def audit(
     if guidance_scale != 1.0:
         import functools
 
-        from curate.guidance.run import uncond_embedding
         from curate.models.sampling import sample
 
         if encoder is None:

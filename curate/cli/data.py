@@ -183,19 +183,35 @@ def echo_notes(summary: dict) -> None:
     help="Let the recipe replace the run's data when its dataset settings changed, and an "
     "earlier export of another format.",
 )
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Run only the per-row part of the recipe's sharded steps (dedup_images, "
+    "dedup_captions, rank) on shard I of N (from 0); then `curate merge RUN_DIR`.",
+)
 @device_option
 @quiet_option
 @curate_errors
-def clean(recipe, out, overrides, dry_run, force, overwrite, device, quiet):
+def clean(recipe, out, overrides, dry_run, force, overwrite, shard, device, quiet):
     """Run a cleaning recipe: ingest, steps in order, export, report.
 
     The whole recipe is validated first; every problem is reported with its YAML path.
+
+    With --shard I/N the first shard process to arrive ingests (the others wait for it), then
+    each computes the per-row values (decode, hashes, embeddings, model scores) of the rows
+    whose sample_id hashes to shard I, all N at once if you like. `curate merge RUN_DIR` runs
+    the whole recipe from those values: the same table as one process.
 
     \b
     Examples:
       curate clean --recipe recipes/demo.yaml
       curate clean --recipe recipes/laion_subset.yaml --dry-run
       curate clean --recipe recipes/demo.yaml --set dataset.limit=20 --out runs/small
+    \b
+    In shards (Slurm array, then one merge job):
+      sbatch --array=0-15 --wrap 'curate clean --recipe R.yaml --out runs/big --shard $SLURM_ARRAY_TASK_ID/16'
+      sbatch --dependency=afterok:JOBID --wrap 'curate merge runs/big'
     """
     from curate.recipe import dump_yaml, load_recipe
 
@@ -213,6 +229,19 @@ def clean(recipe, out, overrides, dry_run, force, overwrite, device, quiet):
     from curate.runner import run_recipe
 
     dev = resolve_device(device if device != "auto" else rec.device)
+    if shard is not None:
+        from curate.shards import cli_argv, parse_shard, shard_recipe
+
+        i, n = parse_shard(shard)
+        markers = shard_recipe(rec, run_dir, i, n, device=dev, quiet=quiet, force=force,
+                               argv=cli_argv())  # fmt: skip
+        for m in markers:
+            state = "done before, skipped" if m.get("skipped") else f"{m['seconds']:.1f}s"
+            click.echo(
+                f"  {m['index']:2d}. {m['step']:<16} shard {i}/{n}, {m['rows']} rows ({state})"
+            )
+        click.echo(f"when all {n} shards are done: curate merge {run_dir}")
+        return
     results = run_recipe(rec, run_dir, device=dev, quiet=quiet, force=force, overwrite=overwrite)
     stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
     for r in results:
@@ -221,6 +250,41 @@ def clean(recipe, out, overrides, dry_run, force, overwrite, device, quiet):
     click.echo(
         f"{stats['rows']} rows = {stats['kept']} kept + {stats['removed']} removed; "
         f"report: {run_dir / 'report' / 'index.html'}"
+    )
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Recompute the global parts even if unchanged.")
+@device_option
+@quiet_option
+@curate_errors
+def merge(run_dir, force, device, quiet):
+    """Gather the shards of RUN_DIR and run the global parts: the table of one process.
+
+    Checks that every sample_id is in exactly one shard, computed with the same settings and
+    data; then groups duplicates across shards, calibrates thresholds, applies keep policies,
+    percentiles and selection, exactly as an unsharded run does, reading the shards' values
+    instead of recomputing them. What runs is what the shards recorded in RUN_DIR/shards.json
+    (a recipe from `curate clean --shard`, or `curate dedup` / `curate rank` steps).
+
+    \b
+    Examples:
+      for i in 0 1 2; do curate dedup runs/big --shard $i/3 & done; wait
+      curate merge runs/big
+      sbatch --dependency=afterok:JOBID --wrap 'curate merge runs/big'
+    """
+    from curate.device import resolve_device
+    from curate.shards import merge_run
+
+    setup_logging(quiet)
+    _quiet_datasets(quiet)
+    done = merge_run(run_dir, device=resolve_device(device), quiet=quiet, force=force)
+    stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
+    click.echo(
+        f"merged {done['of']} shards of {', '.join(done['steps'])}: {stats['rows']} rows = "
+        f"{stats['kept']} kept + {stats['removed']} removed; report: "
+        f"{run_dir / 'report' / 'index.html'}"
     )
 
 
@@ -353,4 +417,4 @@ def _quiet_datasets(quiet: bool) -> None:
         datasets.disable_progress_bars()
 
 
-COMMANDS = [ingest, clean, export, info, list_steps]
+COMMANDS = [ingest, clean, merge, export, info, list_steps]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 
 _KEEP_HELP = (
     "Which sample of a group is kept: largest (most pixels, then bytes) | longest_caption | "
@@ -146,13 +147,13 @@ def dedup() -> None:
 )
 @click.option(
     "--clip-model",
-    default="ViT-B-32",
+    default=CLIP_MODEL,
     show_default=True,
     help="open_clip model name or model-config .json.",
 )
 @click.option(
     "--clip-pretrained",
-    default="laion2b_s34b_b79k",
+    default=CLIP_PRETRAINED,
     show_default=True,
     help="open_clip pretrained tag or local checkpoint path.",
 )
@@ -206,6 +207,13 @@ def dedup() -> None:
     help="Precision on planted copies that 'auto' thresholds must reach, per tier and size band.",
 )
 @click.option("--force", is_flag=True, help="Recompute even when the step's config is unchanged.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Compute only the per-row part (decode, hashes, embeddings) of shard I of N (from 0) "
+    "into RUN_DIR/steps/NN-name/shards/; shards run at once, then `curate merge RUN_DIR`.",
+)
 @device_option
 @seed_option
 @quiet_option
@@ -232,6 +240,7 @@ def run(
     shared_caption: str,
     target_precision: float,
     force: bool,
+    shard: str | None,
     device: str,
     seed: int,
     quiet: bool,
@@ -240,10 +249,22 @@ def run(
 
     Thresholds default to auto: calibrated on RUN_DIR's own images and captions.
 
+    With --shard I/N only the per-row part runs, on the rows whose sample_id hashes to shard
+    I; any number of shards run at once on one run folder (separate processes or machines
+    sharing its disk). `curate merge RUN_DIR` then checks that every row is covered once,
+    groups duplicates across shards, calibrates thresholds and writes the table one process
+    would have written. Give every shard the same options.
+
     \b
     Examples:
       curate dedup run runs/digits
       curate dedup run runs/photos --images exact,phash,sscd --phash-radius 6
+    \b
+    In shards, by hand (four processes) or as a Slurm array:
+      for i in 0 1 2 3; do curate dedup runs/big --shard $i/4 & done; wait
+      curate merge runs/big
+      sbatch --array=0-31 --wrap 'curate dedup runs/big --shard $SLURM_ARRAY_TASK_ID/32'
+      sbatch --dependency=afterok:JOBID --wrap 'curate merge runs/big'
     """
     from curate.device import resolve_device
     from curate.errors import UsageError
@@ -295,6 +316,16 @@ def run(
         if problems:
             raise UsageError(f"{step.name}: " + "; ".join(problems))
     ctx = RunContext(run_dir=run_dir, seed=seed, device=resolve_device(device), quiet=quiet)
+    if shard is not None:
+        from curate.shards import cli_argv, parse_shard, shard_apply
+
+        i, n = parse_shard(shard)
+        markers = shard_apply(run_dir, steps, i, n, ctx, argv=cli_argv(), force=force)
+        for m in markers:
+            state = "done before, skipped" if m.get("skipped") else f"{m['seconds']:.1f}s"
+            click.echo(f"{m['step']}: shard {i}/{n}, {m['rows']} rows ({state})")
+        click.echo(f"when all {n} shards are done: curate merge {run_dir}")
+        return
     for step in steps:
         apply_step(run_dir, step, ctx, force=force)
         done = sorted((run_dir / "steps").glob(f"*-{step.name}/done.json"))
@@ -340,13 +371,13 @@ def run(
 )
 @click.option(
     "--clip-model",
-    default="ViT-B-32",
+    default=CLIP_MODEL,
     show_default=True,
     help="open_clip model name or model-config .json.",
 )
 @click.option(
     "--clip-pretrained",
-    default="laion2b_s34b_b79k",
+    default=CLIP_PRETRAINED,
     show_default=True,
     help="open_clip pretrained tag or local checkpoint path.",
 )

@@ -103,7 +103,8 @@ def train(dataset, out_dir, resume, overwrite, dry_run, device, quiet, **setting
     show_default=True,
     help="ddim and ddpm step with diffusers' own schedulers from the model's scheduler config "
     "(clip_sample, thresholding, spacing: the images diffusers' pipelines make); euler and heun "
-    "(2 model calls per step) integrate the probability-flow ODE.",
+    "(2 model calls per step) integrate the probability-flow ODE, limiting each x0 prediction "
+    "as the config's clip_sample / thresholding say.",
 )
 @click.option(
     "--batch-size",
@@ -146,20 +147,22 @@ def sample(
 ):  # fmt: skip
     """Generate images from a trained model (a folder, or `digits-tiny` shipped with curate).
 
-    With --amg, anti-memorization guidance steers each sample away from its nearest training
-    image while they are too similar, and OUT gets amg_steps.parquet (one row per sample and
-    step), amg.json and report/index.html with the similarity trajectories.
+    OUT gets the PNGs, samples.jsonl and report/index.html (the settings and a grid of the
+    samples). With --amg, anti-memorization guidance steers each sample away from its nearest
+    training image while they are too similar, and OUT also gets amg_steps.parquet (one row per
+    sample and step), amg.json, and in the report which samples were guided, how often, and
+    the similarity trajectories.
 
     \b
     Examples:
       curate sample digits-tiny --num 64 --out samples/
       curate sample models/digits --num 64 --out samples-amg/ --amg --amg-train runs/digits
     """
+    from curate.core.text import text_encoder_for_model
     from curate.device import resolve_device
     from curate.errors import UsageError
     from curate.models.denoiser import load_denoiser
     from curate.models.sampling import sample as run_sample
-    from curate.models.text import text_encoder_for_model
 
     setup_logging(quiet)
     amg_cfg, amg_train = amg_config(amg_flags)
@@ -186,7 +189,7 @@ def sample(
         encoder = text_encoder_for_model(den, dev)
         cond = encoder.encode(texts)  # (num, L, D)
         if guidance_scale != 1.0:
-            from curate.guidance.run import uncond_embedding
+            from curate.core.text import uncond_embedding
 
             uncond = uncond_embedding(encoder, dev)
         if embedding_noise > 0:
@@ -214,10 +217,8 @@ def sample(
     paths = save_images(x, out)
     per_amg = {}
     if amg is not None:
-        from curate.guidance.run import write_amg
-
-        write_amg(amg, out)
         per_amg = {r["sample"]: r for r in amg.samples_frame().iter_rows(named=True)}
+    records = []
     with open(out / "samples.jsonl", "w", encoding="utf-8") as fh:
         for i, (p, t) in enumerate(zip(paths, texts, strict=True)):
             rec = {
@@ -232,7 +233,22 @@ def sample(
             if amg is not None:
                 rec.update({k: v for k, v in per_amg[i].items() if k != "sample"})
             fh.write(json.dumps(rec) + "\n")
-    click.echo(f"{num} samples written to {out}")
+            records.append(rec)
+    from curate.models.sample_report import sample_settings, write_sample_report
+
+    settings = sample_settings(
+        model=model_dir, samples=num, sampler=method, steps=steps, guidance_scale=guidance_scale,
+        seed=seed, caption_transform=caption_transform, embedding_noise=embedding_noise or None,
+        amg=None if amg is None else amg.config.to_dict(),
+    )  # fmt: skip
+    report = write_sample_report(
+        out, records, settings, title="curate sample (AMG)" if amg else "curate sample"
+    )
+    if amg is not None:
+        from curate.guidance.run import write_amg
+
+        write_amg(amg, out, report=report)
+    click.echo(f"{num} samples written to {out}; report: {out}/report/index.html")
     if amg is not None:
         summary = json.loads((out / "amg.json").read_text())
         click.echo(
@@ -253,15 +269,11 @@ def torch_cat_decode(den, x, batch_size: int, device: str):
 
 def save_images(x, out: Path) -> list[Path]:
     """Write (N, C, H, W) images in [-1, 1] as PNGs ``000000.png``...; returns the paths."""
-    import numpy as np
-    import torch
-    from PIL import Image
+    from curate.core.images import tensor_to_pil
 
     out.mkdir(parents=True, exist_ok=True)
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # (N, C, H, W)
     paths = []
-    for i, a in enumerate(arr):
-        img = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(np.moveaxis(a, 0, -1))
+    for i, img in enumerate(tensor_to_pil(x)):
         path = out / f"{i:06d}.png"
         img.save(path)
         paths.append(path)
@@ -272,13 +284,12 @@ def _run_prompts(run_dir: Path) -> list[str]:
     import polars as pl
 
     from curate.errors import DataError
-    from curate.train.data import kept_mask
+    from curate.table import TABLE_FILE, kept_rows
 
-    path = run_dir / "table.parquet"
+    path = run_dir / TABLE_FILE
     if not path.exists():
         raise DataError(f"--prompts-from {run_dir}: no table.parquet; pass a run folder")
-    table = pl.read_parquet(path)
-    caps = table.filter(pl.Series(kept_mask(table)))["caption"].to_list()
+    caps = kept_rows(pl.read_parquet(path))["caption"].to_list()
     caps = [c for c in caps if c]
     if not caps:
         raise DataError(f"--prompts-from {run_dir}: no kept row has a caption")

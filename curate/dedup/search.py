@@ -1,4 +1,5 @@
-"""Neighbour search on faiss: Hamming radius over binary hashes, cosine k-NN over embeddings.
+"""Neighbour search for dedup: Hamming radius over binary hashes (faiss binary indexes), and
+cosine pairs over embeddings (``curate.core.neighbours.cosine_knn``).
 
 Both return ``Edges``: pairs ``(i, j)`` with ``i < j`` and a similarity in [0, 1] (1 = identical),
 deduplicated, sorted by ``(i, j)``. Nothing here loops over all pairs in Python.
@@ -11,17 +12,14 @@ from typing import Literal
 
 import numpy as np
 
+from curate.core.neighbours import FloatMethod, cosine_knn
 from curate.errors import UsageError
 
 # Up to this many codes an exact faiss flat scan (SIMD popcount) is used; above it
 # IndexBinaryMultiHash answers a radius query from a few buckets, 1.5x faster at 100k codes
 # and far faster at 1M, at a measured recall of 0.99 for radius 10 (scripts/bench_dedup.py).
 BINARY_FLAT_MAX = 50_000
-# Above this many vectors, cosine k-NN uses an IVF index instead of an exact flat scan.
-IVF_MIN_SIZE = 50_000
-
 BinaryMethod = Literal["auto", "flat", "multihash", "numpy"]
-FloatMethod = Literal["auto", "flat", "ivf", "numpy"]
 
 
 @dataclass(frozen=True)
@@ -158,61 +156,6 @@ def _hamming_pairs_numpy(codes: np.ndarray, q: np.ndarray, radius: int, chunk: i
         return Edges.empty()
     d = np.concatenate(out_d).astype(np.float32)
     return Edges.build(np.concatenate(out_i), np.concatenate(out_j), 1.0 - d / bits)
-
-
-def cosine_knn(
-    vectors: np.ndarray,
-    k: int = 10,
-    method: FloatMethod = "auto",
-    nprobe: int = 16,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` nearest other rows by inner product (rows assumed L2-normalised).
-
-    Returns ``(sims, idx)``, both ``(N, k)``; missing neighbours have ``idx = -1``, ``sim = -inf``.
-    """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, dim = x.shape
-    k = max(1, min(k, n - 1)) if n > 1 else 1
-    if n < 2:
-        return np.full((n, k), -np.inf, np.float32), np.full((n, k), -1, np.int64)
-    if method == "auto":
-        method = "ivf" if n >= IVF_MIN_SIZE else "flat"
-    if method == "numpy":
-        sims = x @ x.T  # (N, N): reference only, quadratic memory
-        np.fill_diagonal(sims, -np.inf)
-        idx = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(sims, idx, 1), idx.astype(np.int64)
-    import faiss
-
-    if method == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif method == "ivf":
-        nlist = int(max(16, min(4 * np.sqrt(n), n // 39)))  # faiss wants >= 39 points per list
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed % 2**31  # faiss takes a 32-bit int
-        index.train(x)
-        index.nprobe = nprobe
-    else:
-        raise UsageError(f"unknown vector search method {method!r}")
-    index.add(x)
-    sims, idx = index.search(x, k + 1)  # (N, k+1): usually the row itself first
-    return _drop_self(sims, idx, k)
-
-
-def _drop_self(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    n = len(idx)
-    is_self = idx == np.arange(n)[:, None]
-    # Remove the self hit where present, otherwise the last column (exact duplicates may outrank
-    # the row itself in a tie).
-    drop_col = np.where(is_self.any(1), is_self.argmax(1), idx.shape[1] - 1)
-    keep = np.ones_like(is_self)
-    keep[np.arange(n), drop_col] = False
-    sims = sims[keep].reshape(n, -1)[:, :k]
-    idx = idx[keep].reshape(n, -1)[:, :k]
-    sims = np.where(idx < 0, -np.inf, sims).astype(np.float32)
-    return sims, idx.astype(np.int64)
 
 
 def knn_edges(sims: np.ndarray, idx: np.ndarray, threshold: float) -> Edges:

@@ -14,15 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from curate.core.neighbours import cosine_knn
 from curate.dedup.clusters import Groups, Guard, group
-from curate.dedup.search import (
-    BINARY_FLAT_MAX,
-    Edges,
-    cosine_knn,
-    hamming_nn,
-    hamming_pairs,
-    knn_edges,
-)
+from curate.dedup.search import BINARY_FLAT_MAX, Edges, hamming_nn, hamming_pairs, knn_edges
 
 PairSim = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # SSCD's score normalisation as the sscd tier applies it by default (see ``embedding_tier``).
@@ -85,12 +79,16 @@ def hash_tier(
     name: str = "phash",
     valid: np.ndarray | None = None,
     row_radius: np.ndarray | None = None,
+    row_band: np.ndarray | None = None,
+    cross_radius: int | None = None,
 ) -> Tier:
     """Rows whose hashes (or one's mirrored hash) are within Hamming ``radius``.
 
     ``row_radius`` (N,), when given, is a radius per row (an auto-calibrated threshold of the
     row's size band; -1 where the tier is disabled): a pair matches within the smaller of its
-    two rows' radii, and ``radius`` is ignored.
+    two rows' radii, and ``radius`` is ignored. With ``row_band`` (N,) and ``cross_radius``, a
+    pair of two bands (a resized copy) matches within ``cross_radius`` (the calibration of all
+    bands together) kept between the two rows' radii.
     """
     from curate.dedup.hashing import hamming
 
@@ -106,14 +104,21 @@ def hash_tier(
     if mirrored is not None:
         edges = edges.union(hamming_pairs(codes[idx], radius, queries=mirrored[idx]))
     edges = Edges(idx[edges.i], idx[edges.j], edges.sim)
+    cross = row_radius is not None and row_band is not None and cross_radius is not None
+
+    def pair_radius(a, b):
+        if row_radius is None:
+            return radius
+        lo = np.minimum(row_radius[a], row_radius[b])
+        if not cross:
+            return lo
+        hi = np.maximum(row_radius[a], row_radius[b])
+        other = np.clip(int(cross_radius), lo, hi)
+        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], lo, other)
+
     if row_radius is not None and len(edges):
         d = np.rint((1.0 - edges.sim) * bits)
-        edges = edges.filter(d <= np.minimum(row_radius[edges.i], row_radius[edges.j]))
-    pair_radius = (
-        (lambda a, b: np.minimum(row_radius[a], row_radius[b]))
-        if row_radius is not None
-        else (lambda a, b: radius)
-    )
+        edges = edges.filter(d <= pair_radius(edges.i, edges.j))
     nn = None
     if len(idx) <= BINARY_FLAT_MAX:  # exact nearest neighbours are affordable: histogram them
         nn = np.full(n, np.nan, np.float32)
@@ -126,7 +131,8 @@ def hash_tier(
         ok = (d <= pair_radius(a, b)) & valid[a] & valid[b]
         return np.where(ok, 1.0 - d / bits, np.nan).astype(np.float32)
 
-    info = {"radius": radius, "mirrored": mirrored is not None, "per_row": row_radius is not None}
+    info = {"radius": radius, "mirrored": mirrored is not None, "per_row": row_radius is not None,
+            "cross_radius": int(cross_radius) if cross else None}  # fmt: skip
     return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
 
 
@@ -142,6 +148,8 @@ def embedding_tier(
     norm_rank: int = 0,
     norm_margin: float = 0.0,
     row_threshold: np.ndarray | None = None,
+    row_band: np.ndarray | None = None,
+    cross_threshold: float | None = None,
     knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Tier:
     """Rows whose embeddings have cosine >= ``threshold``.
@@ -158,7 +166,9 @@ def embedding_tier(
 
     ``row_threshold`` (N,), when given, is a threshold per row (an auto-calibrated threshold of
     the row's size band; +inf where the tier is disabled): a pair must reach the larger of its
-    two rows' thresholds, and ``threshold`` is ignored. ``knn`` passes a precomputed
+    two rows' thresholds, and ``threshold`` is ignored; with ``row_band`` and
+    ``cross_threshold``, a pair of two bands must reach ``cross_threshold`` (the calibration of
+    all bands together) kept between the two rows' thresholds. ``knn`` passes a precomputed
     ``cosine_knn`` of the valid rows (at least ``max(k, norm_rank)`` columns).
     """
     n = len(vectors)
@@ -167,6 +177,18 @@ def embedding_tier(
         row_threshold = np.asarray(row_threshold, np.float64)
         finite = np.isfinite(row_threshold) & valid
         threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
+    cross = row_threshold is not None and row_band is not None and cross_threshold is not None
+
+    def pair_threshold(a, b):
+        if row_threshold is None:
+            return threshold
+        hi = np.maximum(row_threshold[a], row_threshold[b])
+        if not cross:
+            return hi - 1e-6
+        lo = np.minimum(row_threshold[a], row_threshold[b])
+        other = np.clip(float(cross_threshold), lo, hi)
+        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], hi, other) - 1e-6
+
     idx = np.flatnonzero(valid)
     x = np.ascontiguousarray(vectors[idx], np.float32)
     nn = np.full(n, np.nan, np.float32)
@@ -191,15 +213,9 @@ def embedding_tier(
             ok = beats_background(edges.sim, background[edges.i], background[edges.j], norm_margin)
             edges = edges.filter(ok)
         if row_threshold is not None and len(edges):
-            need = np.maximum(row_threshold[edges.i], row_threshold[edges.j])
-            edges = edges.filter(edges.sim >= need - 1e-6)
+            edges = edges.filter(edges.sim >= pair_threshold(edges.i, edges.j))
     else:
         edges = Edges.empty()
-
-    def pair_threshold(a, b):
-        if row_threshold is None:
-            return threshold
-        return np.maximum(row_threshold[a], row_threshold[b]) - 1e-6
 
     def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         s = np.einsum("nd,nd->n", vectors[a], vectors[b])

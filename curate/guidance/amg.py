@@ -2,7 +2,8 @@
 
 At every sampler step AMG predicts the clean image x0_hat, finds its nearest training image n0,
 measures their similarity s_t and, only while s_t exceeds a threshold lambda_t that rises as
-sampling proceeds, changes the prediction with up to three guidances (research seeds.md §2(b)):
+sampling proceeds, changes the prediction with up to three guidances (Anti-Memorization
+Guidance, Chen et al.):
 
 * despecification: scale classifier-free guidance down by s1 = clip(c1 * s_t, 0, s0 - 1);
 * caption deduplication: the neighbour's caption y_N as a negative prompt with scale
@@ -21,7 +22,7 @@ and the deterministic DDIM step with the changed eps (the paper's Eq. 11) is exa
 sampler's step with ``x0_new``. With no active guidance the prediction is returned untouched,
 so samples whose similarity never crosses the threshold are byte-identical to plain sampling.
 
-Similarities (seeds.md §2(b)3 and (g)):
+Similarities (the paper's normalised L2 and SSCD, and a pixel cosine):
 
 * ``pixel``: s_t = -nL2 = -|x0_hat - n0| / (alpha * mean of |x0_hat - z| over the k nearest
   training images z); negative, higher = more similar. It switches the first two guidances off
@@ -45,7 +46,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from curate.core.images import tensor_to_pil
+from curate.core.neighbours import flat_index
+from curate.dedup.embed import SSCDEmbedder
 from curate.errors import DataError, ModelError, UsageError
+from curate.models.denoiser import Denoiser, alpha_bar_from_sigma
 from curate.models.sampling import CFGCond, cfg_branches, cfg_combine
 
 GUIDANCES = ("spe", "dup", "sim")
@@ -150,7 +155,7 @@ class AMGConfig:
             return -math.inf
         if self.threshold == "constant":
             return hi
-        abar = 1.0 / (1.0 + sigma * sigma)
+        abar = alpha_bar_from_sigma(sigma)
         return lo + (hi - lo) * abar * abar
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,9 +196,7 @@ def require_differentiable_sscd(model: str | Path | None) -> None:
         raise ModelError(NOT_DIFFERENTIABLE)
 
 
-def _embedded_sscd(model: str | None, device: str):
-    from curate.dedup.embed import SSCDEmbedder
-
+def _embedded_sscd(model: str | None, device: str) -> SSCDEmbedder:
     return SSCDEmbedder(model, device=device)
 
 
@@ -201,8 +204,9 @@ class TrainingIndex:
     """Features of the training set and exact nearest-neighbour search over them (faiss).
 
     ``images`` (N, C, H, W) in [-1, 1] are the images the model was trained on, at the size the
-    model makes. ``captions`` (one per image) give the caption-deduplication guidance its
-    negative prompts.
+    model makes, each distinct image once (``curate.guidance.run.build_amg`` folds copies and
+    says how many in ``folded``). ``captions`` (one per image) give the caption-deduplication
+    guidance its negative prompts.
     """
 
     def __init__(
@@ -217,9 +221,8 @@ class TrainingIndex:
         features_model: str | None = None,
         device: str = "cpu",
         batch_size: int = 64,
+        folded: int = 0,
     ):
-        import faiss
-
         if images.ndim != 4 or len(images) < 2:
             raise DataError(
                 f"AMG needs >= 2 training images (N, C, H, W), got {tuple(images.shape)}"
@@ -234,17 +237,16 @@ class TrainingIndex:
         self.alpha = float(alpha)
         self.device = device
         self.num = len(images)
+        self.folded = int(folded)  # training rows folded into an image already indexed
         if features == "pixel":
             flat = images.detach().float().reshape(len(images), -1).contiguous()
             self.base = flat.to(device)  # (N, D)
-            self.index = faiss.IndexFlatL2(flat.shape[1])
-            self.index.add(flat.cpu().numpy())
+            self.index = flat_index(flat.cpu().numpy(), "l2")
             self.differentiable = True
         elif features == "pixel-cosine":
             feats = self._centred(images.detach().float())
             self.base = feats.to(device)
-            self.index = faiss.IndexFlatIP(feats.shape[1])
-            self.index.add(feats.cpu().numpy())
+            self.index = flat_index(feats.cpu().numpy(), "ip")
             self.differentiable = True
         elif features == "sscd":
             self.embedder = _embedded_sscd(features_model, device)
@@ -256,8 +258,7 @@ class TrainingIndex:
                 ]
             )
             self.base = torch.from_numpy(feats).to(device)  # (N, 512) unit rows
-            self.index = faiss.IndexFlatIP(feats.shape[1])
-            self.index.add(feats)
+            self.index = flat_index(feats, "ip")
         else:
             raise UsageError(f"--amg-features {features!r} is not one of {', '.join(FEATURES)}")
 
@@ -286,8 +287,6 @@ class TrainingIndex:
         if self.embedder.torchscript:
             with torch.no_grad():
                 return self._sscd_torch(images).cpu().numpy().astype(np.float32)
-        from curate.audit.audit import tensor_to_pil
-
         return self.embedder.embed(tensor_to_pil(images)).astype(np.float32)
 
     def check_shape(self, shape: Sequence[int], where: str = "the model") -> None:
@@ -354,7 +353,7 @@ class TrainingIndex:
 class AMG:
     """The guidance a sampler calls at each step (``curate.models.sampling.Guidance``).
 
-    ``text_encoder`` (a ``curate.models.text.TextEncoder``) encodes neighbours' captions for the
+    ``text_encoder`` (a ``curate.core.text.TextEncoder``) encodes neighbours' captions for the
     caption-deduplication guidance of a text-conditional model. ``records`` collects one dict
     per (sample, step): see :meth:`steps_frame`.
     """
@@ -372,12 +371,12 @@ class AMG:
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
-    def _images(denoiser, x0: torch.Tensor) -> torch.Tensor:
-        """What the similarity is measured on: x0_hat, VAE-decoded for a latent model."""
-        vae = getattr(denoiser, "vae", None)
-        if vae is None:
+    def _images(denoiser: Denoiser, x0: torch.Tensor) -> torch.Tensor:
+        """What the similarity is measured on: x0_hat, VAE-decoded for a latent model (with
+        gradients, unclamped: the dissimilarity gradient flows through the decoder)."""
+        if denoiser.vae is None:
             return x0
-        return vae.decode((x0 / denoiser.vae_scale).to(vae.dtype)).sample.float()
+        return denoiser.decode(x0, grad=True, clamp=False)
 
     def _neighbour_cond(self, nn: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """Embeddings of the neighbours' captions (B, L, D), or None when a caption is missing."""
@@ -437,9 +436,8 @@ class AMG:
             with torch.no_grad():
                 new = x0[a]
                 if text and ("spe" in cfg.guidances or "dup" in cfg.guidances):
-                    t1, t2 = text_scales(sim[a], s0, c1, c2)
-                    if "spe" not in cfg.guidances:
-                        t1 = torch.zeros_like(t1)
+                    # s2's cap uses the s1 actually applied: none when spe is off
+                    t1, t2 = text_scales(sim[a], s0, c1 if "spe" in cfg.guidances else 0.0, c2)
                     nb_cond = None
                     if "dup" in cfg.guidances and self.text_encoder is not None:
                         nb_cond = self._neighbour_cond(nbrs[a, 0], ca.cond)
@@ -535,6 +533,11 @@ class AMG:
             "guided_fraction": float((per["amg_active_steps"] > 0).mean() or 0.0),
             "active_steps_mean": float(per["amg_active_steps"].mean() or 0.0),
             "active_step_fraction": float(steps["active"].mean() or 0.0),
+            "training_index": {
+                "rows": self.index.num + self.index.folded,
+                "distinct": self.index.num,
+                "folded": self.index.folded,
+            },
         }
         (out / "amg.json").write_text(json.dumps(summary, indent=1))
         return out / "amg_steps.parquet"

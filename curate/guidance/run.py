@@ -8,47 +8,96 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
+from curate.core.neighbours import distinct_groups
 from curate.errors import UsageError
 from curate.guidance.amg import AMG, AMGConfig, TrainingIndex, require_differentiable_sscd
+from curate.io.training import TrainingSet, load_training_set
+from curate.models.denoiser import Denoiser, image_shape
+from curate.report import Report, esc, html_table
+from curate.table import read_table
+
+
+def distinct_training_rows(images, keys=None, clusters=None) -> np.ndarray:
+    """The first row of each distinct training image (sorted row indices).
+
+    Rows are one image when their pixels are identical or their ``keys`` (pixel hashes) are
+    equal, as the audit counts them (``curate.core.neighbours.distinct_groups``), or when they
+    share a non-null ``clusters`` entry (the dedup step's ``dedup_images_cluster``).
+    """
+    groups = distinct_groups(images.detach().float().cpu().numpy(), keys=keys)
+    if clusters is not None:
+        parent = np.arange(len(groups))
+
+        def find(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = int(parent[i])
+            return int(i)
+
+        first: dict[object, int] = {}
+        for row, cluster in enumerate(clusters):
+            if cluster is None:
+                continue
+            if cluster in first:
+                a, b = find(int(groups[row])), find(int(groups[first[cluster]]))
+                parent[max(a, b)] = min(a, b)
+            else:
+                first[cluster] = row
+        groups = np.array([find(int(g)) for g in groups])
+    return np.unique(groups)
 
 
 def build_amg(
-    denoiser,
-    train,
+    denoiser: Denoiser,
+    train: TrainingSet,
     config: AMGConfig,
     *,
     device: str = "cpu",
     text_encoder=None,
     train_name: str = "the training set",
+    clusters=None,
 ) -> AMG:
-    """AMG for ``denoiser`` over ``train`` (a ``curate.audit.audit.TrainingSet``)."""
-    from curate.audit.audit import image_shape
+    """AMG for ``denoiser`` over ``train`` (a ``curate.io.training.TrainingSet``).
 
+    The index holds each distinct training image once (:func:`distinct_training_rows`, with
+    ``train.keys`` and ``clusters``, one entry per row), so an image stored five times reads as
+    one image in the nL2 neighbour mean, as in the audit; ``index.folded`` counts the rows
+    folded away (``amg.json``'s ``training_index``).
+    """
     config.validate()
     if config.features == "sscd" and "sim" in config.guidances:
         require_differentiable_sscd(config.features_model)
+    keep = distinct_training_rows(train.images, getattr(train, "keys", None), clusters)
+    rows = keep.tolist()
+    captions = [train.captions[i] for i in rows] if train.captions is not None else None
+    ids = [train.sample_ids[i] for i in rows] if train.sample_ids is not None else None
     index = TrainingIndex(
-        train.images,
+        train.images[keep] if len(keep) < len(train.images) else train.images,
         config.features,
-        captions=train.captions,
-        sample_ids=train.sample_ids,
+        captions=captions,
+        sample_ids=ids,
         k=config.k,
         alpha=config.alpha,
         features_model=config.features_model,
         device=device,
+        folded=len(train.images) - len(keep),
     )
     index.check_shape(image_shape(denoiser), where=f"the model (vs {train_name})")
     return AMG(config, index, text_encoder=text_encoder)
 
 
 def load_amg(
-    denoiser, train_dir: str | Path | None, config: AMGConfig, *, device: str, text_encoder=None
+    denoiser: Denoiser,
+    train_dir: str | Path | None,
+    config: AMGConfig,
+    *,
+    device: str,
+    text_encoder=None,
 ) -> AMG:
-    """AMG over the kept rows of the run folder ``train_dir`` at the model's image size."""
-    from curate.audit.audit import image_shape, load_training_set
-
+    """AMG over the kept rows of the run folder ``train_dir`` at the model's image size; rows
+    of one dedup cluster (``dedup_images_cluster``) are one training image."""
     if not train_dir:
         raise UsageError(
             "--amg needs --amg-train RUN_DIR: the run folder the model was trained on "
@@ -56,9 +105,14 @@ def load_amg(
         )
     channels, size, _ = image_shape(denoiser)
     train = load_training_set(train_dir, resolution=size, channels=channels)
-    return build_amg(
-        denoiser, train, config, device=device, text_encoder=text_encoder, train_name=str(train_dir)
-    )
+    table = read_table(train_dir)
+    clusters = None
+    if "dedup_images_cluster" in table.columns:
+        pairs = zip(table["sample_id"], table["dedup_images_cluster"], strict=True)
+        of = dict(pairs)
+        clusters = [of.get(sid) for sid in train.sample_ids]
+    return build_amg(denoiser, train, config, device=device, text_encoder=text_encoder,
+                     train_name=str(train_dir), clusters=clusters)  # fmt: skip
 
 
 def parse_floats(text: str | None, n: int, flag: str) -> tuple[float, ...] | None:
@@ -143,8 +197,6 @@ def trajectory_png(steps, max_lines: int = 64) -> str:
 def amg_section_html(amg: AMG, comparison: list[list[Any]] | None = None) -> str:
     """The report section: what the guidance did, the trajectory plot, and optionally a
     plain-vs-AMG table (rows of [metric, plain, amg])."""
-    from curate.report import esc, html_table
-
     steps = amg.steps_frame()
     per = amg.samples_frame()
     cfg = amg.config
@@ -175,8 +227,6 @@ def amg_section_html(amg: AMG, comparison: list[list[Any]] | None = None) -> str
 
 def write_amg(amg: AMG, out_dir: Path | str, report=None, comparison=None) -> None:
     """amg_steps.parquet, amg.json and the report section (``report`` or ``out_dir/report``)."""
-    from curate.report import Report
-
     amg.write(out_dir)
     report = report or Report(Path(out_dir) / "report", title="curate sample (AMG)")
     report.add_section(
@@ -186,102 +236,3 @@ def write_amg(amg: AMG, out_dir: Path | str, report=None, comparison=None) -> No
 
 def amg_summary(out_dir: Path | str) -> dict[str, Any]:
     return json.loads((Path(out_dir) / "amg.json").read_text())
-
-
-def uncond_embedding(text_encoder, device: str) -> torch.Tensor:
-    """The empty-prompt embedding (1, L, D) a model trained with caption dropout knows."""
-    return text_encoder.encode([""]).to(device)
-
-
-# ------------------------------------------------------------------------- plain vs AMG audit
-
-
-def _comparison_rows(plain, guided, seconds: tuple[float, float], amg: AMG) -> list[list[Any]]:
-    mp, mg = plain.summary["metrics"], guided.summary["metrics"]
-    per = amg.samples_frame()
-
-    def pct(v):
-        return "n/a" if v is None else f"{v:.1%}"
-
-    rows = [
-        [f"memorized, NN1/NN2 < {mp['nn_ratio']['threshold']:.3g}",
-         pct(mp["nn_ratio"]["fraction_memorized"]), pct(mg["nn_ratio"]["fraction_memorized"])],
-        [f"memorized, normalised L2 < {mp['normalized_l2']['threshold']:.3g}",
-         pct(mp["normalized_l2"]["fraction_memorized"]),
-         pct(mg["normalized_l2"]["fraction_memorized"])],
-        [f"top-1 similarity ({mp['similarity']['features']}) > {mp['similarity']['threshold']:.3g}",
-         pct(mp["similarity"]["frac_above"]), pct(mg["similarity"]["frac_above"])],
-        ["top-1 similarity p95", f"{mp['similarity']['p95']:.3f}", f"{mg['similarity']['p95']:.3f}"],
-        [f"{mp['frechet']['name']} (not FID)", f"{mp['frechet']['value']:.4g}",
-         f"{mg['frechet']['value']:.4g}"],
-    ]  # fmt: skip
-    ap, ag = mp.get("text_alignment") or {}, mg.get("text_alignment") or {}
-    if ap.get("value") is not None and ag.get("value") is not None:
-        rows.append([f"text alignment, {ap['name']}", f"{ap['value']:.2f}", f"{ag['value']:.2f}"])
-    rows += [
-        ["samples guided at >= 1 step", "", pct(float((per["amg_active_steps"] > 0).mean() or 0))],
-        ["sampling wall time (s)", f"{seconds[0]:.1f}", f"{seconds[1]:.1f}"],
-    ]  # fmt: skip
-    return rows
-
-
-def audit_with_amg(
-    denoiser,
-    train,
-    out_dir: Path | str,
-    settings,
-    config: AMGConfig,
-    *,
-    device: str = "cpu",
-    quiet: bool = False,
-    model_name: str = "",
-    text_encoder=None,
-    guidance_scale: float = 1.0,
-    report=None,
-    **audit_kwargs,
-):
-    """Audit plain sampling and AMG sampling from the same seeds.
-
-    Plain results go to ``out_dir`` (and its report, or ``report``), AMG results to
-    ``out_dir/amg`` (with amg_steps.parquet); ``out_dir/comparison.json`` and an
-    "Anti-memorization guidance" report section hold both side by side. Returns
-    ``(plain, guided, comparison)``.
-    """
-    import functools
-    import time
-
-    from curate.audit.audit import run_audit
-    from curate.models.sampling import sample
-    from curate.report import Report
-
-    out = Path(out_dir)
-    uncond = None
-    if getattr(denoiser, "conditional", False) and guidance_scale != 1.0:
-        uncond = uncond_embedding(text_encoder, device)
-    elif guidance_scale != 1.0:
-        raise UsageError("--guidance-scale needs a text-conditional model")
-    amg = build_amg(denoiser, train, config, device=device, text_encoder=text_encoder)
-    plain_sampler = functools.partial(sample, uncond=uncond, cfg_scale=guidance_scale)
-    amg_sampler = functools.partial(plain_sampler, guidance=amg)
-    common = dict(device=device, quiet=quiet, model_name=model_name, text_encoder=text_encoder)
-    t0 = time.perf_counter()
-    plain = run_audit(denoiser, train, out, settings, sampler=plain_sampler, report=report,
-                      **common, **audit_kwargs)  # fmt: skip
-    t1 = time.perf_counter()
-    guided = run_audit(denoiser, train, out / "amg", settings, sampler=amg_sampler,
-                       **common, **audit_kwargs)  # fmt: skip
-    t2 = time.perf_counter()
-    # The audits' own wall times include the metrics; both pay the same for those.
-    rows = _comparison_rows(plain, guided, (t1 - t0, t2 - t1), amg)
-    comparison = {
-        "amg": amg.config.to_dict(),
-        "guidance_scale": guidance_scale,
-        "plain": plain.summary["metrics"],
-        "amg_metrics": guided.summary["metrics"],
-        "seconds": {"plain": round(t1 - t0, 2), "amg": round(t2 - t1, 2)},
-        "table": rows,
-    }
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, default=str))
-    write_amg(amg, out / "amg", report=report or Report(out / "report", title="curate audit"),
-              comparison=rows)  # fmt: skip
-    return plain, guided, comparison

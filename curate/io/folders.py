@@ -31,6 +31,11 @@ MARKER = ".curate.json"
 LOCK_FILE = ".curate.lock"
 RUN = "run"
 
+
+class RunInUse(DataError):
+    """The run folder's lock is held by another process (one line naming the holder)."""
+
+
 #: What curate itself writes inside a run folder (everything else there is left alone).
 RUN_ENTRIES = (
     MARKER,
@@ -45,6 +50,7 @@ RUN_ENTRIES = (
     "artifacts",
     "recipe.resolved.yaml",
     "downloads",
+    "shards.json",
 )
 #: Kept when a run's data is replaced: the cache of downloaded URLs is still valid.
 KEEP_ON_RESET = ("downloads",)
@@ -73,6 +79,24 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
             if tmp.exists():
                 tmp.unlink()
     return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write a file to (by any library); renamed onto
+    ``path`` when the block ends without an error, removed otherwise. The name is unique per
+    process, so processes writing different files of one folder never meet."""
+    path = Path(path)
+    with disk_errors("write", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        with disk_errors("write", path):
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:
@@ -332,7 +356,7 @@ def finish_output_dir(staged: Path, path: Path | str, kind: str, **info: Any) ->
 
 
 # -- locks ----------------------------------------------------------------------------------
-_held: dict[str, list] = {}  # resolved path -> [fd, depth]: the lock is re-entrant per process
+_held: dict[str, list] = {}  # resolved path -> [fd, depth, shared]: re-entrant per process
 
 
 def _pid_alive(pid: int) -> bool:
@@ -346,16 +370,22 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(path: Path | str, command: str | None = None) -> Iterator[None]:
+def run_lock(path: Path | str, command: str | None = None, shared: bool = False) -> Iterator[None]:
     """Hold the run folder's lock for the duration of the block.
 
     A second process gets one line naming the holder (pid, command, since when) and exit 1.
     The lock is an ``flock`` on ``RUN_DIR/.curate.lock``: the kernel releases it when its
     process ends, however it ends, so a lock left by a dead process is simply free.
+
+    ``shared=True`` takes it shared: any number of shard processes (``--shard i/N``) hold it
+    at once, each writing only its own files; a command that needs the whole folder (ingest,
+    clean, merge) is refused while they run, and they are refused while it runs.
     """
     path = Path(path)
     key = str(path.resolve())
     if key in _held:
+        if _held[key][2] and not shared:
+            raise RuntimeError(f"{path}: the run lock is held shared; cannot take it exclusively")
         _held[key][1] += 1
         try:
             yield
@@ -371,32 +401,38 @@ def run_lock(path: Path | str, command: str | None = None) -> Iterator[None]:
         fcntl = None
     if fcntl is not None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             holder = read_json(lock_path) or {}
-            who = f"pid {holder.get('pid', '?')}"
-            if holder.get("command"):
-                who += f" ({holder['command']})"
-            if holder.get("since"):
-                who += f" since {holder['since']}"
-            raise DataError(
+            if holder.get("pid"):
+                who = f"pid {holder['pid']}"
+                if holder.get("command"):
+                    who += f" ({holder['command']})"
+                if holder.get("since"):
+                    who += f" since {holder['since']}"
+            else:  # shard processes hold it shared and leave the file empty
+                who = "shard process(es) (--shard i/N)"
+            raise RunInUse(
                 f"{path} is in use by another curate process: {who}; wait for it to finish"
             ) from None
-    info = {
-        "pid": os.getpid(),
-        "command": command or " ".join(["curate", *sys.argv[1:]])[:300],
-        "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-    _held[key] = [fd, 1]
+    if not shared:
+        info = {
+            "pid": os.getpid(),
+            "command": command or " ".join(["curate", *sys.argv[1:]])[:300],
+            "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+    _held[key] = [fd, 1, shared]
     try:
-        clear_stale_tmp(path)
+        if not shared:  # other processes' temporary files may be in flight while shared
+            clear_stale_tmp(path)
         yield
     finally:
         del _held[key]
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        if not shared:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)  # closing the descriptor releases the flock

@@ -7,10 +7,10 @@ write exactly what came in. Rows whose image could not be decoded have no image 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from curate.core.images import decode_rgb_many
 from curate.errors import DataError
 
 IMAGES_DIR = "images"
@@ -47,7 +47,7 @@ class ImageStore:
 
     def get(self, sample_ids: Sequence[str]) -> list:
         """Decoded RGB ``PIL.Image`` per id (None for rows without an image)."""
-        return [decode_rgb(data) for data in self.encoded_many(sample_ids)]
+        return decode_rgb_many(self.encoded_many(sample_ids))
 
     def iter_batches(
         self, sample_ids: Sequence[str], batch_size: int = 64
@@ -57,13 +57,3 @@ class ImageStore:
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             yield chunk, self.get(chunk)
-
-
-def decode_rgb(data: bytes | None):
-    """An RGB ``PIL.Image`` from stored bytes (None stays None)."""
-    if data is None:
-        return None
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data))
-    return img.convert("RGB") if img.mode != "RGB" else img

@@ -1,7 +1,8 @@
 """One denoiser interface over diffusers UNets: ``D(x, sigma, cond) -> x0_hat``.
 
 Everything about noise schedules lives in this file. The rest of curate (trainer, sampler,
-audit, ranker, guidance) speaks the VE/EDM parameterisation of Karras et al. 2022:
+audit, ranker, guidance) speaks the VE/EDM parameterisation of Karras et al. 2022 through the
+:class:`Denoiser` protocol (:class:`DiffusersDenoiser` is its implementation):
 
     x = x0 + sigma * eps,   D(x, sigma) ~ E[x0 | x],   score = (D - x) / sigma^2
 
@@ -11,18 +12,22 @@ sqrt(1 - abar_t) eps. The two meet through
     sigma = sqrt((1 - abar) / abar),   x_vp = x / sqrt(1 + sigma^2)
 
 and the network output (eps, v or x0, per the scheduler's ``prediction_type``) is turned into x0.
+Callers that need schedule quantities (the VP form of the ambient loss, the volume-growth
+rate's VP probability-flow ODE, AMG's threshold schedule) take them from the functions here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from curate.errors import ModelError
+from curate.io.load import plausible_hub_id
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -32,7 +37,7 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 # ---------------------------------------------------------------------------------------------
 
 
-def _bcast(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def broadcast_sigma(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``sigma`` (B,) or scalar, reshaped to broadcast over ``x`` (B, ...)."""
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
@@ -45,9 +50,19 @@ def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
-def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`sigma_from_alpha_bar`: ``1 / (1 + sigma^2)``."""
-    return 1.0 / (1.0 + sigma**2)
+def alpha_bar_from_sigma(sigma: torch.Tensor | float) -> torch.Tensor | float:
+    """Inverse of :func:`sigma_from_alpha_bar`: ``1 / (1 + sigma^2)`` (tensor or float)."""
+    return 1.0 / (1.0 + sigma * sigma)  # for tensors the same bits as sigma**2
+
+
+def betas_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The discrete betas of a schedule, ``beta_i = 1 - abar_i / abar_{i-1}`` (abar_{-1} = 1)."""
+    return 1 - alpha_bar / torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+
+
+def vp_std_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """The VP noise std ``sqrt(1 - abar)``."""
+    return (1 - alpha_bar).sqrt()
 
 
 def vp_std_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
@@ -60,21 +75,26 @@ def sigma_from_vp_std(s: torch.Tensor) -> torch.Tensor:
     return s / (1 - s**2).sqrt()
 
 
+def ve_scale(sigma: float) -> float:
+    """``sqrt(1 + sigma^2)`` for a float noise level (in float64): ``x_ve = ve_scale * x_vp``."""
+    return (1 + sigma**2) ** 0.5
+
+
 def ve_to_vp(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """``x0 + sigma eps`` -> ``sqrt(abar) x0 + sqrt(1 - abar) eps``."""
-    return x / (1 + _bcast(sigma, x) ** 2).sqrt()
+    return x / (1 + broadcast_sigma(sigma, x) ** 2).sqrt()
 
 
 def vp_to_ve(x_vp: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`ve_to_vp`."""
-    return x_vp * (1 + _bcast(sigma, x_vp) ** 2).sqrt()
+    return x_vp * (1 + broadcast_sigma(sigma, x_vp) ** 2).sqrt()
 
 
 def output_to_x0(
     output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
     """The x0 estimate from a network ``output`` at VE input ``x`` and noise level ``sigma``."""
-    s = _bcast(sigma, x)
+    s = broadcast_sigma(sigma, x)
     if prediction_type == "epsilon":
         return x - s * output  # x = x0 + sigma * eps
     if prediction_type == "v_prediction":
@@ -91,7 +111,7 @@ def x0_to_output(
     x0: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
     """The network output that :func:`output_to_x0` maps back to ``x0`` (its inverse)."""
-    s = _bcast(sigma, x)
+    s = broadcast_sigma(sigma, x)
     if prediction_type == "epsilon":
         return (x - x0) / s
     if prediction_type == "v_prediction":
@@ -214,6 +234,86 @@ class DiscreteSchedule:
         """Smallest integer timestep whose sigma is >= ``sigma`` (T when none is)."""
         return torch.searchsorted(self.sigmas.to(sigma.device), sigma.float())
 
+    @property
+    def alpha_bars(self) -> torch.Tensor:
+        """(T,) float64 ``abar_t = 1 / (1 + sigma_t^2)``, from the float32 sigmas."""
+        return alpha_bar_from_sigma(self.sigmas.double())
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """(T,) float64 discrete betas of :attr:`alpha_bars` (:func:`betas_from_alpha_bar`)."""
+        return betas_from_alpha_bar(self.alpha_bars)
+
+    def scheduler_config(self) -> dict[str, Any]:
+        """A diffusers scheduler config with these betas and no clipping (for a denoiser that
+        has a schedule but no scheduler config of its own)."""
+        return {
+            "num_train_timesteps": int(self.num_timesteps),
+            "trained_betas": self.betas.tolist(),
+            "clip_sample": False,
+        }
+
+
+def default_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
+    """The DDPM schedule every pixel preset trains with (Ho et al. 2020: linear betas, T = 1000)."""
+    return {
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": 1000,
+        "beta_start": 1e-4,
+        "beta_end": 0.02,
+        "beta_schedule": "linear",
+        "prediction_type": prediction_type,
+        "clip_sample": True,
+    }
+
+
+def default_schedule() -> DiscreteSchedule:
+    """The schedule of :func:`default_scheduler_config`."""
+    return DiscreteSchedule.from_scheduler_config(default_scheduler_config())
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface
+# ---------------------------------------------------------------------------------------------
+
+
+class Denoiser(Protocol):
+    """What the trainer, sampler, audit, ranker and AMG use of a denoiser.
+
+    ``__call__(x, sigma, cond=None)`` is the x0 estimate at VE input ``x`` (B, C, H, W) and
+    noise level ``sigma`` (B,) or a float. :class:`DiffusersDenoiser` implements all of it;
+    the audit's closed-form ``EmpiricalDenoiser`` and test doubles implement a pixel model's
+    part (``vae = None``), and leave ``schedule`` None when they have no discrete timesteps.
+    """
+
+    channels: int  # model-space channels (a latent model's latent channels)
+    resolution: int  # model-space side
+    conditional: bool  # takes text embeddings as ``cond``
+    sigma_min: float
+    sigma_max: float
+    schedule: DiscreteSchedule | None  # None: continuous noise levels only (euler / heun)
+    scheduler_config: dict[str, Any] | None  # None: ddim / ddpm step ``schedule``'s betas
+    vae: Any  # a latent model's VAE; None for a pixel model
+    info: dict[str, Any]  # curate's metadata: ``path``, ``pipeline``, ``train`` (its config)
+
+    def __call__(
+        self, x: torch.Tensor, sigma: torch.Tensor | float, cond: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
+def image_shape(denoiser: Denoiser) -> tuple[int, int, int]:
+    """(C, H, W) of the images a denoiser makes (decoded images for a latent model)."""
+    if denoiser.vae is None:
+        return int(denoiser.channels), int(denoiser.resolution), int(denoiser.resolution)
+    res = int(denoiser.image_resolution)
+    return int(denoiser.vae.config.out_channels), res, res
+
+
+def schedule_of(denoiser: Denoiser) -> DiscreteSchedule:
+    """The denoiser's discrete schedule, or the default DDPM one for a denoiser without
+    timesteps (e.g. the closed-form memorizer)."""
+    return denoiser.schedule if denoiser.schedule is not None else default_schedule()
+
 
 # ---------------------------------------------------------------------------------------------
 # The adapter
@@ -302,13 +402,19 @@ class DiffusersDenoiser(torch.nn.Module):
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         return dist.mode().float() * self.vae_scale  # deterministic, so fixed noise stays fixed
 
-    @torch.no_grad()
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] from model-space samples (VAE decode for latent models)."""
-        if self.vae is None:
-            return x.clamp(-1, 1)
-        img = self.vae.decode((x / self.vae_scale).to(self.vae.dtype)).sample
-        return img.float().clamp(-1, 1)
+    def decode(self, x: torch.Tensor, *, grad: bool = False, clamp: bool = True) -> torch.Tensor:
+        """Images from model-space samples (VAE decode for latent models), clamped to [-1, 1].
+
+        ``grad=True`` keeps the autograd graph (AMG differentiates its similarity through the
+        decoder); otherwise no graph is built. ``clamp=False`` returns the decoder's raw output
+        (a gradient through a clamp vanishes outside [-1, 1]).
+        """
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            if self.vae is None:
+                img = x
+            else:
+                img = self.vae.decode((x / self.vae_scale).to(self.vae.dtype)).sample.float()
+            return img.clamp(-1, 1) if clamp else img
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,8 +433,6 @@ def resolve_model_path(path_or_id: str | Path) -> str:
     shipped = ASSET_MODELS / str(path_or_id)
     if shipped.exists():
         return str(shipped)
-    from curate.io.load import plausible_hub_id
-
     name = str(path_or_id)
     parent_is_local = len(path.parts) > 1 and Path(path.parts[0]).is_dir()
     if name.startswith((".", "/", "~")) or not plausible_hub_id(name) or parent_is_local:

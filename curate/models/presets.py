@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
+from curate.core.text import HFTextEncoder, get_text_encoder
 from curate.errors import ModelError, UsageError
+from curate.models.denoiser import default_scheduler_config
 from curate.seeding import derive_seed
 
 PIXEL_PRESETS = ("tiny", "unet-32", "unet-64")
@@ -32,19 +34,6 @@ _LAYOUTS: dict[str, tuple[tuple[int, ...], int, tuple[bool, ...], int, float, fl
 }
 
 
-def default_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
-    """The DDPM schedule every pixel preset trains with (Ho et al. 2020: linear betas, T = 1000)."""
-    return {
-        "_class_name": "DDPMScheduler",
-        "num_train_timesteps": 1000,
-        "beta_start": 1e-4,
-        "beta_end": 0.02,
-        "beta_schedule": "linear",
-        "prediction_type": prediction_type,
-        "clip_sample": True,
-    }
-
-
 @dataclass
 class ModelBundle:
     """A fresh or pretrained model ready to train: UNet, schedule, optional VAE/text encoder."""
@@ -53,7 +42,7 @@ class ModelBundle:
     unet: torch.nn.Module
     scheduler_config: dict[str, Any]
     vae: torch.nn.Module | None = None
-    text_encoder: Any = None  # curate.models.text.TextEncoder or None
+    text_encoder: Any = None  # curate.core.text.TextEncoder or None
     image_resolution: int = 16
     channels: int = 1  # image channels (3 for latent models: the VAE's input)
     default_lr: float = 1e-3
@@ -147,8 +136,6 @@ def build_model(
     ``text_encoder`` (``minilm``, ``tiny-clip``, an id/path) makes a pixel preset conditional;
     ``sd-finetune:ID`` is always conditional on its own CLIP text encoder.
     """
-    from curate.models.text import get_text_encoder
-
     if preset.startswith(SD_PREFIX):
         return _load_sd(preset[len(SD_PREFIX) :], resolution, device)
     defaults = preset_defaults(preset)
@@ -174,8 +161,6 @@ def build_model(
 def _load_sd(model_id: str, resolution: int | None, device: str) -> ModelBundle:
     """UNet2DConditionModel + VAE + CLIP text encoder + DDPM scheduler config of a checkpoint."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-
-    from curate.models.text import HFTextEncoder
 
     if not model_id:
         raise UsageError("--model sd-finetune:ID needs a model id or path after the colon")

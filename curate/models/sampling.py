@@ -14,7 +14,17 @@
 * ``euler``: Karras noise levels (rho = 7), first order, on the probability-flow ODE
   dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Eq. 3 with sigma(t) = t).
 * ``heun``: Karras noise levels, second order (Karras et al. 2022, Algorithm 1); 2 calls per
-  step. Neither clips nor thresholds (diffusers' Euler and Heun schedulers do not either).
+  step.
+* ``euler`` and ``heun`` limit every x0 prediction they step with (both evaluations of a Heun
+  step) as the model's scheduler config tells DDIM to: clamped to
+  ``[-clip_sample_range, clip_sample_range]`` when ``clip_sample`` is set (curate's pixel
+  presets set it, range 1), or dynamically thresholded when ``thresholding`` is (it wins, as in
+  diffusers); missing keys take diffusers' DDIM defaults. So a model whose x0 predictions
+  overshoot [-1, 1] at high noise stays in the images' range with every method. The ODE
+  direction ``(x - x0) / sigma`` uses the limited x0 (the step heads for the clipped image).
+  A denoiser without a scheduler config (the oracle, a bare ``DiscreteSchedule``) is not
+  limited. (diffusers' own Euler and Heun schedulers ignore these keys.) For a latent model
+  the limit applies to latents, as in DDIM; Stable Diffusion configs set neither key.
 
 The curate hooks speak VE units (``x = x0 + sigma * eps``) whatever the method: at each step
 the model's x0 prediction (``guidance`` replacing it, ``callback`` seeing it) is computed at the
@@ -48,7 +58,7 @@ import torch
 from curate.errors import ModelError, UsageError
 from curate.models.denoiser import (
     SAMPLER_OVERRIDES,
-    alpha_bar_from_sigma,
+    Denoiser,
     diffusers_scheduler,
     karras_sigmas,
     sigma_from_alpha_bar,
@@ -110,7 +120,7 @@ class CFGCond:
 
 
 def cfg_branches(
-    denoiser, x: torch.Tensor, sigma: float | torch.Tensor, cond: CFGCond | None
+    denoiser: Denoiser, x: torch.Tensor, sigma: float | torch.Tensor, cond: CFGCond | None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(x0_u, x0_c)``: the unconditional (None without CFG) and conditional x0 predictions."""
     sig = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
@@ -130,7 +140,9 @@ def cfg_combine(x0_u: torch.Tensor | None, x0_c: torch.Tensor, scale: float) -> 
     return x0_u + scale * (x0_c - x0_u)
 
 
-def predict_x0(denoiser, x: torch.Tensor, sigma: float, cond: CFGCond | None) -> torch.Tensor:
+def predict_x0(
+    denoiser: Denoiser, x: torch.Tensor, sigma: float, cond: CFGCond | None
+) -> torch.Tensor:
     """The sampler's x0 prediction: the denoiser, with classifier-free guidance when asked."""
     x0_u, x0_c = cfg_branches(denoiser, x, sigma, cond)
     return cfg_combine(x0_u, x0_c, cond.scale if cond is not None else 1.0)
@@ -139,24 +151,16 @@ def predict_x0(denoiser, x: torch.Tensor, sigma: float, cond: CFGCond | None) ->
 # ------------------------------------------------------------------------ diffusers schedulers
 
 
-def scheduler_config_of(denoiser) -> dict[str, Any]:
-    """The denoiser's diffusers scheduler config; for a duck-typed denoiser with only a
-    ``schedule`` (a ``DiscreteSchedule``), a config with its betas and no clipping."""
-    config = getattr(denoiser, "scheduler_config", None)
-    if config is not None:
-        return dict(config)
-    schedule = getattr(denoiser, "schedule", None)
-    if schedule is None:
+def scheduler_config_of(denoiser: Denoiser) -> dict[str, Any]:
+    """The denoiser's diffusers scheduler config; for a denoiser with only a ``schedule`` (a
+    ``DiscreteSchedule``), a config with its betas and no clipping."""
+    if denoiser.scheduler_config is not None:
+        return dict(denoiser.scheduler_config)
+    if denoiser.schedule is None:
         raise UsageError(
             "--method ddim/ddpm needs a model with a discrete noise schedule; use euler or heun"
         )
-    abar = alpha_bar_from_sigma(schedule.sigmas.double())
-    betas = 1 - abar / torch.cat([abar.new_ones(1), abar[:-1]])
-    return {
-        "num_train_timesteps": int(schedule.num_timesteps),
-        "trained_betas": betas.tolist(),
-        "clip_sample": False,
-    }
+    return denoiser.schedule.scheduler_config()
 
 
 def make_scheduler(denoiser, method: str, steps: int, overrides: dict[str, Any] | None = None):
@@ -248,7 +252,7 @@ def initial_noise(seed: int, indices: list[int], shape: tuple[int, ...]) -> torc
 
 @torch.no_grad()
 def sample(
-    denoiser,
+    denoiser: Denoiser,
     num: int,
     *,
     steps: int = 50,
@@ -274,7 +278,8 @@ def sample(
     ``cond`` holds one row per sample ((num, L, D) or (num, D)); ``uncond`` the unconditional
     embeddings (one row per sample, or one row for all) for classifier-free guidance with scale
     ``cfg_scale``. ``clip`` (default: pixel models only) clamps the result to [-1, 1]; per-step
-    clipping of x0 is the scheduler config's ``clip_sample`` (ddim/ddpm). A ``callback``
+    clipping of x0 is the scheduler config's ``clip_sample`` / ``thresholding`` (every method;
+    euler/heun through :func:`x0_limit`). A ``callback``
     returning a tensor replaces x0_hat; a ``guidance`` replaces the prediction; ``on_step``
     gets a :class:`StepRecord` after each step. ``autocast`` (default: on for CUDA) runs the
     network in bfloat16/float16 mixed precision; the sampler's state and the x0 predictions
@@ -314,9 +319,10 @@ def sample(
     else:
         if scheduler_overrides:
             raise UsageError(f"scheduler overrides apply to ddim/ddpm, not {method}")
-        stepper = _ODEStepper(sampling_sigmas(denoiser, steps, method).tolist(), method)
+        sigmas = sampling_sigmas(denoiser, steps, method).tolist()
+        stepper = _ODEStepper(sigmas, method, x0_limit(denoiser))
     shape = (denoiser.channels, denoiser.resolution, denoiser.resolution)
-    clip = getattr(denoiser, "vae", None) is None if clip is None else clip
+    clip = denoiser.vae is None if clip is None else clip
     hooks = _Hooks(callback, guidance, on_step)
     from tqdm.auto import tqdm
 
@@ -405,24 +411,45 @@ class _SchedulerStepper:
         return x
 
 
-class _ODEStepper:
-    """euler / heun on the probability-flow ODE in VE units over Karras noise levels."""
+def x0_limit(denoiser: Denoiser) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What euler/heun do to each x0 prediction, as the scheduler config has DDIM do it:
+    dynamic thresholding when ``thresholding`` is set, else clamping to
+    ``[-clip_sample_range, clip_sample_range]`` when ``clip_sample`` is; None (untouched) when
+    neither is, or when the denoiser has no scheduler config. Missing keys take diffusers'
+    DDIM defaults (``clip_sample`` True, range 1), as ``--method ddim`` reads them."""
+    # getattr: duck-typed test denoisers that only sample with euler/heun carry no config
+    config = getattr(denoiser, "scheduler_config", None)
+    if config is None:
+        return None
+    sched = diffusers_scheduler(config, "ddim")
+    if sched.config.thresholding:
+        return sched._threshold_sample  # diffusers' own (Saharia et al. 2022), as DDIM steps it
+    if sched.config.clip_sample:
+        bound = float(sched.config.clip_sample_range)
+        return lambda x0: x0.clamp(-bound, bound)
+    return None
 
-    def __init__(self, sigmas: list[float], method: str):
+
+class _ODEStepper:
+    """euler / heun on the probability-flow ODE in VE units over Karras noise levels; each x0
+    prediction goes through ``limit`` (:func:`x0_limit`) before the step uses it."""
+
+    def __init__(self, sigmas: list[float], method: str, limit=None):
         self.sigmas, self.method = sigmas, method
+        self.limit = limit if limit is not None else (lambda x0: x0)
 
     def run(self, denoiser, idx, gens, shape, cond, device, hooks: _Hooks, bar) -> torch.Tensor:
         sigmas = self.sigmas
         x = _randn((len(idx), *shape), gens, device) * sigmas[0]
         for i in range(len(sigmas) - 1):
             sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            x0 = hooks.denoise(denoiser, x, sigma, cond, i, idx)
+            x0 = self.limit(hooks.denoise(denoiser, x, sigma, cond, i, idx))
             d = (x - x0) / sigma  # dx/dsigma of the probability-flow ODE
             x_next = x + (sigma_next - sigma) * d
             if self.method == "heun" and sigma_next > 0:
                 # Heun's correction (Karras et al. 2022, Alg. 1, lines 9-11); guidance sees
                 # only the first evaluation of each step
-                x0_next = predict_x0(denoiser, x_next, sigma_next, cond)
+                x0_next = self.limit(predict_x0(denoiser, x_next, sigma_next, cond))
                 d_next = (x_next - x0_next) / sigma_next
                 x_next = x + (sigma_next - sigma) * (d + d_next) / 2
             x = x_next

@@ -9,19 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import torch
 
+from curate.core.images import pil_to_tensor
 from curate.errors import ModelError
+from curate.models.denoiser import Denoiser, image_shape
 from curate.rank.vgr import VGRConfig, volume_growth
 
 
-def load_model_space(denoiser, images) -> object:
+def load_model_space(denoiser: Denoiser, images) -> torch.Tensor:
     """PIL images -> the model's input space: pixels in [-1, 1], or scaled VAE latents."""
-    from curate.train.data import images_to_tensor
-
-    if getattr(denoiser, "vae", None) is not None:
-        x = images_to_tensor(images, 3, denoiser.image_resolution).to(denoiser.device)
-        return denoiser.encode_images(x)
-    return images_to_tensor(images, denoiser.channels, denoiser.resolution).to(denoiser.device)
+    channels, resolution, _ = image_shape(denoiser)
+    x = pil_to_tensor(images, channels=channels, resolution=resolution).to(denoiser.device)
+    return denoiser.encode_images(x) if denoiser.vae is not None else x
 
 
 def _shard_key(parts: dict) -> str:
@@ -31,7 +31,7 @@ def _shard_key(parts: dict) -> str:
 
 
 def rank_samples(
-    denoiser,
+    denoiser: Denoiser,
     sample_ids: list[str],
     load_images: Callable[[list[str]], list],
     config: VGRConfig,
@@ -49,7 +49,7 @@ def rank_samples(
     Work is split into shards of ``shard_size`` ids; with ``shard_dir`` each finished shard is
     saved and reused on a re-run with the same model and settings, so a killed job resumes.
     """
-    conditional = bool(getattr(denoiser, "conditional", False))
+    conditional = bool(denoiser.conditional)
     if conditional and (captions is None or text_encoder is None):
         raise ModelError(
             "the model is text-conditional: rank with condition: caption (and its text encoder)"
@@ -79,17 +79,25 @@ def rank_samples(
             cols.update(vgr_empty=[], gap=[])
         for b in range(0, len(ids), batch_size):
             chunk = ids[b : b + batch_size]
+            # Every forward pass gets exactly batch_size rows (the last one repeated): CPU
+            # kernels block by batch size, so a row's score would otherwise depend on how many
+            # rows share its batch, and shards (curate.shards) would not reproduce one process.
+            pad = batch_size - len(chunk)
+            padded = chunk + chunk[-1:] * pad
             x = load_model_space(denoiser, load_images(chunk))
+            if pad:
+                x = _pad(x, pad)
             cond = empty = None
             if captions is not None:
                 caps = captions[start + b : start + b + len(chunk)]
-                cond = text_encoder.encode(caps).to(x.device)
-                empty = text_encoder.encode([""] * len(chunk)).to(x.device)
-            score = volume_growth(denoiser, x, chunk, config, cond=cond).numpy()
+                cond = text_encoder.encode(caps + caps[-1:] * pad).to(x.device)
+                empty = text_encoder.encode([""] * len(padded)).to(x.device)
+            n = len(chunk)
+            score = volume_growth(denoiser, x, padded, config, cond=cond).numpy()[:n]
             cols["sample_id"] += chunk
             cols["vgr"] += score.tolist()
             if captions is not None:
-                base = volume_growth(denoiser, x, chunk, config, cond=empty).numpy()
+                base = volume_growth(denoiser, x, padded, config, cond=empty).numpy()[:n]
                 cols["vgr_empty"] += base.tolist()
                 cols["gap"] += (score - base).tolist()
             if bar:
@@ -109,6 +117,13 @@ def rank_samples(
             schema.update(vgr_empty=pl.Float64, gap=pl.Float64)
         return pl.DataFrame(schema=schema)
     return pl.concat(frames)
+
+
+def _pad(x, pad: int):
+    """``x`` with its last row repeated ``pad`` more times (along the batch dimension)."""
+    import torch
+
+    return torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
 
 
 def percentile(values: np.ndarray) -> np.ndarray:

@@ -37,6 +37,13 @@ from typing import Literal
 import torch
 
 from curate.errors import ModelError, UsageError
+from curate.models.denoiser import (
+    Denoiser,
+    schedule_of,
+    ve_scale,
+    vp_std_from_alpha_bar,
+    x0_to_output,
+)
 from curate.seeding import sample_normal
 
 Estimator = Literal["fd", "jvp", "frame"]
@@ -77,36 +84,29 @@ class VGRConfig:
 class ODEGrid:
     """The noise levels and discrete betas of the first M steps from ``t_start``."""
 
-    def __init__(self, denoiser, t_start: float, steps: int):
-        schedule = getattr(denoiser, "schedule", None)
-        if schedule is None:
-            from curate.models.denoiser import DiscreteSchedule
-            from curate.models.presets import default_scheduler_config
-
-            schedule = DiscreteSchedule.from_scheduler_config(default_scheduler_config())
+    def __init__(self, denoiser: Denoiser, t_start: float, steps: int):
+        schedule = schedule_of(denoiser)  # the default DDPM schedule for one without timesteps
         sig = schedule.sigmas.double()
-        abar = 1.0 / (1.0 + sig**2)  # (T,)
+        abar = schedule.alpha_bars  # (T,) float64
         T = len(sig)
         first = max(int(round(t_start * T)) - 1, 0)
         if first + steps > T:
             raise UsageError(
                 f"--t-start {t_start} with --ode-steps {steps} runs past the schedule's {T} steps"
             )
-        prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        betas = 1 - abar / prev  # discrete beta_i
         idx = torch.arange(first, first + steps)
         self.sigmas = sig[idx].float().tolist()
-        self.betas = betas[idx].float().tolist()
-        self.vp_std = (1 - abar[idx]).sqrt().float().tolist()
+        self.betas = schedule.betas[idx].float().tolist()  # discrete beta_i
+        self.vp_std = vp_std_from_alpha_bar(abar[idx]).float().tolist()
 
 
 def pf_step(
-    denoiser, x: torch.Tensor, sigma: float, beta: float, vp_std: float, cond=None
+    denoiser: Denoiser, x: torch.Tensor, sigma: float, beta: float, vp_std: float, cond=None
 ) -> torch.Tensor:
     """One forward Euler step of the VP probability-flow ODE (data -> noise). x (B,C,H,W), VP units."""
     sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-    x_ve = x * (1 + sigma**2) ** 0.5
-    eps = (x_ve - denoiser(x_ve, sig, cond)) / sigma
+    x_ve = x * ve_scale(sigma)
+    eps = x0_to_output(denoiser(x_ve, sig, cond), x_ve, sigma, "epsilon")
     return x + 0.5 * beta * (-x + eps / vp_std)
 
 
@@ -178,9 +178,9 @@ def _math_attention():
         yield
 
 
-def check_images(denoiser, x: torch.Tensor) -> None:
+def check_images(denoiser: Denoiser, x: torch.Tensor) -> None:
     """A clear error when images do not fit the model (channels, size)."""
-    want = (getattr(denoiser, "channels", x.shape[1]), getattr(denoiser, "resolution", x.shape[-1]))
+    want = (denoiser.channels, denoiser.resolution)
     if x.ndim != 4 or x.shape[1] != want[0] or x.shape[-1] != want[1] or x.shape[-2] != want[1]:
         raise ModelError(
             f"images of shape {tuple(x.shape[1:])} do not fit the model, which takes "
@@ -202,7 +202,7 @@ def _score(den, x, ids, cfg: VGRConfig, cond, tag: str) -> torch.Tensor:
 
 
 def volume_growth(
-    denoiser,
+    denoiser: Denoiser,
     images: torch.Tensor,
     sample_ids: Sequence[str],
     config: VGRConfig = VGRConfig(),

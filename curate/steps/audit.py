@@ -8,9 +8,10 @@ from typing import Any, ClassVar, Literal
 
 import polars as pl
 
-from curate.audit.alignment import DEFAULT_PRETRAINED
+from curate.core.weights import CLIP_PRETRAINED
 from curate.errors import DataError
-from curate.steps.base import DROP_SUFFIX, RunContext, Step
+from curate.steps.base import RunContext, Step, log
+from curate.table import DROP_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Audit(Step):
     guidance_scale: float = 1.0
     amg: dict[str, Any] | None = None
     alignment_clip: str | None = None  # open_clip model: CLIP score of a text model's samples
-    alignment_pretrained: str | None = DEFAULT_PRETRAINED
+    alignment_pretrained: str | None = CLIP_PRETRAINED
 
     def amg_config(self):
         from curate.guidance.amg import AMGConfig
@@ -109,13 +110,11 @@ class Audit(Step):
         return pl.DataFrame(cols)
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-        from curate.audit.audit import (
-            AuditSettings,
-            image_shape,
-            model_text_encoder,
-            run_audit,
-            training_set_from_table,
-        )
+        from curate.audit.job import audit_with_amg, run_audit
+        from curate.audit.settings import AuditSettings
+        from curate.core.text import text_encoder_for_model, uncond_embedding
+        from curate.io.training import training_set_from_table
+        from curate.models.denoiser import image_shape
 
         if table.height == 0:
             return self._empty(0)
@@ -150,13 +149,11 @@ class Audit(Step):
             )
             model_name = str(self.model)
         encoder = None
-        if getattr(denoiser, "conditional", False):
-            encoder = model_text_encoder(denoiser, self.text_encoder, ctx.device)
+        if denoiser.conditional:
+            encoder = text_encoder_for_model(denoiser, ctx.device, kind=self.text_encoder)
         common = dict(device=ctx.device, quiet=ctx.quiet, model_name=model_name,
                       report=ctx.report, text_encoder=encoder)  # fmt: skip
         if self.amg is not None:
-            from curate.guidance.run import audit_with_amg
-
             result, _, comparison = audit_with_amg(
                 denoiser, train, ctx.artifact_dir(), settings, self.amg_config(),
                 guidance_scale=self.guidance_scale, **common,
@@ -169,7 +166,6 @@ class Audit(Step):
             if self.guidance_scale != 1.0:
                 import functools
 
-                from curate.guidance.run import uncond_embedding
                 from curate.models.sampling import sample
 
                 if encoder is None:
@@ -190,6 +186,10 @@ class Audit(Step):
         )
         if (m.get("text_alignment") or {}).get("value") is not None:
             ctx.stats["clip_score"] = m["text_alignment"]["value"]
+        check = result.summary["generation_check"]
+        ctx.stats["generations_off_data"] = check["off_data"]
+        if check["warning"]:
+            log.warning("warning: audit: %s", check["warning"])
 
         counts = result.training_counts(train)
         out = table.select("sample_id").join(

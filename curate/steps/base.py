@@ -6,8 +6,9 @@ exactly the produced columns, one row per input row, in the input's row order. T
 checks that contract and appends the columns, so no step can drop rows, reorder them, or
 overwrite another step's columns.
 
-Removal is expressed as data: a column named ``<something>_drop`` (see ``DROP_SUFFIX``) holding
-a reason string marks a row for removal; null means "keep". Selection and export read them.
+Removal is expressed as data: a column named ``<something>_drop`` (``curate.table.DROP_SUFFIX``)
+holding a reason string marks a row for removal; null means "keep". Selection and export read
+them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
     from curate.report import Report
 
-DROP_SUFFIX = "_drop"
 log = logging.getLogger("curate")
 
 
@@ -42,6 +42,13 @@ class RunContext:
     overwrite: bool = False  # a step may replace an earlier output of another kind (export)
     step_dir: Path | None = None  # per-step artifact folder, set by the runner
     stats: dict[str, Any] = field(default_factory=dict)  # per-step counters, saved by the runner
+    # The per-row values of a sharded step (``Step.shard_values`` of every row, gathered from
+    # the shards by ``curate merge``): ``compute`` reads them instead of computing them.
+    shard_values: pl.DataFrame | None = None
+    # What earlier steps of the run hand on, by step id (a recipe's ``id:`` key): the folder a
+    # step wrote (``Step.output_dir``: a train step's model) and its step folder.
+    outputs: dict[str, Path] = field(default_factory=dict)
+    step_dirs: dict[str, Path] = field(default_factory=dict)
     _report: Report | None = None
 
     def rng(self, *key: object) -> np.random.Generator:
@@ -86,6 +93,43 @@ class Step:
     name: ClassVar[str] = "step"
     requires: ClassVar[tuple[str, ...]] = ()
     produces: ClassVar[tuple[str, ...]] = ()
+    # A sharded step splits into a per-row part (``shard_values``, run on the rows of one shard
+    # by ``--shard i/N``) and a global part (``compute`` with ``ctx.shard_values`` set).
+    shardable: ClassVar[bool] = False
+
+    # Set by the recipe (``id:``) when one step is used twice: it names the step's folder
+    # (``NN-name-id``), prefixes its columns (``audit_naive_copies``) and lets later steps refer
+    # to its output (``audit: {model: naive}``). Not a field: the config stays the settings.
+    step_id: ClassVar[str | None] = None
+
+    def with_id(self, step_id: str | None) -> Step:
+        """A copy of this step carrying ``step_id`` (see ``step_id``)."""
+        copy = dataclasses.replace(self)
+        object.__setattr__(copy, "step_id", step_id)
+        return copy
+
+    @property
+    def run_name(self) -> str:
+        """``name`` or ``name-id``: how the runner, the plan and the report name this step."""
+        return f"{self.name}-{self.step_id}" if self.step_id else self.name
+
+    def output_columns(self) -> tuple[str, ...]:
+        """The columns as they land in the table: ``produced_columns``, renamed for a step
+        with an id (``audit_copies`` -> ``audit_naive_copies``, ``x`` -> ``naive_x``)."""
+        return tuple(self.column_name(c) for c in self.produced_columns())
+
+    def column_name(self, column: str) -> str:
+        """Where produced column ``column`` lands in the table (see ``output_columns``)."""
+        if not self.step_id:
+            return column
+        prefix = f"{self.name}_"
+        if column.startswith(prefix):
+            return f"{prefix}{self.step_id}_{column[len(prefix):]}"
+        return f"{self.step_id}_{column}"
+
+    def output_dir(self, ctx: RunContext) -> Path | None:
+        """The folder this step writes for later steps to read (a model), if any."""
+        return None
 
     def required_columns(self) -> tuple[str, ...]:
         """Columns that must exist before this step runs (override for config-dependent sets)."""
@@ -111,3 +155,10 @@ class Step:
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         """Return the produced columns for ``table`` (same height, same row order)."""
         raise NotImplementedError
+
+    def shard_values(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        """The per-row part of a ``shardable`` step for the rows of ``table`` (one shard):
+        ``sample_id`` plus the values ``compute`` reads from ``ctx.shard_values``, one row per
+        input row. It may depend only on the rows' own ingest columns and images, never on
+        other rows or earlier steps, so any split of the rows gathers to the same values."""
+        raise NotImplementedError(f"step {self.name} does not run in shards")

@@ -123,7 +123,7 @@ class Captions(Step):
     ) -> pl.DataFrame:
         from curate.captions import multi
 
-        lists = multi.caption_lists(table, column=self.mc_column, group=self.mc_group)
+        lists = multi.pooled_captions(table, column=self.mc_column, group=self.mc_group)
         sources = [f"column:{self.mc_column}"] if self.mc_column else []
         if self.mc_group:
             sources.append(f"group:{self.mc_group}")

@@ -4,7 +4,8 @@ Both steps compute on the rows sorted by ``sample_id`` and map results back, and
 ends with ``sample_id``, so the output does not depend on the input order. Rows rejected by
 ingest take no part and get nulls.
 
-Pair-aware defaults (Somepalli et al. 2023, seeds.md section 4: duplicated image-caption pairs
+Pair-aware defaults (Somepalli et al. 2023, "Understanding and Mitigating Copying in Diffusion
+Models": duplicated image-caption pairs
 drive copying most, an image seen under several captions much less):
 
 * same image + same caption  -> the copies are dropped (``same_pair``);
@@ -22,9 +23,11 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 import polars as pl
 
+from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.dedup.keep import check_policy
 from curate.dedup.tiers import NORM_MARGIN, NORM_RANK
-from curate.steps.base import DROP_SUFFIX, RunContext, Step
+from curate.steps.base import RunContext, Step
+from curate.table import DROP_SUFFIX
 
 if TYPE_CHECKING:
     from curate.dedup.tiers import Combined, Tier
@@ -54,9 +57,9 @@ class _Chunk:
 
     def images(self) -> list:
         if self._images is None:
-            from curate.io.store import decode_rgb
+            from curate.core.images import decode_rgb_many
 
-            self._images = [decode_rgb(data) for data in self.encoded]
+            self._images = decode_rgb_many(self.encoded)
         return self._images
 
 
@@ -206,9 +209,10 @@ def _calibration_section(calibration: dict, target: float) -> str:
         f"<p>Thresholds calibrated on this run (target precision {target}): planted copies of "
         f"{calibration.get('originals', 0)} sampled images ({calibration.get('copies', 0)} "
         "copies) against every pair of a sample of rows "
-        f"({calibration.get('background_pairs', 0)} pairs), the copies the data holds "
-        f"(about {calibration.get('estimated_copy_pairs', 0):.0f} pairs, "
-        f"{calibration.get('confirmed_pairs', 0)} confirmed by two tiers) subtracted."
+        f"({calibration.get('background_pairs', 0)} pairs), less the copies the data holds: "
+        f"{calibration.get('component_pairs', 0)} pairs inside copy groups two tiers agree on "
+        f"left out, about {calibration.get('estimated_copy_pairs', 0):.0f} copy pairs in all "
+        "(the rest partly subtracted)."
         " A disabled tier matches nothing in that band on its own.</p>",
         html_table(
             rows,
@@ -229,25 +233,59 @@ def _calibration_section(calibration: dict, target: float) -> str:
             vals = r.get("_background")
             if vals is None or r.get("pooled") and band != "pooled":
                 continue
+            line = r.get("sim_threshold")
+            line = float(line) if line is not None and np.isfinite(line) else None
+            xlabel = "similarity" + (" (1 - Hamming distance / 64)" if res.get("unit") == "radius"
+                                     else "")  # fmt: skip
             parts.append(
                 f"<div><b>{esc(name)} {esc(band)}</b>: background (sampled pairs, most similar) scores, "
                 f"threshold {r['threshold']}<br>"
-                f"{histogram_svg(list(vals), label=f'{name} {band} background')}"
-                f"{histogram_svg(list(r.get('_copies', [])), label=f'{name} {band} copies')}</div>"
+                f"{histogram_svg(list(vals), label=f'{name} {band} background', threshold=line, xlabel=xlabel, ylabel='pairs')}"
+                f"{histogram_svg(list(r.get('_copies', [])), label=f'{name} {band} copies', threshold=line, xlabel=xlabel, ylabel='planted copies')}</div>"
             )
     return "".join(parts)
 
 
-def _hist_section(nn: dict[str, np.ndarray]) -> str:
+def _hist_lines(calibration: dict) -> dict[str, dict[str, float]]:
+    """Per tier, the thresholds to draw on its nearest-neighbour histogram, in similarity units:
+    ``{band: value}`` for calibrated bands that are on, ``{"fixed": value}`` for a fixed
+    cosine threshold (hash radii are drawn as ``1 - radius / 64``)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, res in (calibration or {}).get("tiers", {}).items():
+        if "fixed" in res:
+            v = res["fixed"]
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[name] = {"fixed": 1.0 - v / 64 if name in ("phash", "dhash") else float(v)}
+            continue
+        lines = {}
+        for band, r in res.get("bands", {}).items():
+            t = r.get("sim_threshold")
+            if r.get("status") == "ok" and t is not None and np.isfinite(t):
+                lines[band] = float(t)
+        if lines:
+            out[name] = lines
+    return out
+
+
+def _hist_section(
+    nn: dict[str, np.ndarray], lines: dict[str, dict[str, float]] | None = None
+) -> str:
     from curate.report import esc, histogram_svg
 
     parts = []
     for name, vals in nn.items():
         vals = vals[np.isfinite(vals)]
         if vals.size:
+            hist = histogram_svg(
+                vals.tolist(),
+                label=name,
+                threshold=(lines or {}).get(name) or None,
+                xlabel=f"{name} similarity to the nearest other row",
+                ylabel="rows",
+            )
             parts.append(
                 f"<div><b>{esc(name)}</b>: nearest-neighbour similarity "
-                f"(median {np.median(vals):.3f})<br>{histogram_svg(vals.tolist(), label=name)}</div>"
+                f"(median {np.median(vals):.3f})<br>{hist}</div>"
             )
     return "".join(parts)
 
@@ -312,6 +350,7 @@ class DedupImages(Step):
     """
 
     name: ClassVar[str] = "dedup_images"
+    shardable: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = (
         "sample_id",
         "caption",
@@ -336,8 +375,8 @@ class DedupImages(Step):
     sscd_norm_rank: int = NORM_RANK
     sscd_norm_margin: float = NORM_MARGIN
     clip_threshold: float | Auto = "auto"
-    clip_model: str = "ViT-B-32"
-    clip_pretrained: str | None = "laion2b_s34b_b79k"
+    clip_model: str = CLIP_MODEL
+    clip_pretrained: str | None = CLIP_PRETRAINED
     clip_clusters: int = 0
     pixel_threshold: float | Auto = "auto"
     pixel_size: int = 16
@@ -423,9 +462,27 @@ class DedupImages(Step):
                 ex[f"{kind}/{emb.name}"] = batched
         return ex
 
+    def _feature_tiers(self) -> list[str]:
+        """The tiers with per-row features (what a shard computes); ``exact`` reads the table."""
+        return [t for t in self.tiers if t != "exact"]
+
+    def shard_values(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        """Per-row part: decode + hashes / embeddings of ``table``'s ok rows (one column per
+        feature tier, null for rejected rows)."""
+        from curate.shards import array_frame
+
+        ids = sorted(table.filter(pl.col("status") == "ok")["sample_id"].to_list())
+        feats = self._features(ctx, ids)
+        return array_frame(sorted(table["sample_id"].to_list()), ids, feats)
+
     def _features(self, ctx: RunContext, ids: list[str]) -> dict[str, np.ndarray]:
         from curate.dedup.features import cached_features
 
+        if ctx.shard_values is not None:  # curate merge: the shards computed them
+            from curate.shards import arrays_of
+
+            ctx.stats["feature_chunks"] = "from shards"
+            return arrays_of(ctx.shard_values, ids, self._feature_tiers())
         extractors = self._extractors(ctx)
         if not extractors or not ids:
             return {k.split("/")[0]: np.zeros((0, 16), np.uint8) for k in extractors}
@@ -548,8 +605,8 @@ class DedupImages(Step):
         return hashlib.blake2b(repr(opts).encode(), digest_size=6).hexdigest()
 
     def _tiers(self, ok: pl.DataFrame, feats: dict, ctx: RunContext) -> list:
+        from curate.core.neighbours import cosine_knn
         from curate.dedup import auto
-        from curate.dedup.search import cosine_knn
         from curate.dedup.tiers import embedding_tier, exact_tier, hash_tier
 
         out = []
@@ -575,27 +632,33 @@ class DedupImages(Step):
                 calibration["tiers"][t] = {"fixed": FIXED_THRESHOLDS[t], "why": "too few rows"}
 
         def per_row(t):
+            """(per-row thresholds, fixed threshold, threshold for pairs of two bands)."""
             res = calibration["tiers"][t]
             if "fixed" in res:
-                return None, res["fixed"]
+                return None, res["fixed"], None
             by_band = [res["bands"][name] for name, _ in auto.BANDS]
+            pooled = res.get("pooled")
+            on = pooled is not None and pooled["status"] == "ok"
             if t in ("phash", "dhash"):
                 r = np.array([b["threshold"] if b["status"] == "ok" else -1 for b in by_band])
+                cross = pooled["threshold"] if on else None
             else:
                 r = np.array([b["threshold"] if b["status"] == "ok" else np.inf for b in by_band])
-            return r[band], None
+                cross = pooled["threshold"] if on else None
+            return r[band], None, cross
 
         for t in self.tiers:
             if t == "exact":
                 out.append(exact_tier(ok["pixel_hash"].to_list()))
             elif t in ("phash", "dhash"):
                 both = feats[t].astype(np.uint8)
-                rows, fixed = per_row(t)
+                rows, fixed, cross = per_row(t)
                 mirrored = both[:, 8:] if self.mirrored else None
                 out.append(hash_tier(both[:, :8], fixed if fixed is not None else 0,
-                                     mirrored=mirrored, name=t, row_radius=rows))  # fmt: skip
+                                     mirrored=mirrored, name=t, row_radius=rows,
+                                     row_band=band, cross_radius=cross))  # fmt: skip
             else:
-                rows, fixed = per_row(t)
+                rows, fixed, cross = per_row(t)
                 clusters = 0
                 if t == "clip":
                     clusters = self.clip_clusters or max(1, int(np.sqrt(n)))
@@ -609,6 +672,8 @@ class DedupImages(Step):
                         kmeans_clusters=clusters,
                         seed=ctx.derive_seed("dedup_images", t),
                         row_threshold=rows,
+                        row_band=band,
+                        cross_threshold=cross,
                         knn=knn.get(t),
                         **(norm if t == "sscd" else {}),
                     )
@@ -693,7 +758,7 @@ class DedupImages(Step):
     def _report(
         self, ctx: RunContext, ok: pl.DataFrame, g: _Grouping, members, types, calibration=None
     ) -> None:
-        from curate.report import esc, html_table, thumb_grid
+        from curate.report import esc, html_table, limited_gallery, thumb_grid
 
         stats = ctx.stats
         rows = [(t, v["edges"], v["groups"], v["duplicates"]) for t, v in stats["by_tier"].items()]
@@ -706,38 +771,58 @@ class DedupImages(Step):
         ]
         nn = {t.name: t.nn_sim for t in g.tiers if t.nn_sim is not None and t.name != "exact"}
         body.append(_calibration_section(calibration or {}, self.target_precision))
-        body.append(_hist_section(nn))
+        body.append(_hist_section(nn, _hist_lines(calibration or {})))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), g.ids[kv[0]]))
-        largest = largest[: self.report_groups]
+        ids = g.ids
+        sims = g.combined.groups.sim
+        store = ctx.images()
+
+        def weakest(r):
+            return (2.0 if np.isnan(sims[r]) else float(sims[r]), ids[r])
+
+        def render(item) -> str:
+            rep, rows = item
+            # The weakest links first (where a false merge would show), at most REPORT_MEMBERS
+            # of them: the report costs the same for a group of 10 or 10,000.
+            shown = sorted(rows, key=weakest)[: REPORT_MEMBERS - 1]
+            order = [rep, *shown]
+            imgs = store.get([ids[r] for r in order])
+            for im in imgs:  # fresh, still-lazy images: JPEGs decode at thumbnail scale
+                if im is not None and im.format == "JPEG":
+                    im.draft("RGB", (256, 256))
+            cells = []
+            for r, im in zip(order, imgs, strict=True):
+                label = (
+                    f"{ids[r]} kept"
+                    if r == rep
+                    else f"{ids[r]} {types[r]} {g.combined.evidence[r]} "
+                    + ("" if np.isnan(sims[r]) else f"{sims[r]:.3f}")
+                )
+                cells.append((im, label))
+            more = len(rows) - len(shown)
+            note = f'<p class="muted">and {more} more in this group</p>' if more else ""
+            return f'<div class="group">{thumb_grid(cells)}{note}</div>'
+
         if largest:
-            store = ctx.images()
-            ids = g.ids
-            sims = g.combined.groups.sim
-
-            def weakest(r):
-                return (2.0 if np.isnan(sims[r]) else float(sims[r]), ids[r])
-
-            for rep, rows in largest:
-                # The weakest links first (where a false merge would show), at most
-                # REPORT_MEMBERS of them: the report costs the same for a group of 10 or 10,000.
-                shown = sorted(rows, key=weakest)[: REPORT_MEMBERS - 1]
-                order = [rep, *shown]
-                imgs = store.get([ids[r] for r in order])
-                for im in imgs:  # fresh, still-lazy images: JPEGs decode at thumbnail scale
-                    if im is not None and im.format == "JPEG":
-                        im.draft("RGB", (256, 256))
-                cells = []
-                for r, im in zip(order, imgs, strict=True):
-                    label = (
-                        f"{ids[r]} kept"
-                        if r == rep
-                        else f"{ids[r]} {types[r]} {g.combined.evidence[r]} "
-                        + ("" if np.isnan(sims[r]) else f"{sims[r]:.3f}")
-                    )
-                    cells.append((im, label))
-                more = len(rows) - len(shown)
-                note = f'<p class="muted">and {more} more in this group</p>' if more else ""
-                body.append(f'<div class="group">{thumb_grid(cells)}{note}</div>')
+            listing = [
+                (ids[rep], ids[r], types[r], g.combined.evidence[r] or "",
+                 "" if np.isnan(sims[r]) else round(float(sims[r]), 4))
+                for rep, rows in largest
+                for r in sorted(rows, key=lambda r: ids[r])
+            ]  # fmt: skip
+            body.append(
+                limited_gallery(
+                    largest,
+                    render,
+                    limit=self.report_groups,
+                    listing_path=ctx.artifact_dir() / "groups.html",
+                    listing_rows=listing,
+                    listing_header=["kept", "sample_id", "type", "evidence", "similarity"],
+                    report_dir=ctx.run_dir / "report",
+                    what="duplicate groups",
+                    title="Duplicate image groups",
+                )
+            )
         ctx.report.add_section("dedup_images", "Duplicate images", "".join(body), _REPORT_ORDER)
 
 
@@ -755,6 +840,7 @@ class DedupCaptions(Step):
     """
 
     name: ClassVar[str] = "dedup_captions"
+    shardable: ClassVar[bool] = True
     requires: ClassVar[tuple[str, ...]] = (
         "sample_id",
         "caption",
@@ -808,11 +894,39 @@ class DedupCaptions(Step):
                 problems.append(f"{key}: must be >= 1")
         return problems
 
+    def shard_values(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        """Per-row part: the sentence embedding of each ok row's caption (``semantic`` tier;
+        without it only ``sample_id``: MinHash signatures are computed in the merge, by
+        ``_tiers``)."""
+        from curate.dedup.features import cached_features
+        from curate.shards import array_frame
+
+        ok = table.filter(pl.col("status") == "ok").sort("sample_id")
+        ids = ok["sample_id"].to_list()
+        feats = {}
+        if "semantic" in self.tiers and ids:
+            from curate.dedup.text import SentenceEmbedder
+
+            caption = dict(zip(ids, [c or "" for c in ok["caption"].to_list()], strict=True))
+            embedder = SentenceEmbedder(self.semantic_model, device=ctx.device)
+            feats, _ = cached_features(
+                ctx.artifact_dir("features"), ids, {f"semantic-{self.semantic_model}": embedder.embed},
+                lambda chunk: [caption[s] for s in chunk], chunk_size=4096,
+            )  # fmt: skip
+            feats = {"semantic": next(iter(feats.values()))}
+        return array_frame(sorted(table["sample_id"].to_list()), ids, feats)
+
     def _semantic(self, captions: list[str], ctx: RunContext) -> np.ndarray:
         """Sentence embeddings, cached by model name and caption text."""
         import hashlib
 
         from curate.dedup.text import SentenceEmbedder
+
+        if ctx.shard_values is not None:  # curate merge: ``compute`` put them in caption order
+            vec = ctx.shard_values["semantic"].to_numpy()
+            if len(vec) != len(captions):
+                raise RuntimeError("shard values are not aligned with the captions")
+            return vec
 
         key = hashlib.blake2b(
             "\x1f".join([self.semantic_model, *captions]).encode("utf-8"), digest_size=10
@@ -951,6 +1065,12 @@ class DedupCaptions(Step):
         ids = ok["sample_id"].to_list()
         captions = ok["caption"].to_list()
         valid = np.array([bool(c and c.strip()) for c in captions])
+        if ctx.shard_values is not None:  # curate merge: the shards' values, in caption order
+            import dataclasses
+
+            from curate.shards import lookup
+
+            ctx = dataclasses.replace(ctx, shard_values=lookup(ctx.shard_values, ids))
         tiers, calibration = self._tiers(captions, valid, ctx, ids)
         priority = keep_priority(ok, self.keep)
         g = _group_rows(ids, tiers, priority, self.guard, self.mutual_m)
@@ -1015,7 +1135,7 @@ class DedupCaptions(Step):
         return out
 
     def _report(self, ctx, g: _Grouping, members, captions, types, calibration=None) -> None:
-        from curate.report import html_table
+        from curate.report import html_table, limited_gallery
 
         stats = ctx.stats
         body = [
@@ -1030,9 +1150,12 @@ class DedupCaptions(Step):
         ]
         nn = {t.name: t.nn_sim for t in g.tiers if t.nn_sim is not None}
         body.append(_calibration_section(calibration or {}, self.target_precision))
-        body.append(_hist_section(nn))
+        body.append(_hist_section(nn, _hist_lines(calibration or {})))
         largest = sorted(members.items(), key=lambda kv: (-len(kv[1]), g.ids[kv[0]]))
-        for rep, rows in largest[: self.report_groups]:
+        header = ["sample_id", "type", "evidence", "caption"]
+
+        def render(item) -> str:
+            rep, rows = item
             shown = sorted(rows, key=lambda r: g.ids[r])[: REPORT_CAPTION_ROWS - 1]
             table_rows = [
                 (g.ids[r], types[r], g.combined.evidence[r] or "", captions[r] or "")
@@ -1040,8 +1163,27 @@ class DedupCaptions(Step):
             ]
             more = len(rows) - len(shown)
             note = f'<p class="muted">and {more} more in this group</p>' if more else ""
-            header = ["sample_id", "type", "evidence", "caption"]
-            body.append(f'<div class="group">{html_table(table_rows, header)}{note}</div>')
+            return f'<div class="group">{html_table(table_rows, header)}{note}</div>'
+
+        if largest:
+            listing = [
+                (g.ids[rep], g.ids[r], types[r], g.combined.evidence[r] or "", captions[r] or "")
+                for rep, rows in largest
+                for r in sorted(rows, key=lambda r: g.ids[r])
+            ]
+            body.append(
+                limited_gallery(
+                    largest,
+                    render,
+                    limit=self.report_groups,
+                    listing_path=ctx.artifact_dir() / "groups.html",
+                    listing_rows=listing,
+                    listing_header=["kept", *header],
+                    report_dir=ctx.run_dir / "report",
+                    what="duplicate caption groups",
+                    title="Duplicate caption groups",
+                )
+            )
         ctx.report.add_section(
             "dedup_captions", "Duplicate captions", "".join(body), _REPORT_ORDER + 1
         )

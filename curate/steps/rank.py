@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 import polars as pl
 
-from curate.steps.base import DROP_SUFFIX, RunContext, Step
-from curate.table import SAMPLE_ID
+from curate.steps.base import RunContext, Step
+from curate.table import DROP_SUFFIX, SAMPLE_ID
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class Rank(Step):
     """
 
     name: ClassVar[str] = "rank"
+    shardable: ClassVar[bool] = True
 
     model: str = "digits-tiny"
     estimator: Literal["fd", "jvp", "frame"] = "fd"
@@ -67,37 +68,70 @@ class Rank(Step):
             problems.append("shard_size: must be >= 1")
         return problems
 
+    def _score_columns(self) -> list[str]:
+        return ["vgr", "vgr_empty", "gap"] if self.condition == "caption" else ["vgr"]
+
+    def shard_values(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        """Per-row part: the scores (``vgr``; ``vgr_empty``, ``gap`` with captions) of
+        ``table``'s ok rows; the percentiles, flags and drops need every row (``compute``)."""
+        ok = table.filter(pl.col("status") == "ok")
+        scores = self._scores(ok, ctx)
+        out = table.select(SAMPLE_ID)
+        if scores is None:
+            return out.with_columns(
+                pl.lit(None, pl.Float64).alias(c) for c in self._score_columns()
+            )
+        return out.join(scores, on=SAMPLE_ID, how="left", maintain_order="left")
+
+    def _scores(self, ok: pl.DataFrame, ctx: RunContext) -> pl.DataFrame | None:
+        """``sample_id`` + score columns for the ok rows, in their order (None when none)."""
+        from curate.rank.ranker import rank_samples
+
+        if not ok.height:
+            return None
+        if ctx.shard_values is not None:  # curate merge: the shards scored them
+            from curate.shards import lookup
+
+            scores = lookup(ctx.shard_values, ok[SAMPLE_ID].to_list())
+            scores = scores.select(SAMPLE_ID, *self._score_columns())
+            if scores["vgr"].null_count():
+                sid = scores.filter(pl.col("vgr").is_null())[SAMPLE_ID][0]
+                from curate.errors import DataError
+
+                raise DataError(f"rank: the shards hold no score for sample_id {sid}; rerun them")
+            return scores
+        from curate.models.denoiser import load_denoiser
+
+        den = load_denoiser(self.model, device=ctx.device)
+        encoder, captions = None, None
+        if self.condition == "caption":
+            from curate.core.text import text_encoder_for_model
+
+            encoder = text_encoder_for_model(den, ctx.device, kind=self.text_encoder)
+            captions = ok["caption"].fill_null("").to_list()
+        store = ctx.images()
+        return rank_samples(
+            den,
+            ok[SAMPLE_ID].to_list(),
+            store.get,
+            self.vgr_config(ctx.seed),
+            captions=captions,
+            text_encoder=encoder,
+            batch_size=self.batch_size,
+            shard_dir=ctx.artifact_dir("shards"),
+            shard_size=self.shard_size,
+            model_key=str(den.info.get("path", self.model)),
+            progress=None if ctx.quiet else ctx.progress,
+        )
+
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
         import numpy as np
 
-        from curate.rank.ranker import percentile, rank_samples
+        from curate.rank.ranker import percentile
 
         ok = table.filter(pl.col("status") == "ok")
-        scores = None
-        if ok.height:
-            from curate.models.denoiser import load_denoiser
-
-            den = load_denoiser(self.model, device=ctx.device)
-            encoder, captions = None, None
-            if self.condition == "caption":
-                from curate.audit.audit import model_text_encoder
-
-                encoder = model_text_encoder(den, self.text_encoder, ctx.device)
-                captions = ok["caption"].fill_null("").to_list()
-            store = ctx.images()
-            scores = rank_samples(
-                den,
-                ok[SAMPLE_ID].to_list(),
-                store.get,
-                self.vgr_config(ctx.seed),
-                captions=captions,
-                text_encoder=encoder,
-                batch_size=self.batch_size,
-                shard_dir=ctx.artifact_dir("shards"),
-                shard_size=self.shard_size,
-                model_key=str(den.info.get("path", self.model)),
-                progress=None if ctx.quiet else ctx.progress,
-            )
+        scores = self._scores(ok, ctx)
+        if scores is not None:
             scores = scores.with_columns(pct=pl.Series(percentile(scores["vgr"].to_numpy())))
             self._report(ctx, ok, scores)
         out = table.select(SAMPLE_ID)

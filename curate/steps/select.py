@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 import polars as pl
 
-from curate.steps.base import DROP_SUFFIX, RunContext, Step
-from curate.table import evaluate_rule
+from curate.steps.base import RunContext, Step
+from curate.table import DROP_SUFFIX, evaluate_rule
 
 
 @dataclass(frozen=True)

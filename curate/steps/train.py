@@ -81,9 +81,10 @@ class Train(TrainConfig, Step):
     def _report(self, out: Path, ctx: RunContext, table: pl.DataFrame) -> None:
         import json
 
+        from curate.core.images import tensor_to_pil
+        from curate.core.text import text_encoder_for_model
         from curate.models.denoiser import CURATE_CONFIG, load_denoiser
         from curate.models.sampling import sample
-        from curate.models.text import text_encoder_for_model
         from curate.report import esc, html_table, thumb_grid
 
         info = json.loads((out / CURATE_CONFIG).read_text())
@@ -97,7 +98,7 @@ class Train(TrainConfig, Step):
         x = sample(den, num, steps=25, seed=ctx.seed, cond=cond, device=ctx.device, progress=False)
         if den.vae is not None:
             x = den.decode(x.to(ctx.device)).cpu()
-        images = _to_pil(x)
+        images = tensor_to_pil(x)
         cfg = info["config"]
         rows = [
             (k, cfg[k])
@@ -114,17 +115,6 @@ class Train(TrainConfig, Step):
             + thumb_grid(zip(images, prompts, strict=True), size=64)
         )
         ctx.report.add_section("train", "Training", body, order=80)
-
-
-def _to_pil(x) -> list:
-    import numpy as np
-    from PIL import Image
-
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().numpy()  # (N, C, H, W)
-    return [
-        Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(np.moveaxis(a, 0, -1))
-        for a in arr
-    ]
 
 
 def loss_curve_svg(points: list, width: int = 480, height: int = 140) -> str:

@@ -8,24 +8,19 @@ the CLI turns keys into flags.
 
 Imports nothing heavy at module level: the CLI imports it to build ``--help``.
 
-Metadata keys: ``help`` (required), ``metavar``, ``min`` / ``max`` (inclusive bounds of a number),
-``max_open`` (the upper bound is excluded).
+Fields are declared with ``curate.core.config.setting`` (its docstring lists the metadata keys).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
+from curate.core.config import field_problems, setting, unwrap_optional
 from curate.errors import UsageError
 
-
-def setting(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with its help text and CLI metadata (see the module docstring)."""
-    return field(default=default, metadata={"help": help, **meta})
+__all__ = ["RESUME_KEYS", "TrainConfig", "field_problems", "setting", "unwrap_optional"]
 
 
 @dataclass(frozen=True)
@@ -172,46 +167,3 @@ RESUME_KEYS = (
     "sigma_n_column",
     "noisy_only_column",
 )
-
-
-def field_problems(obj: Any) -> list[str]:
-    """Problems with a config dataclass's values against its fields' types and metadata bounds:
-    a ``Literal`` value outside its choices, a number of the wrong kind or out of ``min``/``max``.
-    """
-    hints = typing.get_type_hints(type(obj))
-    out = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        tp, optional = unwrap_optional(hints[f.name])
-        if value is None:
-            if not optional:
-                out.append(f"{f.name}: required")
-            continue
-        if typing.get_origin(tp) is Literal:
-            choices = typing.get_args(tp)
-            if value not in choices or isinstance(value, bool):
-                out.append(
-                    f"{f.name}: must be one of {', '.join(map(str, choices))}, got {value!r}"
-                )
-            continue
-        if tp in (int, float):
-            kinds = (int,) if tp is int else (int, float)
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                out.append(f"{f.name}: must be {'an integer' if tp is int else 'a number'}")
-                continue
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if lo is not None and value < lo:
-                out.append(f"{f.name}: must be >= {lo}, got {value!r}")
-            if hi is not None and (value >= hi if f.metadata.get("max_open") else value > hi):
-                op = "<" if f.metadata.get("max_open") else "<="
-                out.append(f"{f.name}: must be {op} {hi}, got {value!r}")
-    return out
-
-
-def unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    """``(X, True)`` for ``X | None``, ``(tp, False)`` otherwise."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(args) < len(typing.get_args(tp)):
-            return args[0], True
-    return tp, False

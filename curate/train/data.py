@@ -12,10 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
+from curate.core.images import pil_to_tensor
 from curate.errors import DataError, UsageError
+from curate.io.ingest import IngestConfig, ingest
+from curate.io.store import ImageStore
 from curate.seeding import rng_for
+from curate.table import TABLE_FILE, caption_lists, kept_rows
 
 # preload decoded images when they fit in this many bytes (uint8); otherwise decode per batch
 PRELOAD_BYTES = 1 << 30
@@ -42,42 +47,11 @@ class TrainData:
         if self.images is not None:
             return self.images[list(indices)]
         pil = self._store.get([self.sample_ids[i] for i in indices])
-        return images_to_tensor(pil, self.channels, self.resolution)
-
-
-def images_to_tensor(images: Sequence, channels: int, resolution: int) -> torch.Tensor:
-    """PIL images -> (N, C, H, W) float in [-1, 1]: grey or RGB, bilinear resize to a square."""
-    from PIL import Image
-
-    mode = {1: "L", 3: "RGB"}.get(channels)
-    if mode is None:
-        raise UsageError(f"channels: must be 1 or 3, got {channels}")
-    arrs = []
-    for img in images:
-        if img is None:
-            raise DataError("a kept row has no image; re-run ingest or drop the row")
-        img = img.convert(mode)
-        if img.size != (resolution, resolution):
-            img = img.resize((resolution, resolution), Image.BILINEAR)
-        a = np.asarray(img, dtype=np.uint8)
-        arrs.append(a[:, :, None] if a.ndim == 2 else a)
-    if not arrs:
-        return torch.empty((0, channels, resolution, resolution))
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()  # (N, C, H, W)
-    return x / 127.5 - 1
-
-
-def kept_mask(table) -> np.ndarray:
-    """Rows selection keeps (``curate.table.kept_mask``), as a numpy bool array."""
-    from curate.table import kept_mask as table_kept_mask
-
-    return table_kept_mask(table).to_numpy().astype(bool)
+        return pil_to_tensor(pil, channels=self.channels, resolution=self.resolution)
 
 
 def _captions_of(table) -> list[list[str]]:
     """What each row trains with (``curate.table.caption_lists``); [""] for uncaptioned rows."""
-    from curate.table import caption_lists
-
     return [lst or [""] for lst in caption_lists(table).to_list()]
 
 
@@ -96,7 +70,7 @@ def from_table(
             raise UsageError(
                 f"{key}: {col!r} is not a column of the table; see `curate info RUN_DIR`"
             )
-    kept = table.filter(pl_mask(kept_mask(table)))
+    kept = kept_rows(table)
     if kept.height == 0:
         raise DataError("no kept rows to train on (every row is rejected or marked *_drop)")
     sigma_n = noisy_only = None
@@ -119,19 +93,9 @@ def from_table(
     return data
 
 
-def pl_mask(mask: np.ndarray):
-    import polars as pl
-
-    return pl.Series("keep", mask)
-
-
 def from_run(run_dir: Path | str, **kwargs) -> TrainData:
     """Kept rows of ``RUN_DIR/table.parquet`` with their images (see :func:`from_table`)."""
-    import polars as pl
-
-    from curate.io.store import ImageStore
-
-    path = Path(run_dir) / "table.parquet"
+    path = Path(run_dir) / TABLE_FILE
     if not path.exists():
         raise DataError(f"{path} does not exist: pass a run folder made by `curate ingest`")
     return from_table(pl.read_parquet(path), ImageStore(run_dir), **kwargs)
@@ -184,7 +148,7 @@ def from_builtin(name: str, channels: int = 1, resolution: int = 16) -> TrainDat
         ids = None
     else:
         raise UsageError(f"--dataset builtin:{name}: unknown builtin dataset")
-    x = images_to_tensor(pil, channels, resolution)
+    x = pil_to_tensor(pil, channels=channels, resolution=resolution)
     # the ids `curate ingest` gives rows without an id column, so both routes agree
     return from_tensors(x, sample_ids=ids or [f"s{i:08d}" for i in range(len(pil))], captions=text)
 
@@ -208,12 +172,10 @@ def load_training_data(
         "sigma_n_column": sigma_n_column,
         "noisy_only_column": noisy_only_column,
     }
-    if (Path(dataset) / "table.parquet").exists():
+    if (Path(dataset) / TABLE_FILE).exists():
         return from_run(dataset, **kwargs)
     if Path(dataset).is_dir() and (Path(dataset) / "images").exists():
         raise DataError(f"--dataset {dataset}: run folder without table.parquet; re-run ingest")
-    from curate.io.ingest import IngestConfig, ingest
-
     with tempfile.TemporaryDirectory(prefix="curate-train-") as tmp:
         ingest(IngestConfig(name=dataset), tmp, quiet=quiet)
         data = from_run(tmp, **kwargs)

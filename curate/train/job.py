@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from curate.models.presets import build_model, preset_defaults
+from curate.train import loop
 from curate.train.config import TrainConfig
+from curate.train.data import from_table, load_training_data
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,10 @@ def resolve_config(config: TrainConfig) -> TrainConfig:
     ``sd-finetune``, ``resolution`` (the checkpoint's image size) filled in."""
     config.check()
     config = config.with_default_channels()
-    if config.resolution is None:
-        from curate.models.presets import build_model, preset_defaults
-
-        if preset_defaults(config.model)["resolution"] is None:  # sd-finetune
-            bundle = build_model(config.model, channels=config.channels, device="cpu")
-            config = dataclasses.replace(config, resolution=bundle.image_resolution)
+    if config.resolution is None and preset_defaults(config.model)["resolution"] is None:
+        # sd-finetune: the checkpoint's image size
+        bundle = build_model(config.model, channels=config.channels, device="cpu")
+        config = dataclasses.replace(config, resolution=bundle.image_resolution)
     return config
 
 
@@ -61,10 +62,6 @@ def train_job(
     ``dataset``: the source's name). ``resume`` and ``overwrite`` are those of
     ``curate.train.loop.train``. Errors name config keys (``sigma_n_column: ...``).
     """
-    from curate.models.presets import preset_defaults
-    from curate.train.data import from_table, load_training_data
-    from curate.train.loop import train
-
     config = resolve_config(config)
     resolution = config.resolution or preset_defaults(config.model)["resolution"]
     columns = {
@@ -79,7 +76,7 @@ def train_job(
     else:
         data = load_training_data(str(source), quiet=quiet, **columns)
         name = str(source)
-    path = train(
+    path = loop.train(
         data,
         out_dir,
         config,

@@ -30,7 +30,10 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from curate._version import __version__
+from curate.captions.transforms import gaussian_noise_per_sample, make_transform
 from curate.errors import UsageError
+from curate.io.folders import MARKER, atomic_write_json, folder_kind
 from curate.models.denoiser import CURATE_CONFIG, DiffusersDenoiser
 from curate.models.presets import ModelBundle, build_model, save_pipeline
 from curate.seeding import rng_for, torch_generator
@@ -75,8 +78,6 @@ class Trainer:
         self.data = data
         self.quiet = quiet
         if caption_transform is None and config.caption_transform:
-            from curate.captions.transforms import make_transform
-
             caption_transform = make_transform(
                 config.caption_transform, p=config.caption_p, seed=config.seed
             )
@@ -222,8 +223,6 @@ class Trainer:
             captions = self._captions(idx, epochs, positions)
             cond = self.text_encoder.encode(captions)
             if cfg.embedding_noise > 0:
-                from curate.captions.transforms import gaussian_noise_per_sample
-
                 # one draw per (sample, stream position); empty (dropped) captions stay clean,
                 # as the unconditional branch does at sampling time
                 keys = [f"{sid}@{int(p)}" for sid, p in zip(ids, positions, strict=True)]
@@ -486,8 +485,6 @@ def train(
     starts over (which needs ``overwrite`` when the folder is not empty). A non-empty folder
     that curate train did not make is never written into or deleted.
     """
-    from curate.io.folders import MARKER, atomic_write_json, folder_kind
-
     if config.channels is None:
         config = dataclasses.replace(config, channels=data.channels)
     out = Path(out_dir)
@@ -556,7 +553,5 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def _versions() -> dict[str, str]:
     import diffusers
-
-    from curate import __version__
 
     return {"curate": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}

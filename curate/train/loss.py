@@ -4,7 +4,8 @@ Both objectives work through the denoiser interface ``D(x, sigma, cond) -> x0_ha
 x = x0 + sigma * eps) and weight the x0-space error by ``denoiser.loss_weight(sigma)``, which
 makes the ``ddpm`` loss exactly the model's native DDPM loss (|eps_hat - eps|^2 for an eps model).
 
-``ambient`` is Shah et al. 2025, "Does Generation Require Memorization?" (seeds.md §1(b)):
+``ambient`` is Shah et al. 2025, "Does Generation Require Memorization?", built on Ambient Diffusion
+(Daras et al.):
 below a per-sample noise level sigma_n the usual loss on the clean image; at and above it the
 network only sees a FIXED noisy copy x~ = x0 + sigma_n * eps_i, with input
 x~ + sqrt(sigma^2 - sigma_n^2) * eta and the Tweedie-corrected target
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
-from curate.models.denoiser import _bcast
+from curate.models.denoiser import broadcast_sigma, ve_to_vp, vp_std_from_sigma
 from curate.seeding import sample_normal
 
 
@@ -59,7 +60,7 @@ def ddpm_loss(
     cond: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Standard denoising loss (B,): input x0 + sigma * eta, target x0, native weighting."""
-    x_in = x0 + _bcast(sigma, x0) * eta  # (B, C, H, W)
+    x_in = x0 + broadcast_sigma(sigma, x0) * eta  # (B, C, H, W)
     d = denoiser(x_in, sigma, cond)
     return denoiser.loss_weight(sigma) * _per_sample_mean((d - x0) ** 2)
 
@@ -77,7 +78,7 @@ def ambient_inputs(
     (sigma >= sigma_n): input x~ + sqrt(sigma^2 - sigma_n^2) * eta, target x~ = x0 + sigma_n * eps.
     """
     amb = sigma >= sigma_n  # (B,)
-    s, sn = _bcast(sigma, x0), _bcast(sigma_n, x0)
+    s, sn = broadcast_sigma(sigma, x0), broadcast_sigma(sigma_n, x0)
     x_noisy = x0 + sn * eps  # x~, the fixed noisy copy
     extra = (s**2 - sn**2).clamp(min=0).sqrt()
     m = _mask(amb, x0)
@@ -90,7 +91,7 @@ def tweedie_noisy_estimate(
     d: torch.Tensor, x_in: torch.Tensor, sigma: torch.Tensor, sigma_n: torch.Tensor
 ) -> torch.Tensor:
     """E[x~ | x_in] from an x0 estimate D: (1 - sigma_n^2/sigma^2) D + (sigma_n^2/sigma^2) x_in."""
-    r = _bcast(sigma_n**2 / sigma**2, d)
+    r = broadcast_sigma(sigma_n**2 / sigma**2, d)
     return (1 - r) * d + r * x_in
 
 
@@ -107,17 +108,15 @@ def ambient_loss(
     """Ambient loss (B,) with per-sample ``sigma_n`` (B,) and fixed noise ``eps`` (B, C, H, W).
 
     ``form="vp"`` computes the ambient branch in VP coordinates (the form used for latent
-    models, seeds.md §1(b)): same input and minimiser, error measured on VP-scaled data, i.e.
+    models in Ambient Diffusion, Daras et al.): same input and minimiser, error measured on VP-scaled data, i.e.
     the VE error divided by (1 + sigma_n^2).
     """
     sigma_n = torch.as_tensor(sigma_n, dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
     x_in, target, amb = ambient_inputs(x0, sigma, sigma_n, eps, eta)
     d = denoiser(x_in, sigma, cond)
     if form == "vp":
-        s_t = sigma / (1 + sigma**2).sqrt()
-        s_n = sigma_n / (1 + sigma_n**2).sqrt()
-        x_t = x_in / _bcast((1 + sigma**2).sqrt(), x_in)
-        x_n = target / _bcast((1 + sigma_n**2).sqrt(), target)
+        s_t, s_n = vp_std_from_sigma(sigma), vp_std_from_sigma(sigma_n)
+        x_t, x_n = ve_to_vp(x_in, sigma), ve_to_vp(target, sigma_n)
         est = vp_noisy_estimate(x_t, d, s_t, s_n)
     elif form == "ve":
         est = tweedie_noisy_estimate(d, x_in, sigma, sigma_n)
@@ -130,7 +129,7 @@ def ambient_loss(
     return denoiser.loss_weight(sigma) * _per_sample_mean((pred - tgt) ** 2)
 
 
-# --- the VP form (seeds.md §1(b), "VP / latent version") -------------------------------------
+# --- the VP form (Ambient Diffusion, Daras et al.: the VP / latent version) -------------------
 
 
 def vp_ambient_input(
@@ -139,7 +138,7 @@ def vp_ambient_input(
     """x_t = r x_n + k eta with r = sqrt((1 - s_t^2)/(1 - s_n^2)), k = sqrt(s_t^2 - r^2 s_n^2)."""
     r = ((1 - s_t**2) / (1 - s_n**2)).sqrt()
     k = (s_t**2 - r**2 * s_n**2).clamp(min=0).sqrt()
-    return _bcast(r, x_n) * x_n + _bcast(k, x_n) * eta
+    return broadcast_sigma(r, x_n) * x_n + broadcast_sigma(k, x_n) * eta
 
 
 def vp_noisy_estimate(
@@ -148,5 +147,5 @@ def vp_noisy_estimate(
     """x_n_hat = (x_t + (k^2/s_t^2)(sqrt(1 - s_t^2) x0_hat - x_t)) / r  (VP Tweedie estimate)."""
     r = ((1 - s_t**2) / (1 - s_n**2)).sqrt()
     k2 = (s_t**2 - r**2 * s_n**2).clamp(min=0)
-    a = _bcast((1 - s_t**2).sqrt(), x_t)
-    return (x_t + _bcast(k2 / s_t**2, x_t) * (a * x0_hat - x_t)) / _bcast(r, x_t)
+    a = broadcast_sigma((1 - s_t**2).sqrt(), x_t)
+    return (x_t + broadcast_sigma(k2 / s_t**2, x_t) * (a * x0_hat - x_t)) / broadcast_sigma(r, x_t)

@@ -87,13 +87,15 @@ def test_text_model_audit_scores_each_generation_against_its_prompt(
     assert align["name"] == "CLIP score (clip-tiny-clip-test-tiny.pt)"
     assert align["value"] == pytest.approx(table["clip_score"].mean())
     # Each row is scored against its own prompt: recompute row 1 from the two towers.
-    from curate.audit.audit import embed, pil_to_tensor
+    from curate.core.images import embed_tensor, pil_to_tensor
 
     scorer = clip_scorer(str(cfg), str(ckpt))
     from PIL import Image
 
-    img = pil_to_tensor([Image.open(out / "samples" / "00001.png")], 16, 1)
-    expected = 100 * float(embed(scorer, img)[0] @ scorer.embed_text([table["prompt"][1]])[0])
+    img = pil_to_tensor([Image.open(out / "samples" / "00001.png")], channels=1, resolution=16)
+    expected = 100 * float(
+        embed_tensor(scorer, img)[0] @ scorer.embed_text([table["prompt"][1]])[0]
+    )
     assert table["clip_score"][1] == pytest.approx(expected, abs=0.5)  # PNG is 8-bit
     assert "CLIP score" in (out / "report" / "index.html").read_text()
 

@@ -9,17 +9,13 @@ import polars as pl
 import pytest
 import torch
 
-from curate.audit.audit import (
-    AuditSettings,
-    TrainingSet,
-    audit_samples,
-    load_training_set,
-    pil_to_tensor,
-    run_audit,
-    tensor_to_pil,
-)
+from curate.audit.job import run_audit
 from curate.audit.oracle import EmpiricalDenoiser
+from curate.audit.scoring import audit_samples
+from curate.audit.settings import AuditSettings
+from curate.core.images import pil_to_tensor, tensor_to_pil
 from curate.errors import DataError, UsageError
+from curate.io.training import TrainingSet, load_training_set
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +54,12 @@ def test_load_training_set_skips_removed_rows(digits_run, tmp_path):
 
 def test_pil_round_trip_is_lossless_at_uint8():
     x = torch.randint(0, 256, (3, 1, 8, 8)).float() / 127.5 - 1
-    back = pil_to_tensor(tensor_to_pil(x), 8, 1)
+    back = pil_to_tensor(tensor_to_pil(x), channels=1, resolution=8)
     torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
     rgb = torch.randint(0, 256, (2, 3, 8, 8)).float() / 127.5 - 1
-    torch.testing.assert_close(pil_to_tensor(tensor_to_pil(rgb), 8, 3), rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        pil_to_tensor(tensor_to_pil(rgb), channels=3, resolution=8), rgb, atol=1e-6, rtol=0
+    )
 
 
 def _sampler(euler_sample):
@@ -101,7 +99,7 @@ def test_run_audit_writes_every_output(digits, euler_sample, tmp_path):
 
 
 def test_report_lists_worst_copies_first(digits, tmp_path):
-    from curate.audit.audit import write_audit
+    from curate.audit.report import write_audit
 
     train = TrainingSet.from_tensor(digits[:40], [f"t{i}" for i in range(40)])
     held_out = digits[100:104]
@@ -163,7 +161,8 @@ def test_similarity_threshold_follows_the_feature_space():
 
 
 def test_pixel_features_are_centred_at_the_model_resolution(digits):
-    from curate.audit.audit import embed, image_embedder
+    from curate.audit.scoring import image_embedder
+    from curate.core.images import embed_tensor as embed
 
     embedder = image_embedder("pixel", tuple(digits[:5].shape))
     f = embed(embedder, digits[:5])
@@ -173,7 +172,7 @@ def test_pixel_features_are_centred_at_the_model_resolution(digits):
 
 
 def test_missing_sscd_model_is_a_clear_error(digits):
-    from curate.audit.audit import image_embedder
+    from curate.audit.scoring import image_embedder
     from curate.errors import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):

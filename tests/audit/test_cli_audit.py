@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from curate.audit.audit import load_training_set
 from curate.cli.audit import audit
+from curate.io.training import load_training_set
 
 
 @pytest.fixture(scope="module")

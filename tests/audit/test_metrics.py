@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from curate.audit import metrics
+from curate.core.neighbours import knn
 from curate.errors import DataError
 
 
@@ -16,7 +17,7 @@ def _points(rng, n, d=32):
 def test_search_l2_reads_an_exact_copy_as_zero_distance():
     rng = np.random.default_rng(0)
     base = _points(rng, 200, 256) * 10  # large norms: the float32 expansion would read ~1e-2
-    dist, idx = metrics.search(base[[5, 17]], base, k=3, metric="l2")
+    dist, idx = knn(base[[5, 17]], base, k=3, metric="l2")
     assert idx[:, 0].tolist() == [5, 17]
     assert np.all(dist[:, 0] == 0.0)
     assert np.all(np.diff(dist, axis=1) >= 0)  # nearest first
@@ -26,8 +27,8 @@ def test_search_does_not_depend_on_query_batch_size():
     rng = np.random.default_rng(1)
     base, queries = _points(rng, 100), _points(rng, 37)
     for metric in ("l2", "ip"):
-        v1, i1 = metrics.search(queries, base, k=5, metric=metric, batch_size=1)
-        v2, i2 = metrics.search(queries, base, k=5, metric=metric, batch_size=1024)
+        v1, i1 = knn(queries, base, k=5, metric=metric, batch_size=1)
+        v2, i2 = knn(queries, base, k=5, metric=metric, batch_size=1024)
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_allclose(v1, v2)
 
@@ -35,7 +36,7 @@ def test_search_does_not_depend_on_query_batch_size():
 def test_search_matches_brute_force():
     rng = np.random.default_rng(2)
     base, queries = _points(rng, 80), _points(rng, 20)
-    dist, idx = metrics.search(queries, base, k=4, metric="l2", batch_size=7)
+    dist, idx = knn(queries, base, k=4, metric="l2", batch_size=7)
     brute = np.linalg.norm(queries[:, None].astype(np.float64) - base[None], axis=2)
     np.testing.assert_array_equal(idx, np.argsort(brute, axis=1)[:, :4])
     np.testing.assert_allclose(dist, np.sort(brute, axis=1)[:, :4], rtol=1e-6)

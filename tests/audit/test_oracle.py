@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from curate.audit.audit import AuditSettings, TrainingSet, audit_samples
 from curate.audit.oracle import EmpiricalDenoiser
+from curate.audit.scoring import audit_samples
+from curate.audit.settings import AuditSettings
+from curate.io.training import TrainingSet
 
 
 def _naive_posterior_mean(train, x, sigma):

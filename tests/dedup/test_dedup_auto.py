@@ -26,9 +26,11 @@ except ImportError:  # without the SSCD model, the pixel tier stands in for the 
 N_DIGITS = 400
 # Fewer planted originals than the default keeps SSCD's share of the test short.
 FAST = {"tiers": TIERS, "sscd_size": 160, "calibration_sample": 48}
-# Measured on the tile set below: pair recall 0.47 at precision 0.93 (pHash radius 9, SSCD 0.64).
-# 32 px tiles carry little for either tier; crops and rotations are mostly missed.
-RECALL_BOUND = 0.35
+# Measured on the tile set below: pair recall 0.28 at precision 1.0 (pHash radius 7; SSCD off:
+# recall 0.26 < min_recall at precision 0.99). Before copy groups were left out of the background
+# it was recall 0.47 at precision 0.93. 32 px tiles carry little for either tier; crops and
+# rotations are mostly missed.
+RECALL_BOUND = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +192,34 @@ def test_per_row_radius_disables_a_band():
     assert np.isnan(tier.pair_sim(np.array([0]), np.array([2]))).all()
 
 
+def test_a_pair_of_two_bands_is_judged_by_the_pooled_threshold():
+    """A resized copy falls into a smaller size band than its original. Such a pair matches
+    within the pooled (all bands) radius, kept between the two rows' own radii, rather than
+    the stricter band's radius alone; pairs inside one band keep their band's radius."""
+    from curate.dedup.tiers import embedding_tier, hash_tier
+
+    codes = np.zeros((3, 8), np.uint8)
+    codes[1, 0] = 0b11111  # 5 bits from row 0
+    codes[2, 0] = 0b11111
+    band = np.array([2, 1, 2])  # row 1 is the small-band copy
+    radius = np.array([11, 1, 11])
+    strict = hash_tier(codes, 0, row_radius=radius)
+    assert (0, 1) not in set(strict.edges.pairs())  # min(11, 1) = 1 < 5
+    cross = hash_tier(codes, 0, row_radius=radius, row_band=band, cross_radius=9)
+    assert {(0, 1), (1, 2)} <= set(cross.edges.pairs())
+    tight = hash_tier(codes, 0, row_radius=radius, row_band=band, cross_radius=3)
+    assert (0, 1) not in set(tight.edges.pairs())  # pooled radius 3 < 5
+    assert not np.isnan(cross.pair_sim(np.array([0]), np.array([1]))).any()
+
+    v = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], np.float32)  # cos(0, 1) = 0.8
+    th = np.array([0.7, 0.95, 0.7])
+    b = np.array([2, 1, 2])
+    plain = embedding_tier(v, 2.0, "sscd", row_threshold=th, k=2)
+    assert (0, 1) not in set(plain.edges.pairs())  # max(0.7, 0.95) = 0.95 > 0.8
+    pooled = embedding_tier(v, 2.0, "sscd", row_threshold=th, row_band=b, cross_threshold=0.75, k=2)
+    assert (0, 1) in set(pooled.edges.pairs())
+
+
 # -- contamination: real copies in the data must not be taken for background -------------------
 
 N_TILES, COPIED = 300, 21  # 21 x 6 transforms = 126 copies: 30 % of the rows
@@ -257,10 +287,10 @@ def tiles_out(photos, tmp_path_factory):
 
 def test_planted_copies_in_the_data_do_not_switch_the_tiers_off(tiles_out):
     """30 % of the rows are copies of 7 % of the 32 px tiles (no identical-pixel copies, so the
-    exact tier finds nothing). Among random pairs of a sample, the real copies are a part of
-    the tail of known shape (their number estimated from pairs two tiers confirm) and are
-    subtracted, so the tiers stay on: a third or more of the copy pairs found at precision >=
-    0.9 (the target 0.95 is not reached here), few distinct tiles removed."""
+    exact tier finds nothing). Among random pairs of a sample, the copy groups two tiers agree
+    on leave the background (and what they miss is partly subtracted), so the copies do not
+    read as false matches and the tiers stay on: a quarter or more of the copy pairs found at
+    precision >= 0.95, few distinct tiles removed."""
     from curate.dedup.clusters import pair_scores
 
     table, out, stats = tiles_out
@@ -273,7 +303,7 @@ def test_planted_copies_in_the_data_do_not_switch_the_tiers_off(tiles_out):
     assert cal["estimated_copy_pairs"] > 0.5 * COPIED * 21  # 21 pairs in a group of 7
     on = [t for t, bands in stats["thresholds"].items() if bands["tiny"] != "disabled"]
     assert on, stats["thresholds"]
-    assert s["precision"] >= 0.9, s
+    assert s["precision"] >= 0.95, s
     assert s["recall"] >= RECALL_BOUND, s
     group = dict(zip(full["sample_id"], truth, strict=True))
     wrong = [

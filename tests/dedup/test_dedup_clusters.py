@@ -6,9 +6,10 @@ import numpy as np
 import polars as pl
 import pytest
 
+from curate.core.neighbours import cosine_knn
 from curate.dedup.clusters import group, mutual_filter, pair_scores
 from curate.dedup.keep import keep_priority
-from curate.dedup.search import Edges, cosine_knn, cosine_pairs
+from curate.dedup.search import Edges, cosine_pairs
 from curate.dedup.tiers import combine_tiers, embedding_tier, exact_tier, hash_tier
 from curate.errors import UsageError
 

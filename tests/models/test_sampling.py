@@ -18,6 +18,7 @@ class GaussianDenoiser:
         self.mu, self.s = mu, s
         self.schedule = DiscreteSchedule.from_scheduler_config(default_scheduler_config())
         # no scheduler_config: ddim/ddpm step a config derived from `schedule` (no clipping)
+        self.scheduler_config = self.vae = None
         self.sigma_min, self.sigma_max = self.schedule.sigma_min, self.schedule.sigma_max
         self.channels, self.resolution, self.conditional = 1, res, False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from curate.models.text import TextEncoder
+from curate.core.text import TextEncoder
 
 
 class CountingEncoder(TextEncoder):

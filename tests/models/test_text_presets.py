@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from curate.core.text import HashTokenizer, TinyClipEncoder, get_text_encoder
 from curate.errors import UsageError
 from curate.models.presets import build_model, build_pixel_unet, preset_defaults
-from curate.models.text import HashTokenizer, TinyClipEncoder, get_text_encoder
 
 
 def test_hash_tokenizer_is_stable_and_pads():
@@ -145,9 +145,9 @@ def test_sd_finetune_trains_saves_and_samples(tiny_sd, tmp_path):
     """sd-finetune:PATH trains the UNet on VAE latents (VP ambient form) and writes an SD pipeline."""
     from diffusers import DiffusionPipeline
 
+    from curate.core.text import text_encoder_for_model
     from curate.models.denoiser import load_denoiser
     from curate.models.sampling import sample
-    from curate.models.text import text_encoder_for_model
     from curate.train.data import from_tensors
     from curate.train.loop import TrainConfig, train
 

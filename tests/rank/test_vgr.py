@@ -14,7 +14,8 @@ from curate.rank.vgr import ODEGrid, VGRConfig, volume_growth
 class LinearDenoiser(torch.nn.Module):
     """D(x, sigma) = a x: the PF-ODE step is then x -> lambda x with a closed-form lambda."""
 
-    channels, resolution = 1, 4
+    channels, resolution, conditional = 1, 4, False
+    schedule = scheduler_config = vae = None  # walked on the default DDPM schedule
 
     def __init__(self, a: float):
         super().__init__()

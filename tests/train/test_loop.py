@@ -168,9 +168,9 @@ def test_caption_lists_and_transform_hook(digits8):
 def test_conditional_model_saves_and_samples(tmp_path, digits8):
     from diffusers import DiffusionPipeline
 
+    from curate.core.text import text_encoder_for_model
     from curate.models.denoiser import load_denoiser
     from curate.models.sampling import sample
-    from curate.models.text import text_encoder_for_model
 
     x, caps = digits8
     cfg = _cfg(conditioning="caption", text_encoder="tiny-clip", steps=2)

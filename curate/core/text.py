@@ -8,6 +8,9 @@ Three kinds, all available offline:
   hashing word tokenizer, for tests and CPU demos; its weights are saved beside a trained model;
 * a model id or path: the CLIP text encoder of a Stable Diffusion checkpoint (``text_encoder/``
   and ``tokenizer/`` subfolders) or any ``transformers`` encoder with a tokenizer.
+
+:func:`text_encoder_for_model` is the one lookup of the encoder a trained model needs (the
+sampler, the audit, the ranker and the train step's report all use it).
 """
 
 from __future__ import annotations
@@ -199,23 +202,45 @@ def get_text_encoder(
     return HFTextEncoder(kind, device)
 
 
-def text_encoder_for_model(denoiser, device: str = "cpu") -> TextEncoder | None:
-    """The frozen encoder a loaded model was trained with (None for an unconditional model)."""
-    if not denoiser.conditional:
+def text_encoder_for_model(
+    denoiser, device: str = "cpu", kind: str | None = None
+) -> TextEncoder | None:
+    """The frozen encoder a loaded model (``curate.models.denoiser.Denoiser``) was trained with.
+
+    ``kind`` (a ``--text-encoder`` value: ``minilm``, ``tiny-clip``, an id/path) overrides what
+    the model records. Without it: None for an unconditional model; else the encoder named in
+    the model's ``curate_train.json``, or the pipeline's own ``text_encoder/`` (a Stable
+    Diffusion folder). ``tiny-clip`` weights come from the model folder when saved there.
+    """
+    explicit = kind is not None
+    if not explicit and not denoiser.conditional:
         return None
-    path = Path(denoiser.info.get("path", ""))
-    spec = (denoiser.info.get("train") or {}).get("text_encoder") or {}
-    kind = spec.get("kind")
+    info = denoiser.info or {}
+    folder = Path(info["path"]) if info.get("path") else None
+    if not explicit:
+        spec = (info.get("train") or {}).get("text_encoder")
+        kind = spec.get("kind") if isinstance(spec, dict) else spec
     if kind == "tiny-clip":
-        weights = path / "text_encoder.safetensors"
-        return TinyClipEncoder(device, weights=weights if weights.exists() else None)
-    if kind and kind != str(path) and not (path / "text_encoder").exists():
+        saved = folder / "text_encoder.safetensors" if folder is not None else None
+        return TinyClipEncoder(
+            device, weights=saved if saved is not None and saved.exists() else None
+        )
+    if explicit:
         return get_text_encoder(kind, device)
-    if (path / "text_encoder").exists() or denoiser.info.get(
-        "pipeline"
-    ) == "StableDiffusionPipeline":
-        return HFTextEncoder(str(path), device, name=str(path))
-    raise ModelError(
-        f"{path}: conditional model without a recorded text encoder; "
-        "expected curate_train.json or a text_encoder/ folder"
+    own = folder is not None and (
+        (folder / "text_encoder").exists() or info.get("pipeline") == "StableDiffusionPipeline"
     )
+    if own:
+        return HFTextEncoder(str(folder), device, name=str(folder))
+    if kind:
+        return get_text_encoder(kind, device)
+    raise ModelError(
+        f"{folder or 'the model'}: text-conditional, but neither its curate_train.json nor a "
+        "text_encoder/ folder names its text encoder: pass --text-encoder"
+    )
+
+
+def uncond_embedding(text_encoder: TextEncoder, device: str) -> torch.Tensor:
+    """The empty-prompt embedding (1, L, D): the unconditional branch of classifier-free
+    guidance for a model trained with caption dropout."""
+    return text_encoder.encode([""]).to(device)
