@@ -346,9 +346,15 @@ def _check_references(
         return
     for key in cls.references:
         value = params.get(key)
-        values = value.values() if isinstance(value, dict) else value
-        values = [values] if isinstance(values, str) else values
-        for v in values if isinstance(values, list | tuple) or hasattr(values, "__iter__") else ():
+        if isinstance(value, str):
+            values = [value]
+        elif isinstance(value, dict):
+            values = list(value.values())
+        elif isinstance(value, list | tuple):
+            values = list(value)
+        else:
+            continue
+        for v in values:
             if not isinstance(v, str) or v in ids:
                 continue
             if v.isidentifier() and not Path(v).exists():

@@ -13,6 +13,7 @@ from curate.steps.base import Step
 def _steps() -> dict[str, type[Step]]:
     from curate.steps.audit import Audit
     from curate.steps.captions import Captions
+    from curate.steps.compare import Compare
     from curate.steps.dedup import DedupCaptions, DedupImages
     from curate.steps.export import Export
     from curate.steps.rank import Rank
@@ -30,6 +31,7 @@ def _steps() -> dict[str, type[Step]]:
         Audit,
         Rank,
         Train,
+        Compare,
     ]
     return {cls.name: cls for cls in steps}
 

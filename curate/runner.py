@@ -160,10 +160,12 @@ def _run_one(
     ctx.shard_values = None
     if shard_values is not None and step.shardable:
         ctx.shard_values = shard_values(index, step, table, sdir)
+    ctx.step_id = step.step_id
     try:
         table = compute_step(step, table, ctx)
     finally:
         ctx.shard_values = None
+        ctx.step_id = None
     seconds = time.perf_counter() - start
     after = int((~removal_frame(table)["keep"]).sum())
     produced = list(step.output_columns())
@@ -356,8 +358,12 @@ def write_summary(run_dir: Path, table: pl.DataFrame, max_thumbs: int = 24) -> d
         f"<b>{stats['removed']}</b> removed.</p>",
         html_table(
             [
-                (s["index"], s["step"] + (f" ({s['id']})" if s.get("id") else ""), s["seconds"],
-                 s["removed"])
+                (
+                    s["index"],
+                    s["step"] + (f" ({s['id']})" if s.get("id") else ""),
+                    s["seconds"],
+                    s["removed"],
+                )
                 for s in stats["steps"]
             ],  # fmt: skip
             ["#", "step", "seconds", "removed"],

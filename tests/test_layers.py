@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("curate.core", "curate.table")),
     ("data", ("curate.io", "curate.data", "curate.report", "curate.captions")),
     ("models", ("curate.models", "curate.dedup")),
-    ("methods", ("curate.train", "curate.rank", "curate.guidance")),
+    ("methods", ("curate.train", "curate.rank", "curate.guidance", "curate.generate")),
     ("audit", ("curate.audit",)),
     (
         "pipeline",

@@ -164,7 +164,7 @@ def feature_space_name(kind: str, max_side: int = 16) -> str:
         return f"FD_pixel@{max_side}"
     if kind == "randconv":
         return "FD_randconv"
-    raise UsageError(f"--fd-features {kind!r} is not one of {', '.join(FD_FEATURES)}")
+    raise UsageError(f"fd_features: {kind!r} is not one of {', '.join(FD_FEATURES)}")
 
 
 def fd_features(images, kind: str = "pixel", max_side: int = 16, seed: int = 0) -> np.ndarray:
@@ -173,4 +173,4 @@ def fd_features(images, kind: str = "pixel", max_side: int = 16, seed: int = 0) 
         return pixel_features(images, max_side=max_side)
     if kind == "randconv":
         return randconv_features(images, seed=seed)
-    raise UsageError(f"--fd-features {kind!r} is not one of {', '.join(FD_FEATURES)}")
+    raise UsageError(f"fd_features: {kind!r} is not one of {', '.join(FD_FEATURES)}")

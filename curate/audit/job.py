@@ -1,6 +1,8 @@
-"""The memorization audit as a job: generate with a model, score against its training set,
-write everything (``run_audit``: what ``curate audit`` and the ``audit`` recipe step call), and
-the plain-vs-AMG audit from the same seeds (``audit_with_amg``).
+"""The memorization audit as a job: ``audit_job(config, train, out_dir)`` (what ``curate audit``
+and the ``audit`` recipe step both call) loads the model (or builds the oracle), its training set
+and text encoder from an ``AuditConfig`` and runs ``run_audit`` (generate, score against the
+training set, write everything) or, with AMG, ``audit_with_amg`` (plain vs AMG from the same
+seeds). Errors name config keys (``resolution: ...``); the CLI turns them into flags.
 
 Outputs under ``AUDIT_DIR``: ``audit.json`` (every summary metric with its definition and
 settings), ``samples.parquet`` (one row per generation), ``samples/NNNNN.png`` and
@@ -16,7 +18,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from curate.audit.alignment import clip_scorer, clip_scores
 from curate.audit.report import amg_pairs_html, write_audit
 from curate.audit.scoring import AuditResult, audit_samples, image_embedder
-from curate.audit.settings import DEFINITIONS, AuditSettings
+from curate.audit.settings import DEFINITIONS, AuditConfig, AuditSettings
 from curate.core.text import uncond_embedding
 from curate.errors import DataError, UsageError
 from curate.guidance.amg import AMG, AMGConfig
@@ -34,6 +36,7 @@ from curate.io.training import TrainingSet
 from curate.models.denoiser import Denoiser, image_shape
 from curate.models.sampling import sample
 from curate.report import Report
+from curate.train.job import RunRows
 
 if TYPE_CHECKING:
     import torch
@@ -110,16 +113,16 @@ def run_audit(
     if (chans, res, res) != tuple(train.images.shape[1:]):
         raise DataError(
             f"the model makes {chans}x{res}x{res} images but the training set is "
-            f"{'x'.join(map(str, train.images.shape[1:]))}: pass --resolution {res}"
+            f"{'x'.join(map(str, train.images.shape[1:]))}: set resolution: {res}"
         )
     settings = replace(settings, sampler=settings.sampler or default_method(denoiser))
     cond, prompt_rows = None, None
     if settings.alignment_clip and not denoiser.conditional:
-        raise UsageError("--alignment-clip needs a text-conditional model (it scores prompts)")
+        raise UsageError("alignment_clip: needs a text-conditional model (it scores prompts)")
     if denoiser.conditional:
         if text_encoder is None:
             raise UsageError(
-                "the model is text-conditional: pass --text-encoder (the kind it was trained with)"
+                "text_encoder: the model is text-conditional; set the kind it was trained with"
             )
         if train.captions is None:
             raise DataError("the model is text-conditional but the training set has no captions")
@@ -171,8 +174,8 @@ def _add_text_alignment(
     if not settings.alignment_clip:
         result.summary["metrics"]["text_alignment"] = {
             "value": None,
-            "note": "not measured: pass --alignment-clip MODEL (and --alignment-pretrained "
-            "TAG|PATH) for the CLIP score",
+            "note": "not measured: set alignment_clip (--alignment-clip MODEL) and "
+            "alignment_pretrained (TAG|PATH) for the CLIP score",
         }
         return
     scorer = clip_scorer(settings.alignment_clip, settings.alignment_pretrained, device=device)
@@ -251,7 +254,7 @@ def audit_with_amg(
     if denoiser.conditional and guidance_scale != 1.0:
         uncond = uncond_embedding(text_encoder, device)
     elif guidance_scale != 1.0:
-        raise UsageError("--guidance-scale needs a text-conditional model")
+        raise UsageError("guidance_scale: needs a text-conditional model")
     amg = build_amg(denoiser, train, config, device=device, text_encoder=text_encoder)
     plain_sampler = functools.partial(sample, uncond=uncond, cfg_scale=guidance_scale)
     amg_sampler = functools.partial(plain_sampler, guidance=amg)
@@ -283,3 +286,102 @@ def audit_with_amg(
     pairs = amg_pairs_html(plain, guided, train, amg.samples_frame())
     report.add_section("amg_pairs", "Plain vs AMG samples (same seeds)", pairs, order=21)
     return plain, guided, comparison
+
+
+# ----------------------------------------------------------------------------- the audit job
+
+
+@dataclass(frozen=True)
+class AuditJobResult:
+    """What :func:`audit_job` measured: the plain audit, and with AMG the guided one and the
+    comparison (``comparison.json``)."""
+
+    result: AuditResult
+    train: TrainingSet
+    guided: AuditResult | None = None
+    comparison: dict[str, Any] | None = None
+
+
+def audit_job(
+    config: AuditConfig,
+    train: str | Path | RunRows,
+    out_dir: Path | str,
+    *,
+    amg: AMGConfig | None = None,
+    device: str = "cpu",
+    quiet: bool = False,
+    report: Report | None = None,
+) -> AuditJobResult:
+    """Audit ``config.model`` (or, with ``config.oracle``, the empirical denoiser of the
+    training set) against ``train`` and write the audit to ``out_dir``.
+
+    ``train``: a run folder (its kept rows) or the ``RunRows`` of a recipe step. A model's
+    training set is read at the model's size (``resolution``, when set, must match it); the
+    oracle's at ``resolution`` (default: the images' own size). A text-conditional model is
+    prompted with the training captions through ``text_encoder`` (default: its own), with
+    classifier-free guidance at ``guidance_scale``. ``amg`` also audits anti-memorization
+    guidance from the same seeds. ``report``: the report the sections go to (default:
+    ``out_dir/report``). Errors name config keys.
+    """
+    from curate.io.training import load_training_set, training_set_from_table
+
+    config.validate()
+    if config.oracle == (config.model is not None):
+        raise UsageError("model: give either model (a model folder) or oracle: true")
+    if isinstance(train, RunRows):
+        where = "the kept rows"
+
+        def load(**kw):
+            return training_set_from_table(train.table, train.store, where="audit", **kw)
+    else:
+        where = str(train)
+
+        def load(**kw):
+            return load_training_set(train, **kw)
+
+    if config.oracle:
+        from curate.audit.oracle import EmpiricalDenoiser
+
+        train_set = load(resolution=config.resolution)
+        denoiser = EmpiricalDenoiser(train_set.images).to(device)
+        name = f"oracle: empirical denoiser of {where}"
+    else:
+        from curate.models.denoiser import load_denoiser
+
+        denoiser = load_denoiser(config.model, device)
+        channels, size, _ = image_shape(denoiser)
+        if config.resolution is not None and config.resolution != size:
+            raise UsageError(
+                f"resolution: {config.resolution} differs from the model's {size}; drop it"
+            )
+        train_set = load(resolution=size, channels=channels)
+        name = str(config.model)
+    extra: dict[str, Any] = {}
+    if config.fd_reference is not None:
+        chans, size = train_set.images.shape[1], train_set.images.shape[-1]
+        extra["fd_reference"] = load_training_set(
+            config.fd_reference, resolution=size, channels=chans
+        ).images
+        extra["fd_reference_name"] = f"kept rows of {config.fd_reference}"
+    encoder = None
+    if denoiser.conditional:
+        from curate.core.text import text_encoder_for_model
+
+        encoder = text_encoder_for_model(denoiser, device, kind=config.text_encoder)
+    settings = config.settings()
+    common = dict(device=device, quiet=quiet, model_name=name, text_encoder=encoder, report=report)
+    if amg is not None:
+        plain, guided, comparison = audit_with_amg(
+            denoiser, train_set, out_dir, settings, amg, guidance_scale=config.guidance_scale,
+            **common, **extra,
+        )  # fmt: skip
+        return AuditJobResult(plain, train_set, guided, comparison)
+    sampler = None
+    if config.guidance_scale != 1.0:
+        if encoder is None:
+            raise UsageError("guidance_scale: needs a text-conditional model")
+        sampler = functools.partial(
+            sample, uncond=uncond_embedding(encoder, device), cfg_scale=config.guidance_scale
+        )
+    result = run_audit(denoiser, train_set, out_dir, settings, sampler=sampler, **common, **extra)
+    return AuditJobResult(result, train_set)

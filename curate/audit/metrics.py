@@ -19,16 +19,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Thresholds from the literature, with the settings (standard library only: the CLI builds its
+# options from AuditSettings without numpy).
+from curate.audit.settings import (  # noqa: F401 (re-exported: metrics.NL2_K, ...)
+    COSINE_THRESHOLD,
+    NL2_ALPHA,
+    NL2_K,
+    NL2_THRESHOLD,
+    RATIO_THRESHOLD,
+    SSCD_THRESHOLD,
+)
 from curate.core.neighbours import as_rows, distinct_groups, knn, l2_normalize
 from curate.errors import DataError
-
-# Thresholds from the literature (the paper beside each).
-SSCD_THRESHOLD = 0.5  # Somepalli et al. CVPR 2023: a replication if top-1 SSCD similarity > 0.5
-COSINE_THRESHOLD = 0.9  # Shah et al. 2025: DINO-style cosine > 0.9
-NL2_ALPHA = 0.5
-NL2_K = 50
-NL2_THRESHOLD = 1.4  # AMG (Chen et al. 2024) flags memorization at l < 1.4
-RATIO_THRESHOLD = 1.0 / 3.0
 
 
 def cosine_top1(

@@ -78,7 +78,7 @@ def image_embedder(
         return get_image_embedder("sscd", device=device, **({"model": model} if model else {}))
     if kind == "clip":  # a one-line error naming --features-model when the weights are missing
         return load_clip(CLIP_MODEL, model or CLIP_PRETRAINED, device, FEATURES_FLAGS)
-    raise UsageError(f"--features {kind!r} is not one of {', '.join(FEATURES)}")
+    raise UsageError(f"features: {kind!r} is not one of {', '.join(FEATURES)}")
 
 
 # ----------------------------------------------------------------------------------- scoring
@@ -109,7 +109,7 @@ def audit_samples(
     if samples.shape[1:] != train.images.shape[1:]:
         raise DataError(
             f"generations are {tuple(samples.shape[1:])} but training images are "
-            f"{tuple(train.images.shape[1:])}: pass the model's --resolution"
+            f"{tuple(train.images.shape[1:])}: set resolution to the model's"
         )
     if len(samples) == 0:
         raise DataError("no generations to audit")

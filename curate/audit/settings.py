@@ -6,10 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from curate.audit import metrics
 from curate.core.config import config_values, field_problems, setting, setting_keys
 from curate.core.weights import CLIP_PRETRAINED
 from curate.errors import UsageError
+
+SSCD_THRESHOLD = 0.5  # Somepalli et al. CVPR 2023: a replication if top-1 SSCD similarity > 0.5
+COSINE_THRESHOLD = 0.9  # Shah et al. 2025: DINO-style cosine > 0.9
+NL2_ALPHA = 0.5
+NL2_K = 50
+NL2_THRESHOLD = 1.4  # AMG (Chen et al. 2024) flags memorization at l < 1.4
+RATIO_THRESHOLD = 1.0 / 3.0
 
 FEATURES = ("pixel", "sscd", "clip")
 LOO_QUERIES = 2000  # training images scored by the leave-one-out false-positive check
@@ -68,16 +74,16 @@ class AuditSettings:
     seed: int = setting(0, "Random seed.")
     batch_size: int = setting(64, "Sampling batch.", min=1)
     k: int = setting(
-        metrics.NL2_K, "Nearest distinct training images in normalised L2's denominator.", min=2
+        NL2_K, "Nearest distinct training images in normalised L2's denominator.", min=2
     )
     alpha: float = setting(
-        metrics.NL2_ALPHA, "Scale of normalised L2's neighbour mean.", min=0, min_open=True
+        NL2_ALPHA, "Scale of normalised L2's neighbour mean.", min=0, min_open=True
     )
     nl2_threshold: float = setting(
-        metrics.NL2_THRESHOLD, "Normalised L2 below which a generation is memorized.", min=0
+        NL2_THRESHOLD, "Normalised L2 below which a generation is memorized.", min=0
     )
     ratio_threshold: float = setting(
-        metrics.RATIO_THRESHOLD, "NN1/NN2 ratio below which a generation is memorized.", min=0
+        RATIO_THRESHOLD, "NN1/NN2 ratio below which a generation is memorized.", min=0
     )
     sim_threshold: float | None = setting(
         None,
@@ -85,7 +91,7 @@ class AuditSettings:
     )
     features_model: str | None = setting(
         None,
-        "Weights for features: an SSCD model file (sscd) or an open_clip checkpoint (clip).",
+        "Weights of the features (an SSCD model file for sscd, an open_clip checkpoint for clip).",
     )
     dup_eps: float = setting(
         0.0, "Training images closer than this pixel L2 distance count as one image for NN2.", min=0
@@ -102,7 +108,7 @@ class AuditSettings:
         "text-conditional model's generations (CLIP score vs the prompt) [default: not measured].",
     )
     alignment_pretrained: str | None = setting(
-        CLIP_PRETRAINED, "Weights of alignment_clip: an open_clip tag or a local checkpoint file."
+        CLIP_PRETRAINED, "Weights of alignment_clip (an open_clip tag or a local checkpoint file)."
     )
 
     def problems(self) -> list[str]:
@@ -123,7 +129,7 @@ class AuditSettings:
     def similarity_threshold(self) -> float:
         if self.sim_threshold is not None:
             return self.sim_threshold
-        return metrics.SSCD_THRESHOLD if self.features == "sscd" else metrics.COSINE_THRESHOLD
+        return SSCD_THRESHOLD if self.features == "sscd" else COSINE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,4 @@ class AuditConfig(AuditSettings):
     )
 
     def problems(self) -> list[str]:
-        out = field_problems(self, only=setting_keys(AuditConfig))
-        if self.oracle and self.model is not None:
-            out.append("model/oracle: give either model or oracle: true, not both")
-        return out
+        return field_problems(self, only=setting_keys(AuditConfig))

@@ -83,17 +83,6 @@ device_option = click.option(
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 
 
-def guidance_scale_option(fn):
-    return click.option(
-        "--guidance-scale",
-        type=click.FloatRange(min=1.0),
-        default=1.0,
-        show_default=True,
-        help="Classifier-free guidance scale s0 of a text-conditional model (1: none; the "
-        "model needs caption dropout in training).",
-    )(fn)
-
-
 def amg_options(fn):
     """The ``--amg*`` flags of anti-memorization guidance (``curate.guidance.amg``)."""
     options = [

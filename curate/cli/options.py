@@ -28,6 +28,10 @@ from curate.core.config import literal_or_number, unwrap_optional
 # The flag of every key whose flag is not ``--`` + the key with ``_`` written as ``-``.
 FLAGS: dict[str, str] = {
     "out_dir": "--out",
+    "train_dir": "--train",  # audit: the run folder the model was trained on
+    "k": "--nl2-k",  # audit: normalised L2's neighbours (AMG's own is --amg-k)
+    "alpha": "--nl2-alpha",
+    "prompts": "--prompt",  # sample: repeatable, one prompt each
 }
 
 
@@ -72,11 +76,13 @@ def keys_to_flags(message: str, keys: Iterable[str]) -> str:
     return _KEYS.sub(sub, message)
 
 
-def errors_as_flags(keys: Iterable[str]) -> Callable:
-    """Decorator for a command body: a ``CurateError``'s message gets its keys as flags."""
+def errors_as_flags(keys: Iterable[str] | Callable[[], Iterable[str]]) -> Callable:
+    """Decorator for a command body: a ``CurateError``'s message gets its keys as flags
+    (``keys``: the keys, or a function returning them, called when an error is raised)."""
     from curate.errors import CurateError
 
-    keys = tuple(keys)
+    if not callable(keys):
+        keys = tuple(keys)
 
     def wrap(fn):
         @functools.wraps(fn)
@@ -84,7 +90,8 @@ def errors_as_flags(keys: Iterable[str]) -> Callable:
             try:
                 return fn(*args, **kwargs)
             except CurateError as err:
-                err.args = (keys_to_flags(str(err), keys), *err.args[1:])
+                known = keys() if callable(keys) else keys
+                err.args = (keys_to_flags(str(err), known), *err.args[1:])
                 raise
 
         return wrapper
@@ -142,7 +149,9 @@ class ChoiceOrNumber(click.ParamType):
         return self.name
 
     def convert(self, value, param, ctx):
-        if value in self.choices or (isinstance(value, int | float) and not isinstance(value, bool)):
+        if value in self.choices or (
+            isinstance(value, int | float) and not isinstance(value, bool)
+        ):
             return value
         try:
             v = self.kind(value)
@@ -164,6 +173,37 @@ def comma_list(value: str | tuple | None) -> tuple[str, ...] | None:
         return value
     parts = tuple(p.strip() for p in str(value).split(",") if p.strip())
     return () if parts in (("none",), ()) else parts
+
+
+class LazyOptionsCommand(click.Command):
+    """A command whose options from configs are built when it is used (``--help`` or a call),
+    not when its module is imported: for configs whose module loads heavy libraries (the
+    dedup steps import numpy and polars), which ``curate --help`` must not.
+
+    ``lazy_options``: a function returning option decorators (``config_options(...)``, ...),
+    added after the command's own parameters.
+    """
+
+    def __init__(self, *args, lazy_options: Callable[[], list[Callable]], **kwargs):
+        self._lazy_options, self._built = lazy_options, None
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._built is None:
+
+            def holder():
+                pass
+
+            for decorate in reversed(self._lazy_options()):
+                holder = decorate(holder)
+            extra = list(reversed(getattr(holder, "__click_params__", [])))
+            self._built = [*self._own, *extra]
+        return self._built
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._own, self._built = list(value), None
 
 
 def pop_config(cls: type, params: dict[str, Any]):
@@ -204,6 +244,7 @@ def _option(
             kwargs["callback"] = lambda _ctx, _param, v: None if v is None else by_text[v]
     elif tp is bool:
         decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"]
+        kwargs["show_default"] = bool(default)
     elif number is not None:
         if lo is None and hi is None:
             kwargs["type"] = number

@@ -8,6 +8,11 @@ from pathlib import Path
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.cli.options import config_keys, config_options, errors_as_flags, pop_config
+from curate.rank.config import RankConfig
+
+# what `rank` takes besides the RankConfig fields, as named in the errors
+_RANK_JOB_KEYS = config_keys(RankConfig, "dataset", "run_dir", "limit", "shard", "device")
 
 
 @click.command()
@@ -17,13 +22,6 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
     required=True,
     metavar="NAME_OR_RUN_DIR",
     help="A run folder (from `curate ingest`/`clean`), or anything `curate ingest --dataset` takes; then it is ingested first.",
-)
-@click.option(
-    "--model",
-    default="digits-tiny",
-    show_default=True,
-    metavar="MODEL_ID_OR_DIR",
-    help="A diffusers pipeline folder, a model shipped with curate, or a Hub id.",
 )
 @click.option(
     "--out",
@@ -43,56 +41,7 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
     type=click.IntRange(min=0),
     help="Ingest at most N rows (with a dataset name).",
 )
-@click.option(
-    "--estimator",
-    type=click.Choice(["fd", "jvp", "frame"]),
-    default="fd",
-    show_default=True,
-    help="fd: one axis, one step, finite difference (cheap); jvp: the same, exact; frame: K axes x M steps.",
-)
-@click.option(
-    "--axes",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="K, frame estimator only.",
-)
-@click.option(
-    "--ode-steps",
-    default=1,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="M, frame estimator only.",
-)
-@click.option(
-    "--radius",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Offset radius r in [-1, 1] pixel units.",
-)
-@click.option(
-    "--t-start",
-    default=1e-3,
-    show_default=True,
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
-    help="Start of the ODE walk, as a fraction of the schedule.",
-)
-@click.option("--flip", is_flag=True, help="Average with the horizontally flipped image.")
-@click.option(
-    "--condition",
-    type=click.Choice(["none", "caption"]),
-    default="none",
-    show_default=True,
-    help="caption: condition on each sample's caption and report the gap to the empty prompt.",
-)
-@click.option(
-    "--batch-size",
-    default=64,
-    show_default=True,
-    type=click.IntRange(min=1),
-    help="Images per forward pass.",
-)
+@config_options(RankConfig)
 @click.option("--force", is_flag=True, help="Recompute even if the run folder holds these scores.")
 @click.option(
     "--shard",
@@ -105,9 +54,12 @@ from curate.cli.common import curate_errors, device_option, quiet_option, seed_o
 @device_option
 @quiet_option
 @curate_errors
-def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius, t_start, flip,
-         condition, batch_size, force, shard, seed, device, quiet):  # fmt: skip
+@errors_as_flags(_RANK_JOB_KEYS)
+def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **settings):
     """Rank every sample by the volume-growth rate of the probability-flow ODE.
+
+    Every ranking setting is a field of curate.rank.config.RankConfig, which the `rank` recipe
+    step takes under the same names (--ode-steps here is ode_steps there).
 
     A high score means the model maps a large latent volume onto a small neighbourhood of the
     image: it reproduces that image easily. Scores are added to the run table (rank_vgr,
@@ -129,6 +81,7 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
     2741); use torchrun, or accelerate's --multi_gpu with cpu=True in its config.
     """
     from curate.device import resolve_device
+    from curate.errors import UsageError
     from curate.runner import apply_step
     from curate.steps.base import RunContext
     from curate.steps.rank import Rank
@@ -157,13 +110,10 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
         if launch.rank == 0 and (not summary or summary.get("fingerprint") != cfg.fingerprint()):
             ingest(cfg, run, quiet=quiet)
         launch.barrier()  # the other processes wait for process 0's ingest
-    step = Rank(
-        model=model, estimator=estimator, axes=axes, ode_steps=ode_steps, radius=radius,
-        t_start=t_start, flip=flip, condition=condition, batch_size=batch_size,
-    )  # fmt: skip
+    step = pop_config(Rank, settings)
     problems = step.validate()
     if problems:
-        raise click.UsageError("; ".join(problems))
+        raise UsageError("; ".join(problems))
     ctx = RunContext(run_dir=run, seed=seed, device=launch.device, quiet=quiet)
     if shard is not None or launch.world > 1:
         from curate.shards import cli_argv, merge_run, parse_shard, shard_apply
@@ -199,7 +149,7 @@ def rank(dataset, model, out, run_dir, limit, estimator, axes, ode_steps, radius
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         scored.select(cols).write_parquet(out)
-    click.echo(f"ranked {scored.height} samples of {run} with {model} ({estimator})")
+    click.echo(f"ranked {scored.height} samples of {run} with {step.model} ({step.estimator})")
     for row in scored.head(5).iter_rows(named=True):
         click.echo(f"  {row['sample_id']}  vgr={row['rank_vgr']:.3f}  {row['caption'] or ''}")
     click.echo(f"report: {run / 'report' / 'index.html'}" + (f"; scores: {out}" if out else ""))

@@ -1,4 +1,5 @@
-"""Built-in offline datasets: ``builtin:digits`` and ``builtin:photos``, generated from images that
+"""Built-in offline datasets: ``builtin:digits``, ``builtin:photos`` and the protect loop's
+``builtin:digits_loop`` / ``builtin:digits_loop_heldout`` (described at their code), generated from images that
 ship inside the scikit-learn and scikit-image wheels, so demos and tests never touch the network.
 
 Both are deterministic: every call returns the same rows with the same encoded bytes (fixed PNG
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     import datasets
     from PIL import Image as PILImage
 
-BUILTINS: tuple[str, ...] = ("digits", "photos")
+BUILTINS: tuple[str, ...] = ("digits", "photos", "digits_loop", "digits_loop_heldout")
 
 MAX_SIDE = 256
 JPEG_QUALITY = 90
@@ -74,6 +75,10 @@ def load_builtin(name: str) -> datasets.Dataset:
         return _digits_dataset()
     if key == "photos":
         return _photos_dataset()
+    if key == "digits_loop":
+        return _loop_dataset()
+    if key == "digits_loop_heldout":
+        return _loop_heldout_dataset()
     raise DataError(f"unknown built-in dataset {name!r}: use one of {', '.join(BUILTINS)}")
 
 
@@ -424,3 +429,116 @@ def _photos_dataset() -> datasets.Dataset:
     columns = {key: [r[key] for r in rows] for key in features}
     columns["image"] = [{"bytes": b, "path": None} for b in columns["image"]]
     return Dataset.from_dict(columns, features=features)
+
+
+# ------------------------------------------------------------------------------- digits_loop
+#
+# The protect loop's data: 40 distinct digits (scikit-learn rows 0..39, bicubic-upscaled to
+# 32x32 grey PNGs so the planted transforms have pixels to work on), then 9 planted copies of 3
+# of them (18 % of the 49 rows) made by the standard transforms (``curate.data.planting``),
+# and 4 distinct digits that reuse another digit's caption word for word. Ground truth, as in
+# ``photos``: ``gt_group`` (the distinct digit a row shows; copies share their original's),
+# ``gt_transform`` (``original`` or the transform that made the copy), ``gt_caption``
+# (``original`` | ``same``: a copy under its original's caption | ``reused``: a distinct digit
+# under another digit's caption). ``digits_loop_heldout``: 256 other digits (rows 1000..1255),
+# same format, never in the loop set: the reference for a Fréchet distance to unseen data.
+
+LOOP_SIDE = 32
+LOOP_ORIGINALS = 40
+# (original's gt_group, transforms of its copies)
+LOOP_COPIES: tuple[tuple[int, tuple[str, ...]], ...] = (
+    (3, ("exact", "jpeg", "crop")),
+    (17, ("resize", "rotate", "jpeg")),
+    (29, ("exact", "crop", "rotate")),
+)
+LOOP_REUSED_CAPTIONS: tuple[tuple[int, int], ...] = ((5, 11), (8, 22), (13, 31), (26, 37))
+LOOP_HELDOUT = (1000, 1256)
+
+
+def _loop_digit(index: int) -> PILImage.Image:
+    from PIL import Image
+
+    img = Image.fromarray(_loop_pixels()[index], mode="L")
+    return img.resize((LOOP_SIDE, LOOP_SIDE), Image.Resampling.BICUBIC)
+
+
+@lru_cache(maxsize=1)
+def _loop_pixels() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _loop_rows() -> tuple[dict, ...]:
+    from sklearn.datasets import load_digits
+
+    from curate.data.planting import TRANSFORMS
+    from curate.seeding import rng_for
+
+    labels = load_digits().target
+    captions = [
+        f"a handwritten digit {_DIGIT_WORDS[int(labels[i])]}, sample {i}"
+        for i in range(LOOP_ORIGINALS)
+    ]
+    kinds = ["original"] * LOOP_ORIGINALS
+    for target, source in LOOP_REUSED_CAPTIONS:
+        captions[target], kinds[target] = captions[source], "reused"
+    originals = [_loop_digit(i) for i in range(LOOP_ORIGINALS)]
+    rows = [
+        {"image": _png(img), "text": cap, "label": int(labels[i]), "gt_group": i,
+         "gt_transform": "original", "gt_caption": kind}
+        for i, (img, cap, kind) in enumerate(zip(originals, captions, kinds, strict=True))
+    ]  # fmt: skip
+    for group, transforms in LOOP_COPIES:
+        for name in transforms:
+            copy = TRANSFORMS[name](originals[group], rng_for("builtin:digits_loop", group, name))
+            rows.append(
+                {"image": _png(copy.convert("L")), "text": captions[group],
+                 "label": int(labels[group]), "gt_group": group, "gt_transform": name,
+                 "gt_caption": "same"}
+            )  # fmt: skip
+    return tuple(rows)
+
+
+def _loop_features():
+    from datasets import ClassLabel, Features, Image, Value
+
+    return Features(
+        {
+            "image": Image(),
+            "text": Value("string"),
+            "label": ClassLabel(names=list(_DIGIT_WORDS)),
+            "gt_group": Value("int64"),
+            "gt_transform": Value("string"),
+            "gt_caption": Value("string"),
+        }
+    )
+
+
+def _loop_dataset() -> datasets.Dataset:
+    from datasets import Dataset
+
+    rows = _loop_rows()
+    features = _loop_features()
+    columns = {key: [r[key] for r in rows] for key in features}
+    columns["image"] = [{"bytes": b, "path": None} for b in columns["image"]]
+    return Dataset.from_dict(columns, features=features)
+
+
+def _loop_heldout_dataset() -> datasets.Dataset:
+    from datasets import Dataset
+    from sklearn.datasets import load_digits
+
+    labels = load_digits().target
+    lo, hi = LOOP_HELDOUT
+    columns = {
+        "image": [{"bytes": _png(_loop_digit(i)), "path": None} for i in range(lo, hi)],
+        "text": [f"a handwritten digit {_DIGIT_WORDS[int(labels[i])]}" for i in range(lo, hi)],
+        "label": [int(labels[i]) for i in range(lo, hi)],
+        "gt_group": [-1] * (hi - lo),
+        "gt_transform": ["heldout"] * (hi - lo),
+        "gt_caption": ["original"] * (hi - lo),
+    }
+    return Dataset.from_dict(columns, features=_loop_features())

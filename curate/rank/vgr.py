@@ -92,7 +92,7 @@ class ODEGrid:
         first = max(int(round(t_start * T)) - 1, 0)
         if first + steps > T:
             raise UsageError(
-                f"--t-start {t_start} with --ode-steps {steps} runs past the schedule's {T} steps"
+                f"t_start: {t_start} with ode_steps: {steps} runs past the schedule's {T} steps"
             )
         idx = torch.arange(first, first + steps)
         self.sigmas = sig[idx].float().tolist()

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import polars as pl
 
-from curate.core.weights import CLIP_PRETRAINED
-from curate.errors import DataError
+from curate.audit.settings import AuditConfig
+from curate.core.config import config_values, setting
 from curate.steps.base import RunContext, Step, log
 from curate.table import DROP_SUFFIX
 
 
 @dataclass(frozen=True)
-class Audit(Step):
+class Audit(AuditConfig, Step):
     """Audits ``model`` (or, with ``oracle: true``, the empirical denoiser of the kept rows)
     against the kept rows and adds, per training row:
 
@@ -34,25 +35,33 @@ class Audit(Step):
     ``guidance_scale`` is the classifier-free guidance scale of a text-conditional model;
     ``alignment_clip`` (+ ``alignment_pretrained``) an open_clip model that scores its text
     alignment (CLIP score against the prompts).
+
+    Its settings are every ``AuditConfig`` field (``curate audit --help`` describes them; the
+    command's MODEL_DIR is ``model`` here) plus ``drop_copied`` and ``amg``; ``seed`` defaults
+    to the recipe's.
     """
 
     name: ClassVar[str] = "audit"
     requires: ClassVar[tuple[str, ...]] = ("sample_id", "status", "width", "height", "mode")
+    references: ClassVar[tuple[str, ...]] = ("model",)  # may name an earlier train step's id
 
-    model: str | None = None
-    oracle: bool = False
-    num_samples: int = 256
-    features: Literal["pixel", "sscd", "clip"] = "pixel"
-    steps: int = 50
-    sampler: Literal["ddim", "euler", "heun"] | None = None  # None: ddim (euler for oracle)
-    batch_size: int = 64
-    resolution: int | None = None
-    text_encoder: str | None = None  # conditional models: default from the model's config
-    drop_copied: int | None = None
-    guidance_scale: float = 1.0
-    amg: dict[str, Any] | None = None
-    alignment_clip: str | None = None  # open_clip model: CLIP score of a text model's samples
-    alignment_pretrained: str | None = CLIP_PRETRAINED
+    seed: int | None = setting(None, "Random seed (default: the recipe's seed).")
+    drop_copied: int | None = setting(
+        None,
+        "Mark training rows copied in at least this many audited generations (audit_drop).",
+        min=1,
+    )
+    amg: dict[str, Any] | None = setting(
+        None,
+        "Also audit AMG-guided sampling: keys of curate.guidance.amg.AMGConfig ({}: defaults).",
+    )
+
+    def audit_config(self, recipe_seed: int = 0) -> AuditConfig:
+        """The ``AuditConfig`` part of this step, with the recipe's seed unless one is set."""
+        values = config_values(self, AuditConfig)
+        if self.seed is None:
+            values["seed"] = recipe_seed
+        return AuditConfig(**values)
 
     def amg_config(self):
         from curate.guidance.amg import AMGConfig
@@ -64,21 +73,17 @@ class Audit(Step):
         return cols + (("audit" + DROP_SUFFIX,) if self.drop_copied is not None else ())
 
     def validate(self) -> list[str]:
-        problems = []
+        problems = self.audit_config().problems()  # AuditConfig's checks, over this step's fields
         if self.oracle == (self.model is not None):
             problems.append("model: give either model (a model folder) or oracle: true")
-        elif self.model is not None and not Path(self.model).exists():
+        elif (
+            self.model is not None
+            and not self.model.isidentifier()  # a plain name may be a step id: the recipe checks
+            and not Path(self.model).exists()
+        ):
             problems.append(f"model: {self.model} does not exist")
-        if self.num_samples < 2:
-            problems.append("num_samples: must be at least 2")
-        if self.steps < 1:
-            problems.append("steps: must be at least 1")
-        if self.batch_size < 1:
-            problems.append("batch_size: must be at least 1")
         if self.drop_copied is not None and self.drop_copied < 1:
             problems.append("drop_copied: must be at least 1 (or null to mark nothing)")
-        if self.guidance_scale < 1:
-            problems.append("guidance_scale: must be at least 1 (1: no classifier-free guidance)")
         if self.amg is not None:
             import dataclasses
             import difflib
@@ -110,72 +115,28 @@ class Audit(Step):
         return pl.DataFrame(cols)
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-        from curate.audit.job import audit_with_amg, run_audit
-        from curate.audit.settings import AuditSettings
-        from curate.core.text import text_encoder_for_model, uncond_embedding
-        from curate.io.training import training_set_from_table
-        from curate.models.denoiser import image_shape
+        from curate.audit.job import audit_job
+        from curate.train.job import RunRows
 
         if table.height == 0:
             return self._empty(0)
-        settings = AuditSettings(
-            num_samples=self.num_samples,
-            features=self.features,
-            steps=self.steps,
-            sampler=self.sampler,
-            seed=ctx.seed,
-            batch_size=self.batch_size,
-            alignment_clip=self.alignment_clip,
-            alignment_pretrained=self.alignment_pretrained,
+        config = self.audit_config(ctx.seed)
+        if self.model in ctx.outputs:  # an earlier step's id (``model: naive``)
+            config = dataclasses.replace(config, model=str(ctx.outputs[self.model]))
+        job = audit_job(
+            config,
+            RunRows(table, ctx.images()),
+            ctx.artifact_dir(),
+            amg=self.amg_config(),
+            device=ctx.device,
+            quiet=ctx.quiet,
+            report=ctx.report,
         )
-        store = ctx.images()
-        if self.oracle:
-            from curate.audit.oracle import EmpiricalDenoiser
-
-            train = training_set_from_table(table, store, resolution=self.resolution, where="audit")
-            denoiser = EmpiricalDenoiser(train.images).to(ctx.device)
-            model_name = "oracle: empirical denoiser of the kept rows"
-        else:
-            from curate.models.denoiser import load_denoiser
-
-            denoiser = load_denoiser(self.model, ctx.device)
-            channels, size, _ = image_shape(denoiser)
-            if self.resolution is not None and self.resolution != size:
-                raise DataError(
-                    f"audit.resolution {self.resolution} differs from the model's {size}; remove it"
-                )
-            train = training_set_from_table(
-                table, store, resolution=size, channels=channels, where="audit"
-            )
-            model_name = str(self.model)
-        encoder = None
-        if denoiser.conditional:
-            encoder = text_encoder_for_model(denoiser, ctx.device, kind=self.text_encoder)
-        common = dict(device=ctx.device, quiet=ctx.quiet, model_name=model_name,
-                      report=ctx.report, text_encoder=encoder)  # fmt: skip
-        if self.amg is not None:
-            result, _, comparison = audit_with_amg(
-                denoiser, train, ctx.artifact_dir(), settings, self.amg_config(),
-                guidance_scale=self.guidance_scale, **common,
-            )  # fmt: skip
-            ctx.stats["amg_memorized_fraction"] = comparison["amg_metrics"]["nn_ratio"][
+        result, train = job.result, job.train
+        if job.comparison is not None:
+            ctx.stats["amg_memorized_fraction"] = job.comparison["amg_metrics"]["nn_ratio"][
                 "fraction_memorized"
             ]
-        else:
-            sampler = None
-            if self.guidance_scale != 1.0:
-                import functools
-
-                from curate.models.sampling import sample
-
-                if encoder is None:
-                    raise DataError("audit.guidance_scale needs a text-conditional model")
-                sampler = functools.partial(
-                    sample, uncond=uncond_embedding(encoder, ctx.device),
-                    cfg_scale=self.guidance_scale,
-                )  # fmt: skip
-            result = run_audit(denoiser, train, ctx.artifact_dir(), settings, sampler=sampler,
-                               **common)  # fmt: skip
         m = result.summary["metrics"]
         ctx.stats.update(
             memorized_fraction=result.summary["memorized_fraction"],

@@ -49,6 +49,7 @@ class RunContext:
     # step wrote (``Step.output_dir``: a train step's model) and its step folder.
     outputs: dict[str, Path] = field(default_factory=dict)
     step_dirs: dict[str, Path] = field(default_factory=dict)
+    step_id: str | None = None  # the id of the step being computed, set by the runner
     _report: Report | None = None
 
     def rng(self, *key: object) -> np.random.Generator:
@@ -71,6 +72,8 @@ class RunContext:
             from curate.report import Report
 
             self._report = Report(self.run_dir / "report")
+        if self.step_id:  # a step used twice: each use keeps its own report sections
+            return _IdReport(self._report, self.step_id)
         return self._report
 
     def images(self):
@@ -84,6 +87,21 @@ class RunContext:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, disable=self.quiet, **kwargs)
+
+
+class _IdReport:
+    """A ``Report`` whose sections carry a step id in their key and title."""
+
+    def __init__(self, report: Report, step_id: str):
+        self._inner, self._id = report, step_id
+
+    def add_section(self, key: str, title: str, body_html: str, order: int = 50) -> Path:
+        return self._inner.add_section(
+            f"{key}-{self._id}", f"{title} ({self._id})", body_html, order
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,9 @@ class Step:
     # (``NN-name-id``), prefixes its columns (``audit_naive_copies``) and lets later steps refer
     # to its output (``audit: {model: naive}``). Not a field: the config stays the settings.
     step_id: ClassVar[str | None] = None
+    # Settings that may name an earlier step's id (checked by the recipe; resolved in compute
+    # through ``ctx.outputs`` / ``ctx.step_dirs``).
+    references: ClassVar[tuple[str, ...]] = ()
 
     def with_id(self, step_id: str | None) -> Step:
         """A copy of this step carrying ``step_id`` (see ``step_id``)."""
@@ -124,7 +145,7 @@ class Step:
             return column
         prefix = f"{self.name}_"
         if column.startswith(prefix):
-            return f"{prefix}{self.step_id}_{column[len(prefix):]}"
+            return f"{prefix}{self.step_id}_{column[len(prefix) :]}"
         return f"{self.step_id}_{column}"
 
     def output_dir(self, ctx: RunContext) -> Path | None:

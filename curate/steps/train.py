@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import polars as pl
 
 from curate.steps.base import RunContext, Step
 from curate.train.config import TrainConfig, setting
+
+# The column ``sigma_n_rules`` write into the table the model trains on (never into the run's).
+SIGMA_N_RULES_COLUMN = "train_sigma_n"
+TRAINED_ROWS_FILE = "trained_rows.parquet"  # in the step folder: sample_id (+ its sigma_n)
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,19 @@ class Train(TrainConfig, Step):
     when the settings are unchanged. The report gets a sample grid and the loss curve.
 
     Its settings are every ``TrainConfig`` field (``curate train --help`` describes them) plus
-    ``out`` and ``report_samples``; ``seed`` defaults to the recipe's.
+    ``out``, ``report_samples``, ``rows`` and ``sigma_n_rules``; ``seed`` defaults to the recipe's.
+
+    ``rows: all`` trains on every row ingest accepted, whatever later steps marked for removal
+    (the naive baseline of a protect loop); ``kept`` (default) on the rows selection keeps.
+    ``sigma_n_rules`` (with ``objective: ambient``) gives each row its ambient noise level from
+    the curation columns: a list of ``{where: SQL rule, sigma_n: level}``, the first rule true
+    for a row wins, rows no rule matches get ``sigma_n``. E.g. rows in a duplicate group or with
+    a caption shared by other images only ever seen above noise 1.0, the others clean::
+
+        objective: ambient
+        sigma_n: 0.0
+        sigma_n_rules:
+          - {where: "dedup_images_cluster IS NOT NULL OR dedup_captions_flag", sigma_n: 1.0}
     """
 
     name: ClassVar[str] = "train"
@@ -30,6 +46,12 @@ class Train(TrainConfig, Step):
     seed: int | None = setting(None, "Random seed (default: the recipe's seed).")
     out: str = setting("model", "Model folder, inside the run folder.")
     report_samples: int = setting(16, "Samples in the report's grid.", min=0)
+    rows: Literal["kept", "all"] = setting(
+        "kept", "kept: the rows selection keeps; all: every row ingest accepted (a baseline)."
+    )
+    sigma_n_rules: tuple[dict[str, Any], ...] | None = setting(
+        None, "Per-row ambient noise from curation columns: [{where: SQL, sigma_n: level}, ...]."
+    )
 
     def required_columns(self) -> tuple[str, ...]:
         extra = tuple(c for c in (self.sigma_n_column, self.noisy_only_column) if c)
@@ -40,12 +62,53 @@ class Train(TrainConfig, Step):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
         if self.seed is None:
             values["seed"] = recipe_seed
+        if self.sigma_n_rules:
+            values["sigma_n_column"] = SIGMA_N_RULES_COLUMN
         return TrainConfig(**values)
+
+    def output_dir(self, ctx: RunContext) -> Path:
+        return ctx.run_dir / self.out
+
+    def outputs_exist(self, ctx: RunContext, meta: dict[str, Any]) -> bool:
+        if not (meta.get("stats") or {}).get("train_samples"):
+            return True  # nothing was trained
+        return (ctx.run_dir / self.out / "curate_train.json").is_file()
+
+    def training_table(self, table: pl.DataFrame) -> pl.DataFrame:
+        """The table the model trains on: ``rows: all`` ignores the removal marks (``*_drop``);
+        ``sigma_n_rules`` add the per-row noise level as ``SIGMA_N_RULES_COLUMN``."""
+        from curate.table import DROP_SUFFIX, evaluate_rule
+
+        if self.rows == "all":
+            table = table.drop([c for c in table.columns if c.endswith(DROP_SUFFIX)])
+        if self.sigma_n_rules:
+            level = pl.Series([None] * table.height, dtype=pl.Float64)
+            for i, rule in enumerate(self.sigma_n_rules):
+                hit = evaluate_rule(table, rule["where"], f"train.sigma_n_rules[{i + 1}].where")
+                take = hit.fill_null(False) & level.is_null()
+                level = pl.select(
+                    pl.when(take).then(pl.lit(float(rule["sigma_n"]))).otherwise(level)
+                ).to_series()
+            table = table.with_columns(level.fill_null(self.sigma_n).alias(SIGMA_N_RULES_COLUMN))
+        return table
 
     def validate(self) -> list[str]:
         from curate.io.folders import RUN_ENTRIES
 
         problems = self.problems()  # TrainConfig's checks, over this step's fields
+        for i, rule in enumerate(self.sigma_n_rules or (), start=1):
+            key = f"sigma_n_rules[{i}]"
+            if not isinstance(rule, dict) or set(rule) != {"where", "sigma_n"}:
+                problems.append(f"{key}: a mapping {{where: SQL rule, sigma_n: level}}")
+            elif not isinstance(rule["sigma_n"], int | float) or rule["sigma_n"] < 0:
+                problems.append(f"{key}.sigma_n: a number >= 0, got {rule['sigma_n']!r}")
+            elif not isinstance(rule["where"], str):
+                problems.append(f"{key}.where: a SQL rule over the table's columns")
+        if self.sigma_n_rules:
+            if self.objective != "ambient":
+                problems.append("sigma_n_rules: needs objective: ambient")
+            if self.sigma_n_column:
+                problems.append("sigma_n_rules: give either sigma_n_rules or sigma_n_column")
         if not self.out or Path(self.out).is_absolute() or ".." in Path(self.out).parts:
             problems.append("out: a folder name inside the run folder, e.g. model")
         elif Path(self.out).parts[0] in RUN_ENTRIES:
@@ -55,6 +118,7 @@ class Train(TrainConfig, Step):
         return problems
 
     def compute(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
+        from curate.table import kept_rows, write_table
         from curate.train.job import RunRows, train_job
 
         if table.height == 0:  # nothing ingested: nothing to train (a table with rows but no
@@ -62,8 +126,12 @@ class Train(TrainConfig, Step):
             ctx.stats["train_samples"] = 0
             return pl.DataFrame()
         out = ctx.run_dir / self.out
+        train_table = self.training_table(table)
+        if ctx.step_dir is not None:  # which rows this model trained on (and at what noise)
+            cols = ["sample_id"] + ([SIGMA_N_RULES_COLUMN] if self.sigma_n_rules else [])
+            write_table(kept_rows(train_table).select(cols), ctx.step_dir / TRAINED_ROWS_FILE)
         job = train_job(
-            RunRows(table, ctx.images()),
+            RunRows(train_table, ctx.images()),
             out,
             self.train_config(ctx.seed),
             device=ctx.device,
@@ -73,8 +141,14 @@ class Train(TrainConfig, Step):
             info={"dataset": str(ctx.run_dir)},
         )
         ctx.stats.update(
-            {"train_samples": job.num_samples, "model_dir": str(out), "steps": job.config.steps}
-        )
+            {"train_samples": job.num_samples, "model_dir": str(out), "steps": job.config.steps,
+             "rows": self.rows}
+        )  # fmt: skip
+        if self.sigma_n_rules:
+            levels = kept_rows(train_table)[SIGMA_N_RULES_COLUMN]
+            ctx.stats["sigma_n_rows"] = {
+                str(v): int(n) for v, n in levels.value_counts().sort(SIGMA_N_RULES_COLUMN).rows()
+            }
         self._report(out, ctx, table)
         return pl.DataFrame()
 
