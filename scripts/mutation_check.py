@@ -307,6 +307,20 @@ MUTATIONS = [
         ("tests/protect/test_recipe.py",),
     ),
     M(
+        "dedup/auto: copy groups in the data stay in the background",
+        "curate/dedup/auto.py",
+        "            within = label[iu] == label[ju]\n",
+        "            within = np.zeros(len(iu), bool)\n",
+        ("tests/dedup/test_dedup_auto.py",),
+    ),
+    M(
+        "dedup/auto: a pair of two bands judged by the stricter band alone",
+        "curate/dedup/tiers.py",
+        "        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], lo, other)",
+        "        return lo",
+        ("tests/dedup/test_dedup_auto.py",),
+    ),
+    M(
         "dedup/mutual guard disabled",
         "curate/dedup/clusters.py",
         '    if guard == "mutual":\n        edges = mutual_filter(n, edges, mutual_m)',
