@@ -1,9 +1,7 @@
 """Known copies of real images: the transforms a scraped dataset's duplicates go through.
 
-The same transforms as ``curate.dedup.planting`` (calibration, tests, the benchmark), kept in the
-data layer so the built-in datasets (``builtin:digits_loop``) can plant copies without importing
-upwards; ``tests/data/test_digits_loop.py`` checks both give identical images. (For the dedup
-owners: ``curate/dedup/planting.py`` can become ``from curate.data.planting import *``.)
+Used by dedup calibration (on the user's own images, through ``curate.dedup.planting``), the
+built-in datasets (``builtin:digits_loop``), the tests and the benchmark.
 
 Every transform takes ``(image, rng)`` and returns a new RGB image; its strength is drawn from
 ``rng`` within a range that keeps the copy recognisably the same picture.

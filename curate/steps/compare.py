@@ -97,6 +97,8 @@ class Compare(Step):
         from curate.io.training import training_set_from_table
         from curate.table import kept_rows, ok_mask
 
+        if table.height == 0:  # nothing ingested: nothing was trained or audited
+            return pl.DataFrame()
         dirs = {label: self._audit_dir(ref, ctx) for label, ref in self.models.items()}
         audits = {k: json.loads((d / "audit.json").read_text()) for k, d in dirs.items()}
         samples = {}
