@@ -35,8 +35,8 @@ def _open(data: bytes) -> Image.Image:
     return img
 
 
-def test_builtins_lists_both_names():
-    assert BUILTINS == ("digits", "photos")
+def test_builtins_lists_every_name():
+    assert BUILTINS == ("digits", "photos", "digits_loop", "digits_loop_heldout")
 
 
 def test_unknown_name_is_a_data_error_listing_the_known_ones():

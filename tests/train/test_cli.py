@@ -233,7 +233,8 @@ def test_the_step_seed_defaults_to_the_recipes(tmp_path, digits_run, monkeypatch
 
 def test_train_command_options_are_the_config_fields():
     """The command declares no setting of its own: its options are TrainConfig's fields plus
-    the job's arguments, and the step's settings are the same fields plus its own two."""
+    the job's arguments, and the step's settings are the same fields plus its own four (output
+    folder, report samples, which rows, per-row noise rules)."""
     import dataclasses
 
     from curate.steps.train import Train
@@ -243,7 +244,8 @@ def test_train_command_options_are_the_config_fields():
     options = [p.name for p in train.params]
     job = ["dataset", "out_dir", "resume", "overwrite", "dry_run", "device", "quiet"]
     assert sorted(options) == sorted(fields + job)
-    assert [f.name for f in dataclasses.fields(Train)] == [*fields, "out", "report_samples"]
+    own = ["out", "report_samples", "rows", "sigma_n_rules"]
+    assert [f.name for f in dataclasses.fields(Train)] == [*fields, *own]
 
 
 def test_train_errors_name_flags_and_step_errors_name_keys(tmp_path, digits_run):
