@@ -500,7 +500,6 @@ class DedupImages(Step):
     # -- features ---------------------------------------------------------------------------
 
     def _extractors(self, ctx: RunContext) -> dict:
-        from curate.dedup.embed import get_image_embedder
         from curate.dedup.hashing import image_hashes
 
         ex: dict = {}
@@ -514,18 +513,9 @@ class DedupImages(Step):
                     return np.concatenate([codes, flipped], axis=1)  # (N, 16): hash, mirrored
 
                 ex[f"{kind}/encoded"] = fn
-        options = {
-            "sscd": {
-                "model": self.sscd_model,
-                "variant": self.sscd_variant,
-                "size": self.sscd_size,
-            },
-            "clip": {"model": self.clip_model, "pretrained": self.clip_pretrained},
-            "pixel": {"size": self.pixel_size},
-        }
-        for kind, opts in options.items():
+        for kind in ("sscd", "clip", "pixel"):
             if kind in self.tiers:
-                emb = get_image_embedder(kind, device=ctx.device, **opts)  # fails early if missing
+                emb = self._embedder(ctx, kind)  # fails early if missing
 
                 def batched(chunk, emb=emb):
                     # A cache chunk holds several batches; the model sees one batch at a time.
@@ -603,6 +593,11 @@ class DedupImages(Step):
             "clip": {"model": self.clip_model, "pretrained": self.clip_pretrained},
             "pixel": {"size": self.pixel_size},
         }[tier]  # fmt: skip
+        if tier == "clip":  # weights that cannot be loaded offline: one line naming the settings
+            from curate.audit.alignment import load_clip
+
+            flags = (("--clip-model", "clip_model"), ("--clip-pretrained", "clip_pretrained"))
+            return load_clip(self.clip_model, self.clip_pretrained, ctx.device, flags=flags)
         return get_image_embedder(tier, device=ctx.device, **options)
 
     def _calibrate(self, ok: pl.DataFrame, feats: dict, knn: dict, ctx: RunContext,

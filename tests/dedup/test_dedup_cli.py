@@ -93,3 +93,19 @@ def test_calibration_adds_normalised_rows_for_embedding_tiers(photos):
     raw = {r["threshold"]: r for r in res["rows"] if r["tier"] == "pixel"}
     norm = {r["threshold"]: r for r in res["rows"] if r["tier"] == "pixel-normalised"}
     assert all(norm[t]["recall"] <= raw[t]["recall"] for t in raw)  # it only removes pairs
+
+
+def test_clip_weights_that_cannot_be_loaded_are_one_line_naming_the_flags(photos_run):
+    """The CLIP tier with a pretrained tag open_clip does not know (or weights missing offline)
+    stops with one line naming the model, the weights and the flag to give a local checkpoint,
+    not a traceback or open_clip's log."""
+    res = CliRunner().invoke(
+        cli,
+        ["dedup", str(photos_run), "--images", "exact,clip", "--clip-pretrained",
+         "no_such_tag_2026", "--device", "cpu", "-q"],
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.output
+    assert "no_such_tag_2026" in lines[0] and "--clip-pretrained" in lines[0]
+    assert "Traceback" not in res.output and "ERROR:root" not in res.output
