@@ -316,8 +316,8 @@ MUTATIONS = [
     M(
         "dedup/auto: a pair of two bands judged by the stricter band alone",
         "curate/dedup/tiers.py",
-        "        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], lo, other)",
-        "        return lo",
+        "    return np.where(band[a] == band[b], own, np.clip(cross, lo, hi))",
+        "    return own",
         ("tests/dedup/test_dedup_auto.py",),
     ),
     M(

@@ -209,6 +209,14 @@ class TierData:
         order = np.argsort(-sims, axis=1, kind="stable")
         return np.take_along_axis(sims, order, 1), np.take_along_axis(idx, order, 1)
 
+    def copy_background(self) -> np.ndarray | None:
+        """Each planted copy's similarity to its ``norm_rank``-th neighbour among the real rows
+        (the normalisation background of a copy), None where the tier does not normalise."""
+        if self.norm_background is None or self.norm_rank <= 0 or not len(self.copies):
+            return None
+        sims, _ = self.neighbours(self.copies, self.norm_rank + 1)
+        return sims[:, min(self.norm_rank, sims.shape[1] - 1)]
+
     def normalise(self, sim, bg_a, bg_b) -> np.ndarray:
         if self.norm_rank <= 0 or self.norm_background is None:
             return sim
@@ -268,6 +276,15 @@ def pair_matrix(t: TierData, rows: np.ndarray) -> np.ndarray:
     return s.astype(np.float32)
 
 
+def _identity(identity: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """(key per row, the first row of each key, sorted): rows with equal keys (identical pixels
+    or captions) count as one original; a None key is the row's own."""
+    keys = np.array([k if k is not None else f"\x00row{r}" for r, k in enumerate(identity)],
+                    dtype=object)  # fmt: skip
+    _, first = np.unique(keys, return_index=True)
+    return keys, np.sort(first)
+
+
 def tail_counts(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """For each threshold of ``grid``, how many of ``scores`` reach it."""
     s = np.sort(np.asarray(scores, np.float64))
@@ -309,10 +326,7 @@ def calibrate(
     band = np.asarray(band)
     copy_src = np.asarray(copy_src, np.int64)
     copy_kind = np.asarray(copy_kind, dtype=object)
-    keys = np.array([k if k is not None else f"\x00row{r}" for r, k in enumerate(identity)],
-                    dtype=object)  # fmt: skip
-    _, first = np.unique(keys, return_index=True)
-    reps = np.sort(first)  # one row per identity: "different original images"
+    keys, reps = _identity(identity)
     is_rep = np.zeros(n, bool)
     is_rep[reps] = True
     others = max(1, len(reps) - 1)  # rows a query is matched against, identical pixels once
@@ -322,13 +336,8 @@ def calibrate(
     ga, gb = _group_pairs(copy_src)  # indices into copies; -1: the original itself
     for t in tiers:
         s = t.pair(t.copies, t.real[copy_src])
-        bg_c = None
-        if t.norm_background is not None and t.norm_rank > 0 and len(t.copies):
-            sims, _ = t.neighbours(t.copies, t.norm_rank + 1)
-            bg_c = sims[:, min(t.norm_rank, sims.shape[1] - 1)]
-            s_norm = t.normalise(s, bg_c, t.norm_background[copy_src])
-        else:
-            s_norm = s
+        bg_c = t.copy_background()
+        s_norm = s if bg_c is None else t.normalise(s, bg_c, t.norm_background[copy_src])
         pos[t.name] = s_norm
         cc = t.pair(t.copies[ga], t.copies[gb]) if len(ga) else np.zeros(0, np.float32)
         graw[t.name] = np.concatenate([s, cc])
@@ -363,9 +372,7 @@ def calibrate(
     for b in range(nb):
         rows = band_rows[b]
         m = len(rows)
-        raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
-        scored = {t.name: raw[t.name] if t.norm_background is None or t.norm_rank <= 0
-                  else pair_matrix(t, rows) for t in tiers}  # fmt: skip
+        raw, scored = _pair_scores(tiers, rows)
         within = np.zeros(m * (m - 1) // 2, bool)
         if joint and m >= 2:
             label = (np.array([group_of[r] for r in rows.tolist()]) if group_of is not None
@@ -427,6 +434,15 @@ def _reach_level(scores: np.ndarray, reach: float = 0.0) -> float:
     return float(np.quantile(v, 1.0 - (reach or REACH))) if len(v) else np.inf
 
 
+def _pair_scores(tiers, rows) -> tuple[dict, dict]:
+    """Every pair of ``rows`` per tier: ``(raw, scored)``, raw as the features give it and
+    scored as the tier applies it (SSCD normalised; the same array where a tier does not)."""
+    raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
+    scored = {t.name: raw[t.name] if t.norm_background is None or t.norm_rank <= 0
+              else pair_matrix(t, rows) for t in tiers}  # fmt: skip
+    return raw, scored
+
+
 def _components(tiers, rows, level, weak, raw=None, scored=None) -> np.ndarray:
     """Copy-group label of each of ``rows``: connected components of the pairs on which two
     tiers reach ``level`` (scores as each tier applies them) and of near-identical hashes (one
@@ -437,11 +453,8 @@ def _components(tiers, rows, level, weak, raw=None, scored=None) -> np.ndarray:
     from scipy.sparse.csgraph import connected_components
 
     m = len(rows)
-    if raw is None:
-        raw = {t.name: pair_matrix(TierData(t.name, t.kind, t.real, t.copies), rows) for t in tiers}
-    if scored is None:
-        scored = {t.name: raw[t.name] if t.norm_background is None or t.norm_rank <= 0
-                  else pair_matrix(t, rows) for t in tiers}  # fmt: skip
+    if raw is None or scored is None:
+        raw, scored = _pair_scores(tiers, rows)
     votes = sum((scored[k] >= level[k]).astype(np.int64) for k in scored)
     edge = votes >= 2
     for t in tiers:
@@ -598,10 +611,7 @@ def calibrate_nearest(
             for b in range(nb)
         ]
     ).astype(np.int64)
-    keys = np.array([k if k is not None else f"\x00row{r}" for r, k in enumerate(identity)],
-                    dtype=object)  # fmt: skip
-    _, first = np.unique(keys, return_index=True)
-    reps = np.sort(first)  # one row per identity: "different original images"
+    keys, reps = _identity(identity)
     # Candidate neighbours of every background row, in every tier.
     cand: list[np.ndarray] = []
     for t in tiers:
@@ -629,11 +639,8 @@ def calibrate_nearest(
     pos = {}
     for t in tiers:
         s = t.pair(t.copies, t.real[copy_src])
-        if t.norm_background is not None and t.norm_rank > 0 and len(t.copies):
-            sims, _ = t.neighbours(t.copies, t.norm_rank + 1)
-            bg_c = sims[:, min(t.norm_rank, sims.shape[1] - 1)]
-            s = t.normalise(s, bg_c, t.norm_background[copy_src])
-        pos[t.name] = s
+        bg_c = t.copy_background()
+        pos[t.name] = s if bg_c is None else t.normalise(s, bg_c, t.norm_background[copy_src])
     copy_band = band[copy_src]
     row_start = np.searchsorted(pi, bg_rows)  # pairs of each background row: contiguous
     # Near-identical pairs are copies from the start: a hash within one bit (mirror included) and

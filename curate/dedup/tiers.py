@@ -72,6 +72,18 @@ def exact_tier(keys: Sequence[str | None], name: str = "exact") -> Tier:
     return Tier(name, edges, pair_sim, nn_sim=nn)
 
 
+def _pair_limit(per_row, band, cross, a, b, stricter) -> np.ndarray:
+    """The limit (radius or threshold) a pair of rows ``a, b`` must meet: the stricter of the two
+    rows' own (``stricter``: ``np.minimum`` for radii, ``np.maximum`` for similarities); for a
+    pair of two size bands (``band`` given), ``cross`` kept between the two rows' limits."""
+    own = stricter(per_row[a], per_row[b])
+    if band is None:
+        return own
+    lo, hi = np.minimum(per_row[a], per_row[b]), np.maximum(per_row[a], per_row[b])
+    band = np.asarray(band)
+    return np.where(band[a] == band[b], own, np.clip(cross, lo, hi))
+
+
 def hash_tier(
     codes: np.ndarray,
     radius: int,
@@ -109,12 +121,7 @@ def hash_tier(
     def pair_radius(a, b):
         if row_radius is None:
             return radius
-        lo = np.minimum(row_radius[a], row_radius[b])
-        if not cross:
-            return lo
-        hi = np.maximum(row_radius[a], row_radius[b])
-        other = np.clip(int(cross_radius), lo, hi)
-        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], lo, other)
+        return _pair_limit(row_radius, row_band if cross else None, cross_radius, a, b, np.minimum)
 
     if row_radius is not None and len(edges):
         d = np.rint((1.0 - edges.sim) * bits)
@@ -182,12 +189,8 @@ def embedding_tier(
     def pair_threshold(a, b):
         if row_threshold is None:
             return threshold
-        hi = np.maximum(row_threshold[a], row_threshold[b])
-        if not cross:
-            return hi - 1e-6
-        lo = np.minimum(row_threshold[a], row_threshold[b])
-        other = np.clip(float(cross_threshold), lo, hi)
-        return np.where(np.asarray(row_band)[a] == np.asarray(row_band)[b], hi, other) - 1e-6
+        band = row_band if cross else None
+        return _pair_limit(row_threshold, band, cross_threshold, a, b, np.maximum) - 1e-6
 
     idx = np.flatnonzero(valid)
     x = np.ascontiguousarray(vectors[idx], np.float32)

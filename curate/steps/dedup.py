@@ -17,6 +17,7 @@ drive copying most, an image seen under several captions much less):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -160,6 +161,21 @@ def _auto_problems(step) -> list[str]:
         if getattr(step, key) < 8:
             problems.append(f"{key}: must be >= 8")
     return problems
+
+
+@functools.lru_cache(maxsize=4)
+def _load_embedder(tier: str, options: tuple, device: str):
+    """An image embedder by tier and options (a tuple of pairs), cached: a step that embeds its
+    rows and then its planted copies loads the model once."""
+    from curate.dedup.embed import get_image_embedder
+
+    opts = dict(options)
+    if tier == "clip":  # weights that cannot be loaded offline: one line naming the settings
+        from curate.audit.alignment import load_clip
+
+        flags = (("--clip-model", "clip_model"), ("--clip-pretrained", "clip_pretrained"))
+        return load_clip(opts["model"], opts["pretrained"], device, flags=flags)
+    return get_image_embedder(tier, device=device, **opts)
 
 
 def _jsonable(obj):
@@ -585,20 +601,14 @@ class DedupImages(Step):
         return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
 
     def _embedder(self, ctx: RunContext, tier: str):
-        from curate.dedup.embed import get_image_embedder
-
+        """The tier's embedding model, loaded once for the features and the calibration."""
         options = {
-            "sscd": {"model": self.sscd_model, "variant": self.sscd_variant,
-                     "size": self.sscd_size},
-            "clip": {"model": self.clip_model, "pretrained": self.clip_pretrained},
-            "pixel": {"size": self.pixel_size},
+            "sscd": (("model", self.sscd_model), ("variant", self.sscd_variant),
+                     ("size", self.sscd_size)),
+            "clip": (("model", self.clip_model), ("pretrained", self.clip_pretrained)),
+            "pixel": (("size", self.pixel_size),),
         }[tier]  # fmt: skip
-        if tier == "clip":  # weights that cannot be loaded offline: one line naming the settings
-            from curate.audit.alignment import load_clip
-
-            flags = (("--clip-model", "clip_model"), ("--clip-pretrained", "clip_pretrained"))
-            return load_clip(self.clip_model, self.clip_pretrained, ctx.device, flags=flags)
-        return get_image_embedder(tier, device=ctx.device, **options)
+        return _load_embedder(tier, options, ctx.device)
 
     def _calibrate(self, ok: pl.DataFrame, feats: dict, knn: dict, ctx: RunContext,
                    names: list[str]) -> dict:  # fmt: skip
