@@ -257,6 +257,27 @@ MUTATIONS = [
         ("tests/protect/test_train.py",),
     ),
     M(
+        "train/weight-only control drops the ambient weight",
+        "curate/train/loss.py",
+        "    return ambient_d_weight(sigma, sigma_n, form) * ddpm_loss(denoiser, x0, sigma, eta, cond)",
+        "    return ddpm_loss(denoiser, x0, sigma, eta, cond)",
+        ("tests/train/test_loss.py",),
+    ),
+    M(
+        "train/corrected ambient weight not divided out",
+        "curate/train/loss.py",
+        '    if weight == "corrected":\n        loss = loss /',
+        '    if weight == "never":\n        loss = loss /',
+        ("tests/train/test_loss.py",),
+    ),
+    M(
+        "train/weight-only control trains on noisy copies",
+        "curate/train/loop.py",
+        '            if cfg.ambient_noise == "weight_only":',
+        '            if cfg.ambient_noise == "never":',
+        ("tests/train/test_loop.py",),
+    ),
+    M(
         "table/merged captions beat rewritten ones (swapped precedence)",
         "curate/table.py",
         '    if "caption_new" in table.columns:\n'

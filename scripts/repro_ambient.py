@@ -3,7 +3,9 @@ Memorization?"; Ambient Diffusion, Daras et al.).
 
 A tiny UNet is trained on a small subset of ``builtin:digits`` at 16x16 with the standard DDPM
 loss (baseline) and with the ambient loss over a sweep of sigma_n (fixed noisy copies), plus the
-control with the noise redrawn every epoch. At a few late checkpoints the EMA model draws
+control with the noise redrawn every epoch, the weighting-only control (clean images, the ambient
+branch's loss weight above sigma_n: ``ambient_noise: weight_only``) and the weight-corrected
+ambient loss (``ambient_weight: corrected``), all through the product's trainer. At a few late checkpoints the EMA model draws
 samples (DDIM), and each run reports
 
 * memorized fraction: samples whose pixel-space nearest training image is < 1/3 the distance of
@@ -67,6 +69,25 @@ def settings(args) -> list[dict]:
         runs.append(
             {"name": f"redraw-{sn:g}", "objective": "ambient", "sigma_n": sn, "noise": "redraw"}
         )
+    for sn in args.weight_only_sigma_n:
+        runs.append(
+            {
+                "name": f"weight-only-{sn:g}",
+                "objective": "ambient",
+                "sigma_n": sn,
+                "noise": "weight_only",
+            }  # fmt: skip
+        )
+    for sn in args.corrected_sigma_n:
+        runs.append(
+            {
+                "name": f"corrected-{sn:g}",
+                "objective": "ambient",
+                "sigma_n": sn,
+                "noise": "fixed",
+                "weight": "corrected",
+            }  # fmt: skip
+        )
     return runs
 
 
@@ -111,6 +132,7 @@ def run_one(setting: dict, seed: int, data: TrainData, ref_feats, args) -> dict:
         objective=setting["objective"],
         sigma_n=setting["sigma_n"],
         ambient_noise=setting["noise"],
+        ambient_weight=setting.get("weight", "paper"),
         model="tiny",
         resolution=args.resolution,
         batch_size=args.batch_size,
@@ -200,8 +222,17 @@ def plot(path: Path, table: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fixed = [r for r in table if r["noise"] == "fixed"]
+    fixed = [r for r in table if r["noise"] == "fixed" and not r["name"].startswith("corrected")]
     redraw = [r for r in table if r["noise"] == "redraw"]
+    others = [
+        (r, marker, color)
+        for r in table
+        for prefix, marker, color in (
+            ("weight-only", "^", "tab:green"),
+            ("corrected", "D", "tab:purple"),
+        )
+        if r["name"].startswith(prefix)
+    ]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, key, label in (
         (axes[0], "memorized", "memorized fraction"),
@@ -214,6 +245,9 @@ def plot(path: Path, table: list[dict]) -> None:
             ax.errorbar([r["sigma_n"] for r in redraw], [r[f"{key}_mean"] for r in redraw],
                         yerr=[r[f"{key}_std"] for r in redraw], marker="s", linestyle="none",
                         color="tab:red", label="noise redrawn each epoch (control)")  # fmt: skip
+        for r, marker, color in others:
+            ax.errorbar([r["sigma_n"]], [r[f"{key}_mean"]], yerr=[r[f"{key}_std"]],
+                        marker=marker, linestyle="none", color=color, label=r["name"])  # fmt: skip
         ax.set_xlabel("sigma_n")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -241,6 +275,13 @@ def main() -> None:
     ap.add_argument(
         "--control-sigma-n", type=float, nargs="*", default=[2.0], help="redraw control"
     )
+    ap.add_argument(
+        "--weight-only-sigma-n", type=float, nargs="*", default=[], help="weighting-only control"
+    )
+    ap.add_argument(
+        "--corrected-sigma-n", type=float, nargs="*", default=[], help="weight-corrected ambient"
+    )
+    ap.add_argument("--only", nargs="*", default=None, help="run only these setting names")
     ap.add_argument("--no-baseline", action="store_true", help="skip the ddpm run (split a sweep)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     ap.add_argument("--num-samples", type=int, default=1000, help="samples per evaluation")
@@ -268,6 +309,8 @@ def main() -> None:
     ref_feats = randconv_features(ref.numpy())
     runs = []
     for setting in settings(args):
+        if args.only is not None and setting["name"] not in args.only:
+            continue
         for seed in args.seeds:
             key = f"{setting['name']}-seed{seed}"
             cache = out / "runs" / f"{key}.json"

@@ -35,10 +35,16 @@ class TrainConfig:
     sigma_n: float = setting(
         0.5, "Ambient noise level (VE units of the model input, images in [-1, 1]).", min=0
     )
-    ambient_noise: Literal["fixed", "redraw"] = setting(
+    ambient_noise: Literal["fixed", "redraw", "weight_only"] = setting(
         "fixed",
         "fixed: one noisy copy per sample (the method); redraw: new noise each epoch "
-        "(a control that breaks it).",
+        "(a control that breaks it); weight_only: clean images with the ambient branch's loss "
+        "weight above sigma_n, no noisy copies (a control for the weighting alone).",
+    )
+    ambient_weight: Literal["paper", "corrected"] = setting(
+        "paper",
+        "paper: the ambient loss as published, whose weight on the denoiser's error falls to 0 "
+        "as sigma nears sigma_n; corrected: that weight divided out (floored at 0.05).",
     )
     ambient_form: Literal["auto", "ve", "vp"] = setting(
         "auto", "Coordinates of the ambient loss; auto: vp for latent models, ve otherwise."
@@ -117,6 +123,11 @@ class TrainConfig:
         out = field_problems(self)
         if self.objective == "ddpm" and (self.sigma_n_column or self.noisy_only_column):
             out.append("sigma_n_column/noisy_only_column: need objective: ambient")
+        if self.ambient_noise == "weight_only" and self.ambient_weight == "corrected":
+            out.append(
+                "ambient_weight: corrected divides out the weight that ambient_noise: "
+                "weight_only applies; use one of them"
+            )
         if self.caption_transform:
             if self.conditioning != "caption":
                 out.append("caption_transform: needs conditioning: caption")
@@ -154,6 +165,7 @@ RESUME_KEYS = (
     "objective",
     "sigma_n",
     "ambient_noise",
+    "ambient_weight",
     "ambient_form",
     "model",
     "resolution",

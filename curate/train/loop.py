@@ -39,7 +39,13 @@ from curate.models.presets import ModelBundle, build_model, save_pipeline
 from curate.seeding import rng_for, torch_generator
 from curate.train.config import RESUME_KEYS, TrainConfig
 from curate.train.data import TrainData, positions_to_indices, stream_positions
-from curate.train.loss import ambient_loss, ddpm_loss, fixed_noise, redrawn_noise
+from curate.train.loss import (
+    ambient_loss,
+    ddpm_loss,
+    fixed_noise,
+    redrawn_noise,
+    weight_only_loss,
+)
 
 CaptionTransform = Callable[[str, str, int], str]
 
@@ -233,6 +239,10 @@ class Trainer:
         with self._autocast():
             if cfg.objective == "ddpm":
                 return ddpm_loss(self.denoiser, x0, sigma, eta, cond)
+            if cfg.ambient_noise == "weight_only":
+                return weight_only_loss(
+                    self.denoiser, x0, sigma, eta, sigma_n.to(self.device), cond, form=self.form
+                )
             if cfg.ambient_noise == "fixed":
                 eps = (
                     self._fixed[idx]
@@ -250,6 +260,7 @@ class Trainer:
                 eps.to(self.device),
                 cond,
                 form=self.form,
+                weight=cfg.ambient_weight,
             )
 
     def _autocast(self):
@@ -457,8 +468,10 @@ def checkpoint_mismatch(path: Path | str, config: TrainConfig) -> str | None:
     """Why ``config`` cannot continue the checkpoint at ``path`` (a ``RESUME_KEYS`` setting
     differs), or None when it can."""
     saved = json.loads((Path(path) / "state.json").read_text())["config"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for key in RESUME_KEYS:
-        if saved.get(key) != getattr(config, key):
+        # a key the checkpoint predates had its default then
+        if saved.get(key, defaults.get(key)) != getattr(config, key):
             return (
                 f"resume: the checkpoint has {key}: {saved.get(key)!r}, now "
                 f"{getattr(config, key)!r}; use the same value or a new out_dir"

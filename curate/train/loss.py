@@ -14,9 +14,22 @@ x~ + sqrt(sigma^2 - sigma_n^2) * eta and the Tweedie-corrected target
 
 Since E[x~ | x_in] = (sigma_n^2/sigma^2) x_in + (1 - sigma_n^2/sigma^2) E[x0 | x_in], the minimiser
 over D is still E[x0 | x_in]. The effective weight on D's error, w * (1 - sigma_n^2/sigma^2)^2,
-vanishes as sigma -> sigma_n from above; this is the paper's loss and is left uncorrected.
+vanishes as sigma -> sigma_n from above; this is the paper's loss (``weight="paper"``).
 ``eps_i`` must be fixed per sample (:func:`fixed_noise`); redrawing it lets the network average
 the noise away and learn the clean images (the failure the paper warns about).
+
+Two controls separate what the method does from how it weights the loss:
+
+* :func:`weight_only_loss`: clean images, the standard loss, times the ambient branch's implicit
+  weight on D's error above sigma_n (:func:`ambient_d_weight`), no noisy copies. What it gains
+  over the baseline is the weighting's share of ambient's gain.
+* ``weight="corrected"``: the ambient branch divided by that weight (floored at
+  ``CORRECTION_FLOOR``), so D's error weighs as in the clean loss and only the fixed noisy copies
+  differ from the baseline.
+
+For latent models (the VP form) the implicit weight also carries the VP scaling, 1 / (1 +
+sigma_n^2) on top of (1 - sigma_n^2/sigma^2)^2; :func:`ambient_d_weight` computes it from the
+estimate itself, so it is the same rule for both forms.
 """
 
 from __future__ import annotations
@@ -95,6 +108,51 @@ def tweedie_noisy_estimate(
     return (1 - r) * d + r * x_in
 
 
+# the corrected variant never multiplies a branch by more than 1 / CORRECTION_FLOOR: just
+# above sigma_n the implicit weight goes to 0 while the target's noise does not
+CORRECTION_FLOOR = 0.05
+
+
+def _check_form(form: str) -> None:
+    if form not in ("ve", "vp"):
+        raise ValueError(f"form must be 've' or 'vp', got {form!r}")
+
+
+def ambient_d_weight(sigma: torch.Tensor, sigma_n: torch.Tensor, form: str = "ve") -> torch.Tensor:
+    """The weight (B,) the ambient loss puts on D's squared error, relative to the clean loss.
+
+    1 below sigma_n (the clean branch); above it the square of d(estimate)/dD, read off the
+    estimate itself: (1 - sigma_n^2/sigma^2)^2 in the VE form, that over (1 + sigma_n^2) in the
+    VP form.
+    """
+    _check_form(form)
+    sigma_n = torch.as_tensor(sigma_n, dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
+    amb = sigma >= sigma_n
+    one = torch.ones((sigma.shape[0], 1), dtype=sigma.dtype, device=sigma.device)
+    zero = torch.zeros_like(one)
+    if form == "ve":
+        slope = tweedie_noisy_estimate(one, zero, sigma, sigma_n)
+    else:
+        s_t, s_n = vp_std_from_sigma(sigma), vp_std_from_sigma(sigma_n)
+        slope = vp_noisy_estimate(zero, one, s_t, s_n)
+    w = slope.flatten() ** 2
+    return torch.where(amb, w, torch.ones_like(w))
+
+
+def weight_only_loss(
+    denoiser,
+    x0: torch.Tensor,
+    sigma: torch.Tensor,
+    eta: torch.Tensor,
+    sigma_n: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    form: str = "ve",
+) -> torch.Tensor:
+    """The weighting-only control (B,): the clean loss times :func:`ambient_d_weight`."""
+    sigma_n = torch.as_tensor(sigma_n, dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
+    return ambient_d_weight(sigma, sigma_n, form) * ddpm_loss(denoiser, x0, sigma, eta, cond)
+
+
 def ambient_loss(
     denoiser,
     x0: torch.Tensor,
@@ -104,13 +162,18 @@ def ambient_loss(
     eps: torch.Tensor,
     cond: torch.Tensor | None = None,
     form: str = "ve",
+    weight: str = "paper",
 ) -> torch.Tensor:
     """Ambient loss (B,) with per-sample ``sigma_n`` (B,) and fixed noise ``eps`` (B, C, H, W).
 
     ``form="vp"`` computes the ambient branch in VP coordinates (the form used for latent
-    models in Ambient Diffusion, Daras et al.): same input and minimiser, error measured on VP-scaled data, i.e.
-    the VE error divided by (1 + sigma_n^2).
+    models in Ambient Diffusion, Daras et al.): same input and minimiser, error measured on
+    VP-scaled data, i.e. the VE error divided by (1 + sigma_n^2). ``weight="corrected"``
+    divides the ambient branch by :func:`ambient_d_weight` (at least ``CORRECTION_FLOOR``).
     """
+    _check_form(form)
+    if weight not in ("paper", "corrected"):
+        raise ValueError(f"weight must be 'paper' or 'corrected', got {weight!r}")
     sigma_n = torch.as_tensor(sigma_n, dtype=sigma.dtype, device=sigma.device).expand_as(sigma)
     x_in, target, amb = ambient_inputs(x0, sigma, sigma_n, eps, eta)
     d = denoiser(x_in, sigma, cond)
@@ -118,15 +181,16 @@ def ambient_loss(
         s_t, s_n = vp_std_from_sigma(sigma), vp_std_from_sigma(sigma_n)
         x_t, x_n = ve_to_vp(x_in, sigma), ve_to_vp(target, sigma_n)
         est = vp_noisy_estimate(x_t, d, s_t, s_n)
-    elif form == "ve":
+    else:
         est = tweedie_noisy_estimate(d, x_in, sigma, sigma_n)
         x_n = target
-    else:
-        raise ValueError(f"form must be 've' or 'vp', got {form!r}")
     m = _mask(amb, x0)
     pred = torch.where(m, est, d)
     tgt = torch.where(m, x_n, x0)
-    return denoiser.loss_weight(sigma) * _per_sample_mean((pred - tgt) ** 2)
+    loss = denoiser.loss_weight(sigma) * _per_sample_mean((pred - tgt) ** 2)
+    if weight == "corrected":
+        loss = loss / ambient_d_weight(sigma, sigma_n, form).clamp(min=CORRECTION_FLOOR)
+    return loss
 
 
 # --- the VP form (Ambient Diffusion, Daras et al.: the VP / latent version) -------------------

@@ -124,6 +124,7 @@ NON_DEFAULT = {
     "objective": "ambient",
     "sigma_n": 0.3,
     "ambient_noise": "redraw",
+    "ambient_weight": "corrected",
     "ambient_form": "vp",
     "sigma_n_column": "risk_sigma",
     "noisy_only_column": "risk_only",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -33,9 +34,9 @@ def _record_ambient_calls(monkeypatch):
     calls = []
     real = loop_mod.ambient_loss
 
-    def spy(denoiser, x0, sigma, eta, sigma_n, eps, cond=None, form="ve"):
+    def spy(denoiser, x0, sigma, eta, sigma_n, eps, cond=None, form="ve", **kw):
         calls.append((x0.clone(), sigma.clone(), eta.clone(), sigma_n.clone(), eps.clone()))
-        return real(denoiser, x0, sigma, eta, sigma_n, eps, cond, form)
+        return real(denoiser, x0, sigma, eta, sigma_n, eps, cond, form, **kw)
 
     monkeypatch.setattr(loop_mod, "ambient_loss", spy)
     return calls
@@ -395,3 +396,58 @@ def test_ambient_form_reaches_the_loss(monkeypatch, digits8, form, expected):
     tr = Trainer(from_tensors(x[:4]), _cfg(objective="ambient", ambient_form=form), quiet=True)
     tr.run(2)
     assert tr.form == expected and forms == [expected, expected]
+
+
+def test_weight_only_control_trains_without_noisy_copies(monkeypatch, digits8):
+    """ambient_noise: weight_only never calls the ambient loss (no noisy copies), weights the
+    clean loss above sigma_n, and its loss falls like the others."""
+    x, _ = digits8
+    calls = _record_ambient_calls(monkeypatch)
+    weighted = []
+    real = loop_mod.weight_only_loss
+
+    def spy(denoiser, x0, sigma, eta, sigma_n, cond=None, form="ve"):
+        weighted.append(sigma_n.clone())
+        return real(denoiser, x0, sigma, eta, sigma_n, cond, form)
+
+    monkeypatch.setattr(loop_mod, "weight_only_loss", spy)
+    cfg = _cfg(objective="ambient", ambient_noise="weight_only", sigma_n=0.7, steps=3)
+    Trainer(from_tensors(x[:4]), cfg, quiet=True).run(3)
+    assert calls == [] and len(weighted) == 3
+    assert all(torch.all(s == 0.7) for s in weighted)
+
+
+def test_ambient_weight_reaches_the_loss(monkeypatch, digits8):
+    x, _ = digits8
+    seen = []
+    real = loop_mod.ambient_loss
+
+    def spy(*args, weight="paper", **kw):
+        seen.append(weight)
+        return real(*args, weight=weight, **kw)
+
+    monkeypatch.setattr(loop_mod, "ambient_loss", spy)
+    cfg = _cfg(objective="ambient", ambient_weight="corrected")
+    Trainer(from_tensors(x[:4]), cfg, quiet=True).run(2)
+    assert seen == ["corrected", "corrected"]
+
+
+def test_weight_only_with_corrected_weight_is_refused():
+    with pytest.raises(UsageError, match="ambient_weight: corrected"):
+        _cfg(objective="ambient", ambient_noise="weight_only", ambient_weight="corrected").check()
+
+
+def test_resume_treats_a_key_the_checkpoint_predates_as_its_default(tmp_path, digits8):
+    """A checkpoint written before ambient_weight existed resumes with the default, and
+    refuses a non-default value."""
+    x, _ = digits8
+    cfg = _cfg(objective="ambient", steps=2, checkpoint_every=1)
+    train(from_tensors(x[:4]), tmp_path / "m", cfg, quiet=True)
+    ckpt = latest_checkpoint(tmp_path / "m")
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["config"]["ambient_weight"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    cfg = cfg.with_default_channels()  # as the trainer saved it
+    assert loop_mod.checkpoint_mismatch(ckpt, cfg) is None
+    corrected = dataclasses.replace(cfg, ambient_weight="corrected")
+    assert "ambient_weight" in loop_mod.checkpoint_mismatch(ckpt, corrected)

@@ -9,6 +9,8 @@ import torch
 from curate.models.denoiser import DiffusersDenoiser, ve_to_vp
 from curate.models.presets import build_pixel_unet, default_scheduler_config
 from curate.train.loss import (
+    CORRECTION_FLOOR,
+    ambient_d_weight,
     ambient_inputs,
     ambient_loss,
     ddpm_loss,
@@ -17,6 +19,7 @@ from curate.train.loss import (
     tweedie_noisy_estimate,
     vp_ambient_input,
     vp_noisy_estimate,
+    weight_only_loss,
 )
 
 
@@ -196,3 +199,78 @@ def test_fixed_noise_depends_only_on_seed_and_sample_id():
     assert not torch.allclose(fixed_noise(1, ["x"], (1, 4, 4))[0], a[0])
     r0 = redrawn_noise(0, ["x", "x"], (1, 4, 4), [0, 1])
     assert not torch.allclose(r0[0], r0[1])  # the control changes every epoch
+
+
+class ShiftedDenoiser(LinearGaussianDenoiser):
+    """The linear-Gaussian denoiser plus t * delta: its error is t * delta."""
+
+    def __init__(self, delta, t):
+        super().__init__()
+        self.delta, self.t = delta, t
+
+    def __call__(self, x, sigma, cond=None):
+        return super().__call__(x, sigma) + self.t * self.delta
+
+
+def _curvature(loss_of_t):
+    """Half the second difference in t: the weight on |delta|^2 of a loss quadratic in t."""
+    return (loss_of_t(1.0) + loss_of_t(-1.0) - 2 * loss_of_t(0.0)) / 2
+
+
+@pytest.mark.parametrize("form", ["ve", "vp"])
+def test_ambient_d_weight_is_the_weight_on_the_denoisers_error(batch, form):
+    """Moving D by delta moves the ambient loss by ambient_d_weight * |delta|^2 (its curvature),
+    for both forms; 1 below sigma_n."""
+    x0, sigma, eta, eps = batch
+    delta = torch.randn(x0.shape, generator=_gen(5))
+
+    def loss(t):
+        return ambient_loss(ShiftedDenoiser(delta, t), x0, sigma, eta, 0.5, eps, form=form)
+
+    expected = ambient_d_weight(sigma, torch.full_like(sigma, 0.5), form)
+    torch.testing.assert_close(_curvature(loss), expected * (delta**2).flatten(1).mean(1))
+    low = sigma < 0.5
+    assert torch.all(expected[low] == 1) and torch.all(expected[~low] < 1)
+
+
+def test_ambient_d_weight_closed_forms(batch):
+    """(1 - sigma_n^2/sigma^2)^2 in VE; the VP form down-weights it by 1 / (1 + sigma_n^2)."""
+    _, sigma, _, _ = batch
+    sn = torch.full_like(sigma, 0.5)
+    amb = sigma >= sn
+    ve = ambient_d_weight(sigma, sn, "ve")
+    torch.testing.assert_close(ve[amb], (1 - sn[amb] ** 2 / sigma[amb] ** 2) ** 2)
+    vp = ambient_d_weight(sigma, sn, "vp")
+    torch.testing.assert_close(vp[amb], ve[amb] / (1 + 0.5**2))
+
+
+def test_weight_only_loss_is_the_clean_loss_times_the_ambient_weight(denoiser, batch):
+    x0, sigma, eta, _ = batch
+    sn = torch.full_like(sigma, 0.5)
+    with torch.no_grad():
+        got = weight_only_loss(denoiser, x0, sigma, eta, sn)
+        ref = ddpm_loss(denoiser, x0, sigma, eta)
+    torch.testing.assert_close(got, ambient_d_weight(sigma, sn) * ref)
+    low = sigma < 0.5
+    torch.testing.assert_close(got[low], ref[low])
+    assert torch.all(got[~low] < ref[~low])
+
+
+@pytest.mark.parametrize("form", ["ve", "vp"])
+def test_corrected_ambient_weighs_the_denoisers_error_as_the_clean_loss(batch, form):
+    """weight: corrected divides the implicit weight out: D's error weighs 1 wherever the weight
+    is above the floor, and at most 1 / CORRECTION_FLOOR times the paper's just above sigma_n."""
+    x0, sigma, eta, eps = batch
+    delta = torch.randn(x0.shape, generator=_gen(6))
+
+    def loss(t, weight="corrected"):
+        d = ShiftedDenoiser(delta, t)
+        return ambient_loss(d, x0, sigma, eta, 0.5, eps, form=form, weight=weight)
+
+    w = ambient_d_weight(sigma, torch.full_like(sigma, 0.5), form)
+    per = (delta**2).flatten(1).mean(1)
+    curv = _curvature(loss)
+    ok = w >= CORRECTION_FLOOR
+    torch.testing.assert_close(curv[ok], per[ok])
+    paper = _curvature(lambda t: loss(t, "paper"))
+    assert torch.all(curv <= paper / CORRECTION_FLOOR + 1e-6)
