@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -78,7 +79,8 @@ def train(dataset, out_dir, resume, overwrite, dry_run, device, quiet, **setting
         overwrite=overwrite,
         quiet=quiet,
     )
-    click.echo(f"model written to {job.out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, process 0 speaks for the job
+        click.echo(f"model written to {job.out_dir}")
 
 
 # what `sample` takes besides the SampleConfig fields, as named in the job's errors

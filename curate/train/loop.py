@@ -319,6 +319,11 @@ class Trainer:
         raw_p = list(self._raw_unet().parameters())
         torch._foreach_lerp_(ema_p, raw_p, 1 - decay)
 
+    def barrier(self) -> None:
+        """Wait for every process of a torchrun / accelerate job (a no-op in one process)."""
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
     def _raw_unet(self) -> torch.nn.Module:
         unet = self.denoiser.unet
         if self.accelerator is not None:
@@ -407,6 +412,8 @@ class Trainer:
             raise UsageError(problem)
         state = json.loads((path / "state.json").read_text())
         dev = str(self.device)
+        if torch.device(dev).type == "cpu":
+            dev = "cpu"  # accelerate names it cpu:0, which safetensors refuses
         self._raw_unet().load_state_dict(load_file(str(path / "model.safetensors"), device=dev))
         if self.ema is not None and (path / "ema.safetensors").exists():
             self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device=dev))
@@ -501,6 +508,32 @@ def train(
     if config.channels is None:
         config = dataclasses.replace(config, channels=data.channels)
     out = Path(out_dir)
+    # Under torchrun every process runs this: the Trainer joins the process group first, every
+    # process decides from the folder as it was, and only process 0 changes it, between barriers.
+    trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
+    resume, ckpt, fresh = _out_dir_plan(out, config, resume, overwrite)
+    trainer.barrier()
+    if trainer.rank == 0:
+        if fresh:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if folder_kind(out) != "model":
+            atomic_write_json(out / MARKER, {"kind": "model", "what": "model folder"})
+    trainer.barrier()
+    if resume:
+        trainer.load_checkpoint(ckpt)
+    trainer.run(config.steps, out)
+    if trainer.rank == 0:
+        if config.checkpoint_every and trainer.step % config.checkpoint_every:
+            trainer.save_checkpoint(out)
+        trainer.save(out, extra_info)
+    return out
+
+
+def _out_dir_plan(
+    out: Path, config: TrainConfig, resume: bool | Literal["auto"], overwrite: bool
+) -> tuple[bool, Path | None, bool]:
+    """(resume?, the checkpoint to resume from, start over by emptying ``out``?), read-only."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"out_dir: {out} exists and is not a folder")
     nonempty = out.exists() and any(out.iterdir())
@@ -524,20 +557,7 @@ def train(
             f"out_dir: {out} is not empty; set resume: true to continue or overwrite: true to "
             "start over"
         )
-    if overwrite and not resume and nonempty:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if folder_kind(out) != "model":
-        atomic_write_json(out / MARKER, {"kind": "model", "what": "model folder"})
-    trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
-    if resume:
-        trainer.load_checkpoint(ckpt)
-    trainer.run(config.steps, out)
-    if trainer.rank == 0:
-        if config.checkpoint_every and trainer.step % config.checkpoint_every:
-            trainer.save_checkpoint(out)
-        trainer.save(out, extra_info)
-    return out
+    return bool(resume), ckpt, bool(overwrite and not resume and nonempty)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
