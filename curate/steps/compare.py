@@ -33,6 +33,9 @@ class Compare(Step):
     * ``memorized_fraction``: NN1/NN2 < 1/3 in pixel space (the audit's definition);
     * ``copy_rate``: top-1 cosine similarity above the features' copy threshold in an independent
       feature space (``copy_features``; SSCD: 0.5), one AMG does not optimise;
+    * ``memorized_fraction_heldout_space``: the same NN1/NN2 < 1/3 test in a whitened PCA
+      space fitted on the ``heldout`` images (``curate.audit.metrics.HeldoutSpace``), a second
+      space AMG does not optimise that also works on images too small for SSCD;
     * the NN-ratio distribution (fractions below 1/3 and 0.5, a histogram on ``HIST_EDGES``);
     * ``frechet``: Fréchet distance (``fd_features``) to the ``heldout`` images (any source
       ``curate ingest`` reads), so a model gets no credit for reproducing its training set;
@@ -141,6 +144,13 @@ class Compare(Step):
                     ]
                 )
 
+        space = None
+        if heldout is not None:
+            from curate.audit.metrics import HeldoutSpace
+
+            space = HeldoutSpace.fit(heldout.flatten(1).numpy())
+            ref_flat = ref.images.flatten(1).numpy()
+            ref_vs_ref = space.reference_nn_ratio(ref_flat)
         models: dict[str, Any] = {}
         galleries = {}
         for label, x in samples.items():
@@ -183,6 +193,18 @@ class Compare(Step):
                 "generations_off_data": result.summary["generation_check"]["off_data"],
                 "seeds": seeds[label],
             }  # fmt: skip
+            if space is not None:
+                h = space.nn_ratio(x.flatten(1).numpy(), ref_flat)
+                models[label]["memorized_fraction_heldout_space"] = float((h < 1 / 3).mean())
+                models[label]["heldout_space"] = {
+                    "components": int(space.basis.shape[0]),
+                    "fraction_ratio_below_0.5": float((h < 0.5).mean()),
+                    "nn_ratio_p50": float(np.median(h)),
+                    # distinct reference images against each other: near 0 when it separates
+                    "reference_vs_reference_below_1/3": float((ref_vs_ref < 1 / 3).mean()),
+                }
+            else:
+                models[label]["memorized_fraction_heldout_space"] = None
             galleries[label] = self._gallery(per, x, ref, label, ctx)
         baseline = self.baseline or next(iter(self.models))
         ratios = {}
@@ -191,9 +213,10 @@ class Compare(Step):
                 continue
             base = models[baseline]
             ratios[f"{baseline}/{label}"] = {
-                key: (base[key] / fig[key]) if fig[key] else None
+                key: (base[key] / fig[key]) if fig[key] and base[key] is not None else None
                 for key in (
                     "memorized_fraction",
+                    "memorized_fraction_heldout_space",
                     "fraction_ratio_below_0.5",
                     "copy_rate",
                     "frechet",
@@ -221,6 +244,9 @@ class Compare(Step):
             same_seeds=same_seeds,
             memorized_fraction={k: v["memorized_fraction"] for k, v in models.items()},
             copy_rate={k: v["copy_rate"] for k, v in models.items()},
+            memorized_fraction_heldout_space={
+                k: v["memorized_fraction_heldout_space"] for k, v in models.items()
+            },
         )
         ctx.report.add_section("compare", "Protect loop: copying removed, and its cost",
                                self._html(out, galleries), order=0)  # fmt: skip
@@ -258,9 +284,9 @@ class Compare(Step):
 
         models = out["models"]
         rows = [
-            (label, f"{m['memorized_fraction']:.3f}", f"{m['fraction_ratio_below_0.5']:.3f}",
-             f"{m['copy_rate']:.3f}", m["copied_images"], f"{m['frechet']:.3g}",
-             f"{m['nn_ratio']['p50']:.3f}")
+            (label, f"{m['memorized_fraction']:.3f}", _fmt(m["memorized_fraction_heldout_space"]),
+             f"{m['fraction_ratio_below_0.5']:.3f}", f"{m['copy_rate']:.3f}",
+             m["copied_images"], f"{m['frechet']:.3g}", f"{m['nn_ratio']['p50']:.3f}")
             for label, m in models.items()
         ]  # fmt: skip
         first = next(iter(models.values()))
@@ -275,16 +301,19 @@ class Compare(Step):
         )  # fmt: skip
         table = html_table(
             rows,
-            ["model", "memorized (NN1/NN2 < 1/3)", "NN1/NN2 < 0.5", "copy rate",
-             "distinct images copied", "Fréchet", "median NN1/NN2"],
+            ["model", "memorized (NN1/NN2 < 1/3)", "memorized, held-out space",
+             "NN1/NN2 < 0.5", "copy rate", "distinct images copied", "Fréchet",
+             "median NN1/NN2"],
         )  # fmt: skip
         ratio_rows = [
             (pair, *(f"{v:.2f}" if v is not None else "-" for v in r.values()))
             for pair, r in out["ratios"].items()
         ]
         ratios = html_table(
-            ratio_rows, ["ratio", "memorized", "NN1/NN2 < 0.5", "copy rate", "Fréchet"]
-        )
+            ratio_rows,
+            ["ratio", "memorized", "memorized, held-out space", "NN1/NN2 < 0.5", "copy rate",
+             "Fréchet"],
+        )  # fmt: skip
         hists = "".join(
             f"<div class='group'><b>{esc(label)}</b> NN1/NN2 histogram: "
             + " ".join(f"{c}" for c in m["nn_ratio_histogram"]["counts"])
@@ -298,3 +327,7 @@ class Compare(Step):
             if p is not None
         )
         return head + table + "<h3>Ratios</h3>" + ratios + hists + gallery
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

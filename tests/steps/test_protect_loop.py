@@ -17,7 +17,7 @@ from curate.table import kept_rows, ok_mask, read_table
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"steps": 2, "batch_size": 8, "report_samples": 2, "checkpoint_every": 0}
 FIGURES = ("memorized_fraction", "fraction_ratio_below_0.5", "copy_rate", "nn_ratio_histogram",
-           "frechet", "copied_images", "seeds")  # fmt: skip
+           "frechet", "copied_images", "seeds", "memorized_fraction_heldout_space")  # fmt: skip
 
 
 def _tiny(raw: dict) -> dict:
