@@ -22,6 +22,7 @@ from curate.steps.base import RunContext, Step
 
 COMPARE_FILE = "compare.json"
 HIST_EDGES = tuple(round(0.05 * i, 2) for i in range(0, 31))  # NN1/NN2 in [0, 1.5], 0.05 wide
+PROMPT_K = 5  # held-out neighbours voting on a generation's caption
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Compare(Step):
       space fitted on the ``heldout`` images (``curate.audit.metrics.HeldoutSpace``), a second
       space AMG does not optimise that also works on images too small for SSCD;
     * the NN-ratio distribution (fractions below 1/3 and 0.5, a histogram on ``HIST_EDGES``);
+    * ``prompt_accuracy`` (a text model's audits, held-out images with captions): the share of
+      generations whose held-out neighbours (``PROMPT_K`` nearest, in the held-out space) carry
+      the generation's prompt as their most common caption: a classifier of the held-out data,
+      for datasets whose captions name a class (digits: "a handwritten digit five");
     * ``frechet``: Fréchet distance (``fd_features``) to the ``heldout`` images (any source
       ``curate ingest`` reads), so a model gets no credit for reproducing its training set;
     * the ratios ``baseline`` / each other model, and a gallery of each model's worst copies
@@ -130,12 +135,12 @@ class Compare(Step):
         ref = training_set_from_table(
             ref_table, ctx.images(), resolution=res, channels=channels, rows="ok", where="compare"
         )
-        heldout = None
+        heldout, heldout_captions = None, None
         if self.heldout:
             from curate.train.data import load_training_data
 
             data = load_training_data(self.heldout, channels=channels, resolution=res, quiet=True)
-            heldout = data.images
+            heldout, heldout_captions = data.images, data.captions
             if heldout is None:
                 heldout = torch.cat(
                     [
@@ -203,8 +208,12 @@ class Compare(Step):
                     # distinct reference images against each other: near 0 when it separates
                     "reference_vs_reference_below_1/3": float((ref_vs_ref < 1 / 3).mean()),
                 }
+                models[label]["prompt_accuracy"] = _prompt_accuracy(
+                    space, heldout, heldout_captions, x, dirs[label]
+                )
             else:
                 models[label]["memorized_fraction_heldout_space"] = None
+                models[label]["prompt_accuracy"] = None
             galleries[label] = self._gallery(per, x, ref, label, ctx)
         baseline = self.baseline or next(iter(self.models))
         ratios = {}
@@ -220,6 +229,7 @@ class Compare(Step):
                     "fraction_ratio_below_0.5",
                     "copy_rate",
                     "frechet",
+                    "prompt_accuracy",
                 )
             }
         out = {
@@ -286,7 +296,8 @@ class Compare(Step):
         rows = [
             (label, f"{m['memorized_fraction']:.3f}", _fmt(m["memorized_fraction_heldout_space"]),
              f"{m['fraction_ratio_below_0.5']:.3f}", f"{m['copy_rate']:.3f}",
-             m["copied_images"], f"{m['frechet']:.3g}", f"{m['nn_ratio']['p50']:.3f}")
+             m["copied_images"], f"{m['frechet']:.3g}", f"{m['nn_ratio']['p50']:.3f}",
+             _fmt(m["prompt_accuracy"]))
             for label, m in models.items()
         ]  # fmt: skip
         first = next(iter(models.values()))
@@ -303,7 +314,7 @@ class Compare(Step):
             rows,
             ["model", "memorized (NN1/NN2 < 1/3)", "memorized, held-out space",
              "NN1/NN2 < 0.5", "copy rate", "distinct images copied", "Fréchet",
-             "median NN1/NN2"],
+             "median NN1/NN2", "prompt accuracy"],
         )  # fmt: skip
         ratio_rows = [
             (pair, *(f"{v:.2f}" if v is not None else "-" for v in r.values()))
@@ -312,7 +323,7 @@ class Compare(Step):
         ratios = html_table(
             ratio_rows,
             ["ratio", "memorized", "memorized, held-out space", "NN1/NN2 < 0.5", "copy rate",
-             "Fréchet"],
+             "Fréchet", "prompt accuracy"],
         )  # fmt: skip
         hists = "".join(
             f"<div class='group'><b>{esc(label)}</b> NN1/NN2 histogram: "
@@ -331,3 +342,39 @@ class Compare(Step):
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _prompt_accuracy(space, heldout, captions, x, audit_dir: Path) -> float | None:
+    """The share of generations whose ``PROMPT_K`` nearest held-out images (in ``space``) most
+    often carry the generation's prompt; None without prompts or held-out captions."""
+    from collections import Counter
+
+    from curate.core.neighbours import knn
+
+    per = audit_dir / "samples.parquet"
+    if captions is None or not per.is_file():
+        return None
+    frame = pl.read_parquet(per)
+    if "prompt" not in frame.columns or frame.height != len(x):
+        return None
+    order = frame.sort("index")["prompt"].to_list() if "index" in frame.columns else None
+    prompts = order if order is not None else frame["prompt"].to_list()
+    k = min(PROMPT_K, len(captions))
+    _, idx = knn(
+        space.features(x.flatten(1).numpy()), space.features(heldout.flatten(1).numpy()), k
+    )
+    hits = []
+    for row, prompt in zip(idx, prompts, strict=True):
+        votes = Counter(_first_caption(captions[int(j)]) for j in row).most_common()
+        best = votes[0][1]
+        # a tie counts as a hit only when the prompt is among the tied captions, weighted
+        tied = [c for c, n in votes if n == best]
+        hits.append((prompt in tied) / len(tied))
+    return float(np.mean(hits))
+
+
+def _first_caption(caption) -> str | None:
+    """A row's caption as one string: the first of a caption list (``mc``), else itself."""
+    if isinstance(caption, list | tuple):
+        return caption[0] if caption else None
+    return caption

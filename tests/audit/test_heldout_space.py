@@ -43,3 +43,25 @@ def test_is_not_the_pixel_metric(digits):
 def test_needs_a_few_held_out_images():
     with pytest.raises(DataError, match="at least 3 images"):
         HeldoutSpace.fit(np.zeros((2, 64)))
+
+
+def test_prompt_accuracy_votes_with_held_out_captions(tmp_path):
+    """Generations that are digits of their prompt's class score near 1; the same generations
+    under a wrong prompt score near 0."""
+    import polars as pl
+    import torch
+
+    from curate.steps.compare import _prompt_accuracy
+
+    d = load_digits()
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    x = torch.from_numpy(d.images.reshape(-1, 1, 8, 8) / 16 * 2 - 1).float()
+    caps = [f"a handwritten digit {names[t]}" for t in d.target]
+    held, held_caps = x[:600], caps[:600]
+    gen, gen_caps = x[1000:1100], caps[1000:1100]
+    space = HeldoutSpace.fit(held.flatten(1).numpy())
+    for prompts, lo, hi in ((gen_caps, 0.8, 1.0), (gen_caps[1:] + gen_caps[:1], 0.0, 0.2)):
+        frame = pl.DataFrame({"index": list(range(100)), "prompt": prompts})
+        frame.write_parquet(tmp_path / "samples.parquet")
+        acc = _prompt_accuracy(space, held, held_caps, gen, tmp_path)
+        assert lo <= acc <= hi, acc

@@ -86,3 +86,27 @@ def test_protect_loop_trains_audits_and_compares(tmp_path):
     assert sections[0] == "000--compare.json"
     assert page.index("Protect loop") < page.index("<h2>Summary")
     assert "Training (naive)" in page and "Training (protected)" in page
+
+
+def test_text_protect_loop_rewrites_only_the_protected_models_captions(tmp_path):
+    """The text variant: the naive model trains on the raw captions (it runs before the
+    rewrite), the protected one on rna-rewritten captions of the flagged rows; the audits are
+    prompted with the training captions, and compare scores the prompt accuracy."""
+    path = ROOT / "recipes/protect_digits_text_quick.yaml"
+    load_recipe(path)
+    load_recipe(ROOT / "recipes/protect_digits_text.yaml")
+    run = tmp_path / "run"
+    run_recipe(parse_recipe(_tiny(yaml.safe_load(path.read_text()))), run, quiet=True)
+    table = read_table(run)
+    flagged = table.filter(pl.col("caption_new").is_not_null())
+    assert flagged.height > 0
+    assert (flagged["caption_new"] != flagged["caption"]).any()  # numbers were added
+    for model in ("model_naive", "model_protected"):
+        info = json.loads((run / model / "curate_train.json").read_text())
+        assert info["config"]["conditioning"] == "caption"
+    steps = {p.name.split("-", 1)[1]: p for p in (run / "steps").iterdir()}
+    prompts = pl.read_parquet(steps["audit-naive_audit"] / "samples.parquet")["prompt"]
+    assert set(prompts.to_list()) <= set(table["caption"].to_list())  # raw captions as prompts
+    out = json.loads((steps["compare"] / "compare.json").read_text())
+    for label, fig in out["models"].items():
+        assert 0.0 <= fig["prompt_accuracy"] <= 1.0, label
