@@ -114,14 +114,28 @@ def generate_job(
     ``curate.guidance.amg.AMGConfig``) guides the samples away from the kept rows of the run
     folder ``amg_train``. ``out_dir`` is claimed as a samples folder first.
     """
+    from curate.core.launch import Launch
     from curate.core.text import text_encoder_for_model
     from curate.io.folders import claim_folder
     from curate.models.denoiser import load_denoiser
-    from curate.models.sampling import sample
+    from curate.models.sampling import sample, split_sampler
 
     config.check()
+    # torchrun: every process samples its batches and gets all rows back; process 0 alone
+    # writes OUT, the others the same files into a private folder removed at the end
+    launch = Launch.from_env(device)
+    device = launch.device
+    if not launch.main:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix=f"curate-sample-rank{launch.rank}-")
+        out_dir = Path(scratch.name) / "samples"
     out = Path(out_dir)
-    claim_folder(out, "samples")
+    if launch.main:
+        claim_folder(out, "samples")
+    else:
+        out.mkdir(parents=True)
+    launch.barrier()
     den = load_denoiser(config.model, device)
     prompts = config.prompts
     if config.prompts_from:
@@ -162,10 +176,16 @@ def generate_job(
         from curate.guidance.run import load_amg
 
         guidance = load_amg(den, amg_train, amg, device=device, text_encoder=encoder)
-    x = sample(
+    sampler = sample
+    if guidance is not None:  # lambdas: auto calibrates on a batch of its own first
+        from curate.guidance.run import guided_sampler
+
+        sampler = guided_sampler(sample, guidance)
+    sampler = split_sampler(sampler, launch, guidance)
+    x = sampler(
         den, num, steps=config.steps, method=config.method, seed=seed, cond=cond,
         batch_size=config.batch_size, device=device, progress=not quiet, uncond=uncond,
-        cfg_scale=config.guidance_scale, guidance=guidance,
+        cfg_scale=config.guidance_scale,
     )  # fmt: skip
     if den.vae is not None:
         x = decode_batches(den, x, config.batch_size, device)
@@ -188,6 +208,9 @@ def generate_job(
 
         write_amg(guidance, out, report=report)
         summary = json.loads((out / "amg.json").read_text())
+    launch.barrier()
+    if not launch.main:
+        scratch.cleanup()
     return GenerateResult(out, records, guidance, summary)
 
 

@@ -50,8 +50,18 @@ from curate.io.folders import (
 from curate.table import SAMPLE_ID
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
     from curate.recipe import Recipe
     from curate.steps.base import RunContext, Step
+
+    class Engine(Protocol):
+        """Computes the per-row part of steps on its own workers (``curate.engines``) and
+        writes the part files and markers ``run_shard`` writes."""
+
+        def run(self, run_dir: Path, steps: Sequence[tuple[int, Step]], ctx: RunContext,
+                plan: dict, force: bool = False) -> list[dict]: ...  # fmt: skip
+
 
 log = logging.getLogger("curate")
 SHARDS_DIR = "shards"
@@ -221,31 +231,60 @@ def run_shard(
 
 def _one_part(step, index, rows, sdir, shard, of, ctx, summary, plan, force) -> dict:
     fp = shard_fingerprint(step, summary, ctx.seed)
-    stem = part_stem(shard, of)
-    marker_path, part_path = sdir / f"{stem}.json", sdir / f"{stem}.parquet"
-    meta = read_json(marker_path)
-    if (
-        not force
-        and meta is not None
-        and meta.get("fingerprint") == fp
-        and meta.get("rows") == rows.height
-        and part_path.exists()
-    ):
+    done = part_done(sdir, shard, of, fp, rows.height, force)
+    if done is not None:
         log.info("%s shard %d/%d: done, skipped", step.name, shard, of)
-        return {**meta, "skipped": True}
+        return done
     sdir.mkdir(parents=True, exist_ok=True)
-    marker_path.unlink(missing_ok=True)
+    (sdir / f"{part_stem(shard, of)}.json").unlink(missing_ok=True)
     ctx.step_dir = sdir / f"work-{shard}-of-{of}"
     ctx.stats = {}
     log.info("%s shard %d/%d: %d rows ...", step.name, shard, of, rows.height)
     start = time.perf_counter()
     values = step.shard_values(rows, ctx)
     seconds = time.perf_counter() - start
+    meta = write_part(step, index, sdir, shard, of, fp, rows, values, seconds, ctx.stats)
+    ctx.stats = {}
+    return meta
+
+
+def part_done(sdir: Path, shard: int, of: int, fp: str, rows: int, force: bool) -> dict | None:
+    """The marker of shard ``shard``/``of`` when it is done with fingerprint ``fp`` for ``rows``
+    rows (then it is skipped), else None."""
+    stem = part_stem(shard, of)
+    meta = read_json(sdir / f"{stem}.json")
+    if (
+        not force
+        and meta is not None
+        and meta.get("fingerprint") == fp
+        and meta.get("rows") == rows
+        and (sdir / f"{stem}.parquet").exists()
+    ):
+        return {**meta, "skipped": True}
+    return None
+
+
+def write_part(
+    step: Step,
+    index: int,
+    sdir: Path,
+    shard: int,
+    of: int,
+    fp: str,
+    rows: pl.DataFrame,
+    values: pl.DataFrame,
+    seconds: float,
+    stats: dict,
+    engine: dict | None = None,
+) -> dict:
+    """Write shard ``shard``'s part file, then its done marker (what every engine writes)."""
     if SAMPLE_ID not in values.columns or sorted(values[SAMPLE_ID].to_list()) != sorted(
         rows[SAMPLE_ID].to_list()
     ):
         raise RuntimeError(f"step {step.name}: shard_values must give one row per input row")
-    with atomic_path(part_path) as tmp:
+    stem = part_stem(shard, of)
+    sdir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(sdir / f"{stem}.parquet") as tmp:
         values.write_parquet(tmp, compression="zstd", statistics=False)
     meta = {
         "step": step.name,
@@ -256,10 +295,11 @@ def _one_part(step, index, rows, sdir, shard, of, ctx, summary, plan, force) -> 
         "rows": values.height,
         "columns": [c for c in values.columns if c != SAMPLE_ID],
         "seconds": round(seconds, 3),
-        "stats": ctx.stats,
+        "stats": stats,
     }
-    atomic_write_json(marker_path, meta)
-    ctx.stats = {}
+    if engine is not None:
+        meta["engine"] = engine
+    atomic_write_json(sdir / f"{stem}.json", meta)
     return meta
 
 
@@ -419,9 +459,11 @@ def shard_apply(
     *,
     argv: Sequence[str] | None = None,
     force: bool = False,
+    engine: Engine | None = None,
 ) -> list[dict]:
     """``curate dedup RUN --shard i/N``: the per-row part of ``steps`` as ``apply_step`` would
-    number them (after the run's existing steps)."""
+    number them (after the run's existing steps). With ``engine`` (``--engine ray``) the engine
+    computes its shards (``shard``/``of`` are then its to choose)."""
     from curate.runner import applied_step_index, step_dir
 
     run_dir = require_run_dir(run_dir)
@@ -435,6 +477,8 @@ def shard_apply(
         (step_dir(run_dir, index, step) / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         indexed.append((index, step))
     plan = apply_plan(steps, ctx.seed, argv)
+    if engine is not None:
+        return engine.run(run_dir, indexed, ctx, plan, force=force)
     return run_shard(run_dir, indexed, shard, of, ctx, plan, force=force)
 
 
@@ -449,6 +493,7 @@ def shard_recipe(
     force: bool = False,
     argv: Sequence[str] | None = None,
     wait_s: float = 3600.0,
+    engine: Engine | None = None,
 ) -> list[dict]:
     """``curate clean --recipe R --out RUN --shard i/N``: the per-row part of each sharded step
     of the recipe (numbered as the recipe numbers them). The first shard process to arrive
@@ -471,6 +516,8 @@ def shard_recipe(
         "command": _command_hint(argv),
     }
     ctx = RunContext(run_dir=run_dir, seed=recipe.seed, device=device, quiet=quiet)
+    if engine is not None:
+        return engine.run(run_dir, indexed, ctx, plan, force=force)
     return run_shard(run_dir, indexed, shard, of, ctx, plan, force=force)
 
 

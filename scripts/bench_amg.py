@@ -37,7 +37,7 @@ OUT = Path(__file__).resolve().parents[1] / "reports" / "amg"
 VARIANTS = {
     "plain": None,
     "amg_gate_closed": AMGConfig(threshold="constant", lambdas=(-1e-9, -1e-9)),
-    "amg_parabolic": AMGConfig(),
+    "amg_parabolic": AMGConfig(lambdas="fixed"),  # the fixed pixel thresholds
     "amg_every_step": AMGConfig(threshold="always"),
 }
 

@@ -48,10 +48,10 @@ MUTATIONS = [
         "trust/claim accepts any folder",
         "curate/io/folders.py",
         "    if path.exists() and not _is_empty_dir(path):\n        raise UsageError(\n"
-        '            f"{flag} {path}: the folder is not empty and was not made by curate; "\n'
+        '            f"{key}: {path}: the folder is not empty and was not made by curate; "\n'
         '            "choose a new or empty folder (curate never writes into or deletes your files)"',
         "    if False:\n        raise UsageError(\n"
-        '            f"{flag} {path}: the folder is not empty and was not made by curate; "\n'
+        '            f"{key}: {path}: the folder is not empty and was not made by curate; "\n'
         '            "choose a new or empty folder (curate never writes into or deletes your files)"',
         ("tests/io/test_folders.py", "tests/io/test_ingest.py"),
     ),
@@ -361,6 +361,20 @@ MUTATIONS = [
         "    return x0_u + scale * (x0_c - x0_u)",
         "    return x0_c + scale * (x0_c - x0_u)",
         ("tests/protect/test_guidance.py",),
+    ),
+    M(
+        "guidance/AMG judges the raw x0, not the clipped one the step uses",
+        "curate/guidance/amg.py",
+        "        x0 = limit(x0)\n        if denoiser.vae is None:",
+        "        if denoiser.vae is None:",
+        ("tests/guidance/test_amg_clip.py",),
+    ),
+    M(
+        "sampling/Heun's correction guided as a step of its own",
+        "curate/models/sampling.py",
+        "model(x_next, sigma_next, **extra_args)",
+        "model(x_next, sigma_next, step=i, **extra_args)",
+        ("tests/models/test_sampling.py",),
     ),
     M(
         "guidance/despecification sign flipped",

@@ -210,3 +210,74 @@ def test_a_dedup_error_names_the_flag_in_the_cli_and_the_key_in_a_recipe(digits_
     raw = {"dataset": "builtin:digits", "steps": [{"dedup_images": {"keep": "tallest"}}]}
     with pytest.raises(RecipeError, match=r"steps\[1\]\.dedup_images\.keep: "):
         parse_recipe(raw)
+
+
+def test_dedup_calibrate_settings_are_declared_once():
+    from curate.cli.dedup import _EMBEDDER_KEYS
+    from curate.cli.dedup import calibrate as dedup_calibrate
+    from curate.dedup.calibrate import CalibrateConfig
+    from curate.steps.dedup import DedupImages
+
+    assert_command_has_fields(dedup_calibrate, CalibrateConfig)
+    # the embedder models are the dedup_images step's fields: one declaration, one default
+    images = {f.name: f for f in dataclasses.fields(DedupImages)}
+    step_fields = dataclasses.make_dataclass(
+        "EmbedderFields", [(k, object, images[k]) for k in _EMBEDDER_KEYS]
+    )
+    assert_command_has_fields(dedup_calibrate, step_fields)
+    params = _options(dedup_calibrate)
+    for key in _EMBEDDER_KEYS:
+        assert images[key].metadata["help"] in params[key].help, key
+    own = {"run_dir", "out", "device", "seed", "quiet"}
+    fields = {f.name for f in dataclasses.fields(CalibrateConfig)} | set(_EMBEDDER_KEYS)
+    assert set(params) == fields | own  # no option declared by hand beside them
+
+
+def test_a_calibrate_error_names_the_flag_in_the_cli_and_the_key_in_the_library(digits_run):
+    from curate.cli.dedup import calibrate as dedup_calibrate
+    from curate.dedup.calibrate import CalibrateConfig, calibrate_run
+    from curate.errors import UsageError
+
+    res = CliRunner().invoke(dedup_calibrate, [str(digits_run), "--tiers", "sift", "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "--tiers: unknown 'sift'; use a comma list of phash" in res.output
+    with pytest.raises(UsageError, match=r"^tiers: unknown 'sift'; use a comma list of phash"):
+        calibrate_run(digits_run, CalibrateConfig(tiers=("sift",)))
+    with pytest.raises(UsageError, match=r"^transforms: none given"):
+        calibrate_run(digits_run, CalibrateConfig(transforms=()))
+
+
+# -------------------------------------------------------------------------------------- amg
+
+
+def test_amg_settings_are_declared_once():
+    """Every AMGConfig field is an --amg-<key> option of `sample` and `audit` with the field's
+    default, the audit step's `amg:` mapping takes the same keys, and an AMG error names the
+    key in the library and the --amg- flag on the command line."""
+    from curate.cli.audit import audit
+    from curate.cli.model import sample
+    from curate.errors import UsageError
+    from curate.guidance.config import AMGConfig
+    from curate.steps.audit import Audit
+
+    for command in (sample, audit):
+        params = _options(command)
+        for f in dataclasses.fields(AMGConfig):
+            p = params.get("amg_" + f.name)
+            assert p is not None and flag(f.name, "amg_") in p.opts, (command.name, f.name)
+            value = p.process_value(click.Context(command), p.default)
+            assert value == f.default, (command.name, f.name, p.default)
+        assert {"amg", "amg_train"} <= set(params)
+    assert Audit(oracle=True, amg={"lambdas": "fixed", "k": 8}).amg_config().k == 8
+    problems = Audit(oracle=True, amg={"lambdas": [-1.0, -2.0]}).validate()
+    assert any(p.startswith("amg: lambdas: MIN -1 is above MAX -2") for p in problems), problems
+    with pytest.raises(UsageError, match=r"^k: must be >= 1"):
+        AMGConfig(k=0).validate()
+    args = ["digits-tiny", "--out", "unused", "--amg", "--amg-train", "unused"]
+    res = CliRunner().invoke(sample, [*args, "--amg-lambdas=-1,-2"])
+    assert res.exit_code == 2 and "--amg-lambdas: MIN -1 is above MAX -2" in res.output
+    res = CliRunner().invoke(sample, [*args, "--amg-features", "sscd"])
+    assert res.exit_code == 2 and "--amg-features-model: the dissimilarity guidance" in res.output
+    assert "--amg-features pixel" in res.output and "--amg-guidances" in res.output
+    res = CliRunner().invoke(sample, [*args, "--amg-scales", "1,2"])
+    assert res.exit_code == 2 and "expected 3 comma-separated numbers" in res.output

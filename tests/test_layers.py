@@ -25,7 +25,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("curate.core", "curate.table")),
     ("data", ("curate.io", "curate.data", "curate.report", "curate.captions")),
     ("models", ("curate.models", "curate.dedup")),
-    ("methods", ("curate.train", "curate.rank", "curate.guidance", "curate.generate")),
+    (
+        "methods",
+        (
+            "curate.train",
+            "curate.rank",
+            "curate.guidance",
+            "curate.guidance.config",
+            "curate.guidance.calibrate",
+            "curate.generate",
+        ),
+    ),
     ("audit", ("curate.audit",)),
     (
         "pipeline",
@@ -36,6 +46,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "curate.runner",
             "curate.export",
             "curate.shards",
+            "curate.engines",
         ),
     ),  # fmt: skip
     ("cli", ("curate.cli", "curate.__main__")),
@@ -173,6 +184,7 @@ def test_light_modules_import_without_heavy_libraries(module):
     """``curate --help`` loads curate.cli: it must not pull in torch, diffusers, polars, numpy
     or faiss (the low layer's light modules neither, beyond what they name)."""
     heavy = {"torch", "diffusers", "transformers", "faiss", "polars", "datasets", "open_clip"}
+    heavy |= {"ray"}  # --engine ray imports it when it runs, never at start
     if module == "curate.cli":
         heavy |= {"numpy", "PIL"}
     code = (
@@ -186,6 +198,30 @@ def test_light_modules_import_without_heavy_libraries(module):
     allowed = {"curate.table": {"polars"}}.get(module, set())
     loaded = set(ast.literal_eval(out.stdout.strip())) - allowed
     assert not loaded, f"importing {module} loads {sorted(loaded)}"
+
+
+# Components more than one area uses live in the low layer, not in one user's package: the
+# image embedders (curate.core.embed) serve dedup, the audit and AMG.
+SHARED_LOW = {"curate.core.embed": ("curate.dedup", "curate.audit", "curate.guidance")}
+
+
+def test_shared_components_sit_in_the_low_layer():
+    graph = _graph()
+    for module, users in SHARED_LOW.items():
+        assert module in graph and LAYERS[_layer(module)][0] == "core", module
+        for user in users:
+            assert any(
+                t == module for m, imps in graph.items() if m.startswith(user) for t, _, _ in imps
+            ), f"{user} no longer uses {module}: update SHARED_LOW"
+    # methods and audit code reach dedup only through the low layer
+    into_dedup = [
+        f"{m}:{line} imports {t}"
+        for m, imps in graph.items()
+        if m.startswith(("curate.audit", "curate.guidance", "curate.rank", "curate.train"))
+        for t, line, _ in imps
+        if t.startswith("curate.dedup")
+    ]
+    assert not into_dedup, "\n".join(into_dedup)
 
 
 def test_a_planted_upward_import_is_caught(tmp_path, monkeypatch):

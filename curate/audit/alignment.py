@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from curate.core.embed import ClipEmbedder
 from curate.core.images import embed_tensor
 from curate.core.weights import CLIP_PRETRAINED
-from curate.dedup.embed import ClipEmbedder
 from curate.errors import ModelError
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def load_clip(
     device: str = "cpu",
     flags: tuple[tuple[str, str], tuple[str, str]] = ALIGNMENT_FLAGS,
 ) -> ClipEmbedder:
-    """``curate.dedup.embed.ClipEmbedder(model, pretrained)``, or a one-line ``ModelError``
+    """``curate.core.embed.ClipEmbedder(model, pretrained)``, or a one-line ``ModelError``
     naming the model, the weights and how to provide them (``flags``: the command-line flag and
     recipe key of the model and of the weights) when the weights cannot be loaded, e.g.
     offline without them in the cache. open_clip's own error log is kept off the terminal."""
@@ -110,7 +110,7 @@ def _hub_repo(model: str, tag: str) -> str | None:
 
 
 def clip_scorer(model: str, pretrained: str | None = CLIP_PRETRAINED, device: str = "cpu"):
-    """The open_clip model behind the score (``curate.dedup.embed.ClipEmbedder``): ``model`` a
+    """The open_clip model behind the score (``curate.core.embed.ClipEmbedder``): ``model`` a
     name or model-config .json, ``pretrained`` a tag or a local checkpoint; a one-line
     ``ModelError`` naming ``--alignment-clip`` / ``--alignment-pretrained`` when the weights
     are not available (:func:`load_clip`)."""

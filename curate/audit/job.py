@@ -31,10 +31,10 @@ from curate.audit.settings import DEFINITIONS, AuditConfig, AuditSettings
 from curate.core.text import uncond_embedding
 from curate.errors import DataError, UsageError
 from curate.guidance.amg import AMG, AMGConfig
-from curate.guidance.run import build_amg, write_amg
+from curate.guidance.run import build_amg, guided_sampler, write_amg
 from curate.io.training import TrainingSet
 from curate.models.denoiser import Denoiser, image_shape
-from curate.models.sampling import sample
+from curate.models.sampling import sample, split_sampler
 from curate.report import Report
 from curate.train.job import RunRows
 
@@ -240,6 +240,7 @@ def audit_with_amg(
     text_encoder=None,
     guidance_scale: float = 1.0,
     report=None,
+    launch=None,
     **audit_kwargs,
 ):
     """Audit plain sampling and AMG sampling from the same seeds.
@@ -257,7 +258,12 @@ def audit_with_amg(
         raise UsageError("guidance_scale: needs a text-conditional model")
     amg = build_amg(denoiser, train, config, device=device, text_encoder=text_encoder)
     plain_sampler = functools.partial(sample, uncond=uncond, cfg_scale=guidance_scale)
-    amg_sampler = functools.partial(plain_sampler, guidance=amg)
+    # lambdas: auto calibrates on the first call (counted in the AMG sampling time)
+    amg_sampler = guided_sampler(plain_sampler, amg, ratio=settings.ratio_threshold,
+                                 dup_eps=settings.dup_eps)  # fmt: skip
+    if launch is not None:  # torchrun: each process samples its batches (``audit_job``)
+        plain_sampler = split_sampler(plain_sampler, launch)
+        amg_sampler = split_sampler(amg_sampler, launch, amg)
     common = dict(device=device, quiet=quiet, model_name=model_name, text_encoder=text_encoder)
     t0 = time.perf_counter()
     plain = run_audit(denoiser, train, out, settings, sampler=plain_sampler, report=report,
@@ -323,9 +329,33 @@ def audit_job(
     guidance from the same seeds. ``report``: the report the sections go to (default:
     ``out_dir/report``). Errors name config keys.
     """
-    from curate.io.training import load_training_set, training_set_from_table
+    from curate.core.launch import Launch
 
     config.validate()
+    # torchrun: every process samples its batches and gets all rows back (so every process
+    # computes the same audit); process 0 alone writes OUT, the others a private folder
+    # removed at the end. The command claims OUT in process 0 before this.
+    launch = Launch.from_env(device)
+    device = launch.device
+    scratch = None
+    if not launch.main:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix=f"curate-audit-rank{launch.rank}-")
+        out_dir, report = Path(scratch.name) / "audit", None
+    launch.barrier()
+    try:
+        result = _audit_job(config, train, out_dir, amg, device, quiet, report, launch)
+        launch.barrier()  # OUT is complete when process 0 returns
+        return result
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _audit_job(config, train, out_dir, amg, device, quiet, report, launch) -> AuditJobResult:
+    from curate.io.training import load_training_set, training_set_from_table
+
     if config.oracle == (config.model is not None):
         raise UsageError("model: give either model (a model folder) or oracle: true")
     if isinstance(train, RunRows):
@@ -373,15 +403,16 @@ def audit_job(
     if amg is not None:
         plain, guided, comparison = audit_with_amg(
             denoiser, train_set, out_dir, settings, amg, guidance_scale=config.guidance_scale,
-            **common, **extra,
+            launch=launch, **common, **extra,
         )  # fmt: skip
         return AuditJobResult(plain, train_set, guided, comparison)
-    sampler = None
+    sampler = sample
     if config.guidance_scale != 1.0:
         if encoder is None:
             raise UsageError("guidance_scale: needs a text-conditional model")
         sampler = functools.partial(
             sample, uncond=uncond_embedding(encoder, device), cfg_scale=config.guidance_scale
         )
+    sampler = split_sampler(sampler, launch)
     result = run_audit(denoiser, train_set, out_dir, settings, sampler=sampler, **common, **extra)
     return AuditJobResult(result, train_set)

@@ -18,10 +18,10 @@ from curate.audit import frechet, metrics
 from curate.audit.alignment import FEATURES_FLAGS, load_clip
 from curate.audit.sanity import generation_check
 from curate.audit.settings import DEFINITIONS, FEATURES, LOO_QUERIES, AuditSettings
+from curate.core.embed import get_image_embedder
 from curate.core.images import embed_tensor
 from curate.core.neighbours import knn
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
-from curate.dedup.embed import get_image_embedder
 from curate.errors import DataError, UsageError
 from curate.io.training import TrainingSet
 from curate.seeding import rng_for
@@ -65,7 +65,7 @@ class AuditResult:
 def image_embedder(
     kind: str, images_shape: Sequence[int], device: str = "cpu", model: str | None = None
 ):
-    """The ``curate.dedup.embed`` embedder for ``--features kind`` and images (N, C, H, W).
+    """The ``curate.core.embed`` embedder for ``--features kind`` and images (N, C, H, W).
 
     ``pixel`` keeps the model's resolution and channels (each image mean-centred and unit norm,
     so the cosine is a Pearson correlation and a uniform background does not make every pair

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from curate.audit.settings import AuditConfig
@@ -75,10 +77,14 @@ def audit(
     if config.oracle == (model_dir is not None):
         raise UsageError("give either MODEL_DIR or --oracle (exactly one)")
     config.validate()
-    claim_folder(out_dir, "audit")
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun, process 0 owns OUT
+    if main:
+        claim_folder(out_dir, "audit")
     job = audit_job(
         config, train_dir, out_dir, amg=amg_cfg, device=resolve_device(device), quiet=quiet
     )
+    if not main:
+        return
     result = job.result
     if job.comparison is not None:
         for metric, plain_v, amg_v in job.comparison["table"]:

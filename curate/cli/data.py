@@ -8,6 +8,17 @@ from pathlib import Path
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, setup_logging
+from curate.cli.engine import cli_engine, echo_markers, engine_options
+from curate.cli.options import config_keys, errors_as_flags
+
+# The keys the ingest and folder errors name (`dataset: X: ...`, `out_dir: X: ...`), as flags.
+_FOLDER_KEYS = ("out_dir", "overwrite")
+
+
+def _ingest_keys() -> tuple[str, ...]:
+    from curate.io.ingest import IngestConfig
+
+    return ("dataset", *config_keys(IngestConfig), *_FOLDER_KEYS)
 
 
 @click.command()
@@ -88,6 +99,7 @@ from curate.cli.common import curate_errors, device_option, quiet_option, setup_
 )
 @quiet_option
 @curate_errors
+@errors_as_flags(_ingest_keys)
 def ingest(
     name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out,
     allow_outside_paths, fetch_urls, fetch_workers, fetch_timeout, overwrite, quiet,
@@ -190,10 +202,13 @@ def echo_notes(summary: dict) -> None:
     help="Run only the per-row part of the recipe's sharded steps (dedup_images, "
     "dedup_captions, rank) on shard I of N (from 0); then `curate merge RUN_DIR`.",
 )
+@engine_options
 @device_option
 @quiet_option
 @curate_errors
-def clean(recipe, out, overrides, dry_run, force, overwrite, shard, device, quiet):
+@errors_as_flags(_FOLDER_KEYS)
+def clean(recipe, out, overrides, dry_run, force, overwrite, shard, engine, ray_address, device,
+          quiet):  # fmt: skip
     """Run a cleaning recipe: ingest, steps in order, export, report.
 
     The whole recipe is validated first; every problem is reported with its YAML path.
@@ -229,18 +244,13 @@ def clean(recipe, out, overrides, dry_run, force, overwrite, shard, device, quie
     from curate.runner import run_recipe
 
     dev = resolve_device(device if device != "auto" else rec.device)
-    if shard is not None:
-        from curate.shards import cli_argv, parse_shard, shard_recipe
+    if shard is not None or engine != "process" or ray_address is not None:
+        from curate.shards import cli_argv, shard_recipe
 
-        i, n = parse_shard(shard)
+        runner, i, n = cli_engine(engine, ray_address, shard)
         markers = shard_recipe(rec, run_dir, i, n, device=dev, quiet=quiet, force=force,
-                               argv=cli_argv())  # fmt: skip
-        for m in markers:
-            state = "done before, skipped" if m.get("skipped") else f"{m['seconds']:.1f}s"
-            click.echo(
-                f"  {m['index']:2d}. {m['step']:<16} shard {i}/{n}, {m['rows']} rows ({state})"
-            )
-        click.echo(f"when all {n} shards are done: curate merge {run_dir}")
+                               argv=cli_argv(), engine=runner)  # fmt: skip
+        echo_markers(markers, run_dir, lambda m: f"  {m['index']:2d}. {m['step']:<16}")
         return
     results = run_recipe(rec, run_dir, device=dev, quiet=quiet, force=force, overwrite=overwrite)
     stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
@@ -322,6 +332,7 @@ def merge(run_dir, force, device, quiet):
 )
 @quiet_option
 @curate_errors
+@errors_as_flags(_FOLDER_KEYS)
 def export(run_dir, fmt, out, repo_id, private, overwrite, shard_rows, quiet):
     """Export the kept rows of a run, with removed.parquet, changes.parquet and a dataset card.
 

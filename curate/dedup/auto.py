@@ -68,6 +68,10 @@ MIN_COVERAGE = 0.05  # below this planted coverage the copy count is not extrapo
 # Share of the expected copy pairs the components miss that is subtracted from the background
 # (1: all of them; the planted pairs' shape overstates them at loose thresholds).
 RESIDUAL_SHARE = 0.5
+# A views pair at the similarity this share of the planted copy pairs reach, that no other
+# tier contradicts, is a copy on its own (as a near-identical hash is): the views tier is the one
+# that sees crops and rotations of small images, where the other tiers see little.
+VIEWS_NEAR_REACH = 0.25
 SURE_QUANTILE = 0.02  # another tier below this quantile of planted copy pairs: not a copy
 REPORT_BACKGROUND = 4096  # the most similar background pairs kept for the report's histogram
 PRECISION_MODEL = (
@@ -78,6 +82,7 @@ PRECISION_MODEL = (
     "least 1"
 )
 HASH_BITS = 64
+UNITS = {"hash": "radius", "minhash": "jaccard", "views": "similarity"}  # the rest: cosine
 COSINE_GRID = np.round(np.arange(0.995, 0.295, -0.005), 3)  # strict to loose
 HASH_RADII = np.arange(0, 25)  # strict to loose
 
@@ -178,11 +183,19 @@ class TierData:
             return (1.0 - d / HASH_BITS).astype(np.float32)
         if self.kind == "minhash":
             return (a_feat == b_feat).mean(axis=1).astype(np.float32)
+        if self.kind == "views":
+            from curate.dedup import views
+
+            return views.pair_sim(a_feat, b_feat)
         return np.einsum("nd,nd->n", a_feat, b_feat).astype(np.float32)
 
     def neighbours(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` real rows for each query feature row: ``(sims, idx)``, best first."""
         k = max(1, min(k, len(self.real)))
+        if self.kind == "views":
+            from curate.dedup import views
+
+            return views.query_knn(self.real, queries, k)
         if self.kind == "hash":
             import faiss
 
@@ -254,6 +267,14 @@ def pair_matrix(t: TierData, rows: np.ndarray) -> np.ndarray:
     if m < 2:
         return np.zeros(0, np.float32)
     f = t.real[rows]
+    if t.kind == "views":
+        from curate.dedup import views
+
+        s = views.pair_matrix(f)
+        if t.norm_background is not None and t.norm_rank > 0:
+            bg = t.norm_background[rows]
+            s = t.normalise(s, bg[iu], bg[ju])
+        return s.astype(np.float32)
     if t.kind == "hash":
         a = np.ascontiguousarray(f[:, :8]).view(np.uint64)[:, 0]
         b = np.ascontiguousarray(f[:, 8:]).view(np.uint64)[:, 0]
@@ -351,8 +372,12 @@ def calibrate(
     # group's pairs such components hold (``planted_coverage``).
     level = {k: _reach_level(v) for k, v in gpos.items()}
     weak = {k: _reach_level(v, NEAR_REACH) for k, v in graw.items()}
+    # "views" tiers: the level a pair must reach to count as a copy with no second vote
+    weak |= {f"{t.name}\x00near": _reach_level(gpos[t.name], VIEWS_NEAR_REACH) for t in tiers
+             if t.kind == "views"}  # fmt: skip
     joint = len(tiers) >= 2
-    covered, cover = _planted_coverage(gpos, level, copy_src, ga, gb, n) if joint else (None, 0.0)
+    covered, cover = (_planted_coverage(gpos, level, copy_src, ga, gb, n, graw, weak, tiers)
+                      if joint else (None, 0.0))  # fmt: skip
     info = {"background_pairs": 0, "sample_rows": 0, "component_pairs": 0,
             "estimated_copy_pairs": 0.0}  # fmt: skip
     bg: dict[str, dict[int, tuple]] = {t.name: {} for t in tiers}
@@ -418,7 +443,7 @@ def calibrate(
     out["tiers"] = {}
     for t in tiers:
         out["tiers"][t.name] = {
-            "unit": {"hash": "radius", "minhash": "jaccard"}.get(t.kind, "cosine"),
+            "unit": UNITS.get(t.kind, "cosine"),
             "bands": {band_names[b]: results[t.name][b] for b in range(nb)},
             # pairs of two bands: the calibration of all bands together
             "pooled": results[t.name]["pooled"],
@@ -458,21 +483,25 @@ def _components(tiers, rows, level, weak, raw=None, scored=None) -> np.ndarray:
     votes = sum((scored[k] >= level[k]).astype(np.int64) for k in scored)
     edge = votes >= 2
     for t in tiers:
-        if t.kind != "hash":
+        if t.kind not in ("hash", "views"):
             continue
         ok = np.zeros(len(edge), bool)
         for o in tiers:
             if o.name != t.name:
                 ok |= raw[o.name] >= weak[o.name]
-        edge |= (raw[t.name] >= 1.0 - 1.0 / HASH_BITS - 1e-6) & ok
+        near = (weak[f"{t.name}\x00near"] if t.kind == "views"
+                else 1.0 - 1.0 / HASH_BITS - 1e-6)  # fmt: skip
+        edge |= (raw[t.name] >= near) & ok
     iu, ju = np.triu_indices(m, 1)
     g = coo_matrix((np.ones(int(edge.sum())), (iu[edge], ju[edge])), shape=(m, m))
     return connected_components(g, directed=False)[1]
 
 
-def _planted_coverage(gpos, level, copy_src, ga, gb, n) -> tuple[np.ndarray, float]:
-    """Which planted pairs (copy-original, then copy-copy, as in ``gpos``) the two-tier
-    component rule puts in one component, and their share."""
+def _planted_coverage(gpos, level, copy_src, ga, gb, n, graw=None, weak=None, tiers=()
+                      ) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Which planted pairs (copy-original, then copy-copy, as in ``gpos``) the component rule
+    (two tiers; a views pair no other tier contradicts) puts in one component, and their
+    share."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -483,6 +512,13 @@ def _planted_coverage(gpos, level, copy_src, ga, gb, n) -> tuple[np.ndarray, flo
         return np.zeros(0, bool), 0.0
     votes = sum((v >= level[k]).astype(np.int64) for k, v in gpos.items())
     e = votes >= 2
+    for t in tiers:
+        if t.kind == "views" and graw is not None and weak is not None:
+            ok = np.zeros(len(e), bool)
+            for o in tiers:
+                if o.name != t.name:
+                    ok |= graw[o.name] >= weak[o.name]
+            e |= (graw[t.name] >= weak[f"{t.name}\x00near"]) & ok
     g = coo_matrix((np.ones(int(e.sum())), (a[e], b[e])), shape=(n + c, n + c))
     label = connected_components(g, directed=False)[1]
     covered = label[a] == label[b]
@@ -711,7 +747,7 @@ def calibrate_nearest(
     }
     for t in tiers:
         out["tiers"][t.name] = {
-            "unit": {"hash": "radius", "minhash": "jaccard"}.get(t.kind, "cosine"),
+            "unit": UNITS.get(t.kind, "cosine"),
             "bands": {band_names[b]: results[t.name][b] for b in range(nb)},
         }
     return out

@@ -11,14 +11,95 @@ their group keys (``groups``) to count them as positives instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from curate.core.config import field_problems, setting
 from curate.dedup.planting import TRANSFORMS, plant_copies
 from curate.dedup.tiers import NORM_MARGIN, NORM_RANK, beats_background
 
 HASH_RADII = (0, 2, 4, 6, 8, 10, 12, 14, 16, 20)
 COSINE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+CALIBRATION_TIERS = ("phash", "dhash", "sscd", "clip", "pixel")
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """What ``curate dedup calibrate`` plants and measures, declared once (the command builds
+    its options from these fields; the embedders' model settings are the ``dedup_images``
+    step's ``sscd_model``, ``clip_model`` and ``clip_pretrained``). Problems are named by key."""
+
+    tiers: tuple[str, ...] = setting(
+        ("phash", "dhash", "sscd"),
+        "Tiers to calibrate, comma-separated: " + ", ".join(CALIBRATION_TIERS) + ".",
+        comma=True,
+        metavar="TIERS",
+    )
+    sample: int = setting(50, "How many of the run's images get planted copies.", min=2)
+    transforms: tuple[str, ...] = setting(
+        tuple(TRANSFORMS),
+        "Planted transforms, comma-separated: " + ", ".join(TRANSFORMS) + ".",
+        comma=True,
+        metavar="TRANSFORMS",
+    )
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings, as ``"key: message"`` strings."""
+        out = field_problems(self)
+        for key, value, known in (
+            ("tiers", self.tiers, CALIBRATION_TIERS),
+            ("transforms", self.transforms, tuple(TRANSFORMS)),
+        ):
+            bad = [v for v in value if v not in known]
+            if bad or not value:
+                what = f"unknown {', '.join(map(repr, bad))}" if bad else "none given"
+                out.append(f"{key}: {what}; use a comma list of {', '.join(known)}")
+        return out
+
+
+def calibrate_run(
+    run_dir: str | Path,
+    config: CalibrateConfig,
+    *,
+    tier_options: dict[str, dict] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict:
+    """:func:`calibrate_images` on ``config.sample`` of a run folder's usable images, chosen by
+    ``seed``. Originals that are already duplicates of each other are one truth group: the
+    image dedup clusters when that step has run, else the exact pixel hash."""
+    import polars as pl
+
+    from curate.errors import DataError, UsageError
+    from curate.io.store import ImageStore
+    from curate.seeding import rng_for
+    from curate.table import read_table
+
+    problems = config.problems()
+    if problems:
+        raise UsageError("; ".join(problems))
+    run_dir = Path(run_dir)
+    table = read_table(run_dir)
+    ids = table.filter(pl.col("status") == "ok")["sample_id"].sort().to_list()
+    if len(ids) < 2:
+        raise DataError(f"{run_dir} has {len(ids)} usable images; calibration needs at least 2")
+    rng = rng_for(seed, "calibrate")
+    chosen = sorted(rng.choice(ids, size=min(config.sample, len(ids)), replace=False).tolist())
+    images = ImageStore(run_dir).get(chosen)
+    key_col = "dedup_images_cluster" if "dedup_images_cluster" in table.columns else "pixel_hash"
+    keys = dict(zip(table["sample_id"].to_list(), table[key_col].to_list(), strict=True))
+    return calibrate_images(
+        images,
+        chosen,
+        tiers=config.tiers,
+        transforms=config.transforms,
+        seed=seed,
+        device=device,
+        tier_options=tier_options,
+        groups=[keys[s] if keys[s] is not None else s for s in chosen],
+    )
 
 
 def tier_similarity(
@@ -37,7 +118,7 @@ def tier_similarity(
         d = np.minimum(d, hamming(flipped[:, None, :], codes[None, :, :]))
         d = np.minimum(d, d.T)
         return d.astype(np.float32), "radius"
-    from curate.dedup.embed import get_image_embedder
+    from curate.core.embed import get_image_embedder
 
     emb = get_image_embedder(kind, device=device, **options).embed(list(images))
     return emb @ emb.T, "cosine"

@@ -22,6 +22,9 @@ PairSim = Callable[[np.ndarray, np.ndarray], np.ndarray]
 # SSCD's score normalisation as the sscd tier applies it by default (see ``embedding_tier``).
 NORM_RANK = 32
 NORM_MARGIN = 0.08
+# The views tier's normalisation: its similarity to the 16th candidate, beaten by 0.05.
+VIEWS_NORM_RANK = 16
+VIEWS_NORM_MARGIN = 0.05
 
 
 def beats_background(sim, background_a, background_b, margin: float):
@@ -235,6 +238,76 @@ def embedding_tier(
         "norm_margin": norm_margin,
         "per_row": row_threshold is not None,
     }
+    return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
+
+
+def views_tier(
+    features: np.ndarray,
+    threshold: float,
+    name: str = "views",
+    k: int = 8,
+    valid: np.ndarray | None = None,
+    row_threshold: np.ndarray | None = None,
+    row_band: np.ndarray | None = None,
+    cross_threshold: float | None = None,
+    knn: tuple[np.ndarray, np.ndarray] | None = None,
+    norm_rank: int = 0,
+    norm_margin: float = 0.0,
+) -> Tier:
+    """Rows whose thumbnails match under some view (``curate.dedup.views``) with similarity
+    ``>= threshold``; ``row_threshold`` / ``row_band`` / ``cross_threshold`` as in
+    ``embedding_tier``. ``knn``: a precomputed ``views.knn`` of the valid rows (at least
+    ``max(k, norm_rank)`` columns). ``norm_rank > 0``: a pair must also beat both rows'
+    similarity to their ``norm_rank``-th candidate by ``norm_margin`` (as SSCD's score
+    normalisation): many near-identical distinct images (handwritten digits) do not stand out
+    from each other, a copy does."""
+    from curate.dedup import views
+
+    n = len(features)
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if row_threshold is not None:
+        row_threshold = np.asarray(row_threshold, np.float64)
+        finite = np.isfinite(row_threshold) & valid
+        threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
+    cross = row_threshold is not None and row_band is not None and cross_threshold is not None
+
+    def pair_threshold(a, b):
+        if row_threshold is None:
+            return threshold
+        band = row_band if cross else None
+        return _pair_limit(row_threshold, band, cross_threshold, a, b, np.maximum) - 1e-6
+
+    idx = np.flatnonzero(valid)
+    nn = np.full(n, np.nan, np.float32)
+    background = np.full(n, -np.inf, np.float32)
+    use_norm = norm_rank > 0 and len(idx) > norm_rank
+    edges = Edges.empty()
+    if len(idx) >= 2:
+        sims, nbr = knn if knn is not None else views.knn(features[idx], k=max(k, norm_rank))
+        nn[idx] = sims[:, 0]
+        if use_norm:
+            background[idx] = sims[:, norm_rank - 1]
+        local = knn_edges(sims[:, :k], nbr[:, :k], threshold) if threshold <= 1.0 else Edges.empty()
+        edges = Edges(idx[local.i], idx[local.j], local.sim)
+        if use_norm and len(edges):
+            ok = beats_background(edges.sim, background[edges.i], background[edges.j], norm_margin)
+            edges = edges.filter(ok)
+        if len(edges):
+            edges = edges.filter(edges.sim >= pair_threshold(edges.i, edges.j))
+
+    def pair_sim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        ok = valid[a] & valid[b]
+        s = np.full(len(a), np.nan, np.float32)
+        if ok.any():
+            s[ok] = views.pair_sim(features[a[ok]], features[b[ok]])
+        ok &= s >= pair_threshold(a, b)
+        if use_norm:
+            ok &= beats_background(s, background[a], background[b], norm_margin)
+        return np.where(ok, np.clip(s, 0, 1), np.nan).astype(np.float32)
+
+    info = {"threshold": threshold, "k": k, "views": len(views.VIEWS),
+            "norm_rank": norm_rank if use_norm else 0, "norm_margin": norm_margin,
+            "per_row": row_threshold is not None}  # fmt: skip
     return Tier(name, edges, pair_sim, nn_sim=nn, info=info)
 
 

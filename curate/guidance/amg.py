@@ -37,132 +37,37 @@ Similarities (the paper's normalised L2 and SSCD, and a pixel cosine):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from curate.core.embed import SSCDEmbedder
 from curate.core.images import tensor_to_pil
 from curate.core.neighbours import flat_index
-from curate.dedup.embed import SSCDEmbedder
 from curate.errors import DataError, ModelError, UsageError
-from curate.models.denoiser import Denoiser, alpha_bar_from_sigma
-from curate.models.sampling import CFGCond, cfg_branches, cfg_combine
+from curate.guidance.config import (
+    DEFAULT_LAMBDAS,
+    DEFAULT_SCALES,
+    FEATURES,
+    GUIDANCES,
+    NOT_DIFFERENTIABLE,
+    THRESHOLDS,
+    TORCHSCRIPT_SUFFIXES,
+    AMGConfig,
+)
+from curate.models.denoiser import Denoiser
+from curate.models.sampling import CFGCond, Limit, cfg_branches, cfg_combine, x0_limit
 
-GUIDANCES = ("spe", "dup", "sim")
-THRESHOLDS = ("parabolic", "constant", "always")
-FEATURES = ("pixel", "pixel-cosine", "sscd")
-
-# Default threshold schedules per similarity, (lambda_min, lambda_max); see AMGConfig.
-DEFAULT_LAMBDAS = {
-    # -nL2. lambda_max is the copy threshold the paper reports memorization at (nL2 < 1.4, with
-    # k = 50 on CIFAR-10's 50k images). The sweep in reports/amg shows what matters: lambda_max
-    # at the copy boundary of the final samples, lambda_min near the median similarity of
-    # non-copying trajectories at mid noise, which is -1.7 for digits-tiny over all 1,797
-    # digits at k = 50. nL2's scale depends on the training-set size and k: calibrate both on
-    # small sets (64 digits, k = 8: -1.5, -0.8 was best there).
-    "pixel": (-1.7, -1.4),
-    # SSCD cosine: 0.5 is the copy threshold of the literature; 0.4 is AMG's "strong" level.
-    "sscd": (0.4, 0.5),
-    # Pearson correlation of pixels: distinct digits correlate at about 0.8, copies above 0.95
-    "pixel-cosine": (0.9, 0.95),
-}
-DEFAULT_SCALES = {  # (c1, c2, c3)
-    "pixel": (5.0, 5.0, 10.0),  # c3: the sweep in reports/amg (3 to 10 removed most copies)
-    "pixel-cosine": (5.0, 5.0, 10.0),
-    "sscd": (5.0, 5.0, 5.0),
-}
-
-
-@dataclass(frozen=True)
-class AMGConfig:
-    """Everything that decides what AMG does; saved next to the samples it made."""
-
-    features: Literal["pixel", "sscd"] = "pixel"
-    # c1 (despecification), c2 (caption deduplication), c3 (dissimilarity); None: per features
-    scales: tuple[float, float, float] | None = None
-    # parabolic: lambda_t = lambda_min + (lambda_max - lambda_min) * abar_t^2 (rises to
-    # lambda_max as the noise vanishes); constant: lambda_max at every step; always: guidance
-    # at every step (an ablation, not a setting to use)
-    threshold: Literal["parabolic", "constant", "always"] = "parabolic"
-    lambdas: tuple[float, float] | None = None  # (lambda_min, lambda_max); None: per features
-    guidances: tuple[str, ...] = GUIDANCES
-    alpha: float = 0.5  # nL2 constants (Carlini et al. 2023)
-    k: int = 50
-    features_model: str | None = None  # SSCD model file (.onnx or TorchScript)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "guidances", tuple(self.guidances))
-        if self.scales is not None:
-            object.__setattr__(self, "scales", tuple(float(v) for v in self.scales))
-        if self.lambdas is not None:
-            object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
-
-    def validate(self) -> None:
-        """Raise ``UsageError`` naming the flag of the first bad value."""
-        if self.features not in FEATURES:
-            raise UsageError(
-                f"--amg-features {self.features!r} is not one of {', '.join(FEATURES)}"
-            )
-        if self.threshold not in THRESHOLDS:
-            raise UsageError(
-                f"--amg-threshold {self.threshold!r} is not one of {', '.join(THRESHOLDS)}"
-            )
-        bad = [g for g in self.guidances if g not in GUIDANCES]
-        if bad or not self.guidances:
-            raise UsageError(
-                f"--amg-guidances: {', '.join(bad) or 'none given'}; use a subset of "
-                f"{','.join(GUIDANCES)}"
-            )
-        if self.scales is not None and (
-            len(self.scales) != 3 or any(not math.isfinite(c) or c < 0 for c in self.scales)
-        ):
-            raise UsageError(f"--amg-scales needs three numbers >= 0 (c1,c2,c3), got {self.scales}")
-        if self.lambdas is not None:
-            if len(self.lambdas) != 2 or not all(math.isfinite(v) for v in self.lambdas):
-                raise UsageError(f"--amg-lambda needs two numbers MIN,MAX, got {self.lambdas}")
-            if self.lambdas[0] > self.lambdas[1]:
-                raise UsageError(
-                    f"--amg-lambda: MIN {self.lambdas[0]} is above MAX {self.lambdas[1]}; the "
-                    "threshold rises as sampling proceeds"
-                )
-            if self.features == "pixel" and max(self.lambdas) >= 0:
-                raise UsageError(
-                    "--amg-lambda: pixel similarity is -nL2 (negative; memorized if nL2 < 1.4 "
-                    f"means similarity > -1.4), so thresholds must be < 0, got {self.lambdas}"
-                )
-        if not 0 < self.alpha <= 1:
-            raise UsageError(f"--amg-alpha must be in (0, 1], got {self.alpha}")
-        if self.k < 1:
-            raise UsageError(f"--amg-k must be >= 1, got {self.k}")
-
-    @property
-    def c(self) -> tuple[float, float, float]:
-        return self.scales if self.scales is not None else DEFAULT_SCALES[self.features]
-
-    @property
-    def lambda_range(self) -> tuple[float, float]:
-        return self.lambdas if self.lambdas is not None else DEFAULT_LAMBDAS[self.features]
-
-    def threshold_at(self, sigma: float) -> float:
-        """lambda_t at VE noise level ``sigma`` (abar = 1 / (1 + sigma^2))."""
-        lo, hi = self.lambda_range
-        if self.threshold == "always":
-            return -math.inf
-        if self.threshold == "constant":
-            return hi
-        abar = alpha_bar_from_sigma(sigma)
-        return lo + (hi - lo) * abar * abar
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["scales"], d["lambdas"] = list(self.c), list(self.lambda_range)
-        d["guidances"] = list(self.guidances)
-        return d
+# The settings live in the torch-free curate.guidance.config (the command line builds its
+# options from them); re-exported here.
+__all__ = [
+    "AMG", "AMGConfig", "DEFAULT_LAMBDAS", "DEFAULT_SCALES", "FEATURES", "GUIDANCES",
+    "THRESHOLDS", "TrainingIndex", "require_differentiable_sscd", "text_scales",
+]  # fmt: skip
 
 
 def text_scales(
@@ -180,14 +85,6 @@ def text_scales(
 
 
 # ------------------------------------------------------------------------ the training index
-
-
-TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")
-NOT_DIFFERENTIABLE = (
-    "--amg-features sscd: the dissimilarity guidance needs gradients through SSCD, and an ONNX "
-    "model is not differentiable; pass Meta's TorchScript sscd_disc_mixup.torchscript.pt with "
-    "--amg-features-model, use --amg-features pixel, or leave sim out of --amg-guidances"
-)
 
 
 def require_differentiable_sscd(model: str | Path | None) -> None:
@@ -260,7 +157,7 @@ class TrainingIndex:
             self.base = torch.from_numpy(feats).to(device)  # (N, 512) unit rows
             self.index = flat_index(feats, "ip")
         else:
-            raise UsageError(f"--amg-features {features!r} is not one of {', '.join(FEATURES)}")
+            raise UsageError(f"features: {features!r} is not one of {', '.join(FEATURES)}")
 
     # -- features ----------------------------------------------------------------------------
     @staticmethod
@@ -362,6 +259,10 @@ class AMG:
     index: TrainingIndex
     text_encoder: Any = None
     records: list[dict[str, Any]] = field(default_factory=list)
+    # what lambdas: auto measured (curate.guidance.calibrate), written to amg.json
+    calibration: dict[str, Any] | None = None
+    # the training set (images, keys) the calibration labels copies against (build_amg)
+    reference: Any = field(default=None, repr=False)
     _caption_cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -371,12 +272,23 @@ class AMG:
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
-    def _images(denoiser: Denoiser, x0: torch.Tensor) -> torch.Tensor:
-        """What the similarity is measured on: x0_hat, VAE-decoded for a latent model (with
-        gradients, unclamped: the dissimilarity gradient flows through the decoder)."""
+    def _images(denoiser: Denoiser, x0: torch.Tensor, limit: Limit) -> torch.Tensor:
+        """What the similarity is measured on: the x0 the sampler's step uses, ``limit(x0_hat)``
+        (clipped or thresholded as the scheduler config says; the gradient flows through it as
+        through torch's clamp), VAE-decoded for a latent model (with gradients, unclamped: the
+        dissimilarity gradient flows through the decoder)."""
+        x0 = limit(x0)
         if denoiser.vae is None:
             return x0
         return denoiser.decode(x0, grad=True, clamp=False)
+
+    @staticmethod
+    def _limit(denoiser: Denoiser, limit: Limit | None) -> Limit:
+        """The sampler's limit on x0; when not told (a direct call), the one the model's
+        scheduler config sets (``curate.models.sampling.x0_limit``), else none."""
+        if limit is None:
+            limit = x0_limit(denoiser)
+        return limit if limit is not None else (lambda x0: x0)
 
     def _neighbour_cond(self, nn: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
         """Embeddings of the neighbours' captions (B, L, D), or None when a caption is missing."""
@@ -397,13 +309,13 @@ class AMG:
             emb = emb[:, :length]
         return emb
 
-    def _sim_gradient(self, denoiser, x, sigma, cond, nbrs) -> torch.Tensor:
+    def _sim_gradient(self, denoiser, x, sigma, cond, nbrs, limit: Limit) -> torch.Tensor:
         """grad_x of the similarity of x0_hat(x) to the held neighbours (B, C, H, W)."""
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             x0_u, x0_c = cfg_branches(denoiser, xg, sigma, cond)
             x0 = cfg_combine(x0_u, x0_c, cond.scale if cond is not None else 1.0)
-            sim = self.index.similarity(self._images(denoiser, x0), nbrs)
+            sim = self.index.similarity(self._images(denoiser, x0, limit), nbrs)
             (grad,) = torch.autograd.grad(sim.sum(), xg)
         return grad
 
@@ -416,13 +328,19 @@ class AMG:
         cond: CFGCond | None,
         step: int,
         rows: list[int],
+        *,
+        limit: Limit | None = None,
     ) -> torch.Tensor:
+        """The x0 prediction the sampler steps with at ``(x, sigma)``; gate, neighbour search
+        and similarity are judged on ``limit(x0)``, the image the step uses (``limit``: what
+        the sampler does to the prediction, see :meth:`_limit`)."""
         cfg = self.config
+        limit = self._limit(denoiser, limit)
         s0 = cond.scale if cond is not None and cond.guided else 1.0
         with torch.no_grad():
             x0_u, x0_c = cfg_branches(denoiser, x, sigma, cond)
             x0 = cfg_combine(x0_u, x0_c, s0)
-            sim, nbrs = self.index.search(self._images(denoiser, x0))
+            sim, nbrs = self.index.search(self._images(denoiser, x0, limit))
         lam = cfg.threshold_at(float(sigma))
         active = sim > lam  # (B,)
         c1, c2, c3 = cfg.c
@@ -451,7 +369,7 @@ class AMG:
                         new = new - t2.view(shape) * (x0_n - xu)
                     s1[a], s2[a] = t1, t2
             if "sim" in cfg.guidances and c3 > 0:
-                grad = self._sim_gradient(denoiser, x[a], sigma, ca, nbrs[a])
+                grad = self._sim_gradient(denoiser, x[a], sigma, ca, nbrs[a], limit)
                 new = new - c3 * float(sigma) ** 2 * grad
                 grad_norm[a] = grad.flatten(1).norm(dim=1)
             x0_new = x0.clone()
@@ -533,6 +451,7 @@ class AMG:
             "guided_fraction": float((per["amg_active_steps"] > 0).mean() or 0.0),
             "active_steps_mean": float(per["amg_active_steps"].mean() or 0.0),
             "active_step_fraction": float(steps["active"].mean() or 0.0),
+            "calibration": self.calibration,
             "training_index": {
                 "rows": self.index.num + self.index.folded,
                 "distinct": self.index.num,

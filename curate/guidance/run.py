@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from curate.core.neighbours import distinct_groups
 from curate.errors import UsageError
 from curate.guidance.amg import AMG, AMGConfig, TrainingIndex, require_differentiable_sscd
+from curate.guidance.calibrate import COPY_RATIO, calibrate_amg
 from curate.io.training import TrainingSet, load_training_set
 from curate.models.denoiser import Denoiser, image_shape
 from curate.report import Report, esc, html_table
@@ -64,7 +66,9 @@ def build_amg(
     The index holds each distinct training image once (:func:`distinct_training_rows`, with
     ``train.keys`` and ``clusters``, one entry per row), so an image stored five times reads as
     one image in the nL2 neighbour mean, as in the audit; ``index.folded`` counts the rows
-    folded away (``amg.json``'s ``training_index``).
+    folded away (``amg.json``'s ``training_index``). ``train`` stays on the AMG as its
+    ``reference``: ``lambdas: auto`` labels its calibration batch's copies against it (sample
+    through :func:`guided_sampler`).
     """
     config.validate()
     if config.features == "sscd" and "sim" in config.guidances:
@@ -85,7 +89,7 @@ def build_amg(
         folded=len(train.images) - len(keep),
     )
     index.check_shape(image_shape(denoiser), where=f"the model (vs {train_name})")
-    return AMG(config, index, text_encoder=text_encoder)
+    return AMG(config, index, text_encoder=text_encoder, reference=train)
 
 
 def load_amg(
@@ -115,41 +119,43 @@ def load_amg(
                      train_name=str(train_dir), clusters=clusters)  # fmt: skip
 
 
-def parse_floats(text: str | None, n: int, flag: str) -> tuple[float, ...] | None:
-    """``"a,b,c"`` as ``n`` floats, with a one-line error naming ``flag``."""
-    if text is None:
-        return None
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"{flag} {text!r}: expected {n} comma-separated numbers") from None
-    if len(values) != n:
-        raise UsageError(f"{flag} {text!r}: expected {n} comma-separated numbers")
-    return values
+def guided_sampler(
+    sampler: Callable, amg: AMG, *, ratio: float = COPY_RATIO, dup_eps: float = 0.0
+) -> Callable:
+    """``sampler`` (the signature of ``curate.models.sampling.sample``) guided by ``amg``.
+
+    With ``lambdas: auto`` the first call samples the calibration batch first, with the same
+    sampler, settings and conditioning (rows cycled), from seeds apart from the call's, and
+    sets the thresholds (:func:`curate.guidance.calibrate.calibrate_amg`; ``ratio`` and
+    ``dup_eps``: the audit's copy criterion). So the calibration counts in the sampling time.
+    """
+
+    def guided(denoiser, num, *, seed: int = 0, cond=None, **kwargs):
+        if amg.config.calibrates and amg.calibration is None:
+            import torch
+
+            def run(probe: AMG, n: int, cal_seed: int):
+                rows = None if cond is None else cond[torch.arange(n) % len(cond)]
+                # the whole calibration batch in every process of a many-process job
+                cal_kwargs = {k: v for k, v in kwargs.items() if k not in ("generator", "part")}
+                x = sampler(denoiser, n, seed=cal_seed, cond=rows, guidance=probe, **cal_kwargs)
+                return _decoded(denoiser, x, int(kwargs.get("batch_size", 64)),
+                                kwargs.get("device", "cpu"))  # fmt: skip
+
+            calibrate_amg(amg, run, seed=seed, ratio=ratio, dup_eps=dup_eps)
+        return sampler(denoiser, num, seed=seed, cond=cond, guidance=amg, **kwargs)
+
+    return guided
 
 
-def amg_config_from_options(
-    features: str = "pixel",
-    scales: str | None = None,
-    threshold: str = "parabolic",
-    lambdas: str | None = None,
-    guidances: str = "spe,dup,sim",
-    features_model: str | None = None,
-    k: int = 50,
-) -> AMGConfig:
-    """The config of the ``--amg-*`` flags shared by ``curate sample`` and ``curate audit``."""
-    config = AMGConfig(
-        features=features,
-        scales=parse_floats(scales, 3, "--amg-scales"),
-        threshold=threshold,
-        lambdas=parse_floats(lambdas, 2, "--amg-lambda"),
-        guidances=tuple(g.strip() for g in guidances.split(",") if g.strip()),
-        features_model=features_model,
-        k=k,
-    )
-    config.validate()
-    return config
+def _decoded(denoiser: Denoiser, x, batch_size: int, device: str):
+    """Samples in pixel space: a latent model's decoded in batches."""
+    if denoiser.vae is None:
+        return x
+    import torch
+
+    return torch.cat([denoiser.decode(x[i : i + batch_size].to(device)).cpu()
+                      for i in range(0, len(x), batch_size)])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ report
@@ -214,15 +220,43 @@ def amg_section_html(amg: AMG, comparison: list[list[Any]] | None = None) -> str
     )
     if steps.height:
         parts.append(f'<img src="{trajectory_png(steps)}" alt="similarity trajectories">')
-    lo, hi = cfg.lambda_range
+    if amg.calibration is not None:
+        parts.append(calibration_html(amg.calibration))
+    if cfg.lambdas == "auto":  # a threshold that never reads them (always, off)
+        lambdas = "lambdas auto, not used"
+    else:
+        lo, hi = cfg.lambda_range
+        lambdas = f"lambda_min {lo:.4g}, lambda_max {hi:.4g}"
     parts.append(
         f'<p class="muted">Similarity: {esc(cfg.features)}'
         f"{' (-nL2: negative, higher = more similar)' if cfg.features == 'pixel' else ''}; "
-        f"threshold {esc(cfg.threshold)} (lambda_min {lo:g}, lambda_max {hi:g}); scales "
+        f"threshold {esc(cfg.threshold)} ({lambdas}); scales "
         f"c1,c2,c3 = {','.join(f'{c:g}' for c in cfg.c)}; guidances {','.join(cfg.guidances)}. "
         "Per-step records: amg_steps.parquet.</p>"
     )
     return "".join(parts)
+
+
+def calibration_html(cal: dict[str, Any]) -> str:
+    """What ``lambdas: auto`` chose and from what (``amg.json``'s ``calibration``)."""
+    fs = cal["final_similarity"]
+
+    def num(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    rows = [
+        ["calibration batch", f"{cal['samples']} plain samples (seed {cal['seed']}), "
+         f"{cal['seconds']:.1f} s"],
+        ["copies found", f"{cal['copies']} of {cal['samples']} ({cal['copy_criterion']})"],
+        ["final similarity", f"copies from {num(fs['copy_min'])}; non-copies up to "
+         f"{num(fs['non_copy_max'])} (median {num(fs['non_copy_median'])})"],
+        ["lambda_max", f"{cal['lambda_max']:.4g} ({cal['rule']})"],
+        ["lambda_min", f"{cal['lambda_min']:.4g} (median non-copy similarity at step "
+         f"{cal['mid_step']}, abar {cal['mid_abar']:.2f})"],
+    ]  # fmt: skip
+    return "<p><b>Thresholds calibrated on this model (lambdas: auto)</b></p>" + html_table(
+        rows, ["", ""]
+    )
 
 
 def write_amg(amg: AMG, out_dir: Path | str, report=None, comparison=None) -> None:

@@ -218,16 +218,17 @@ def _marker(kind: str, **info: Any) -> dict:
     }
 
 
-def claim_run_dir(path: Path | str, flag: str = "--out") -> Path:
-    """Make ``path`` a run folder, or check that it is one; refuse anyone else's folder."""
+def claim_run_dir(path: Path | str, key: str = "out_dir") -> Path:
+    """Make ``path`` a run folder, or check that it is one; refuse anyone else's folder
+    (errors name the setting ``key`` that gave the folder: ``out_dir: PATH: ...``)."""
     path = Path(path)
     if path.is_dir() and not (path / MARKER).exists() and folder_kind(path) == RUN:
         # a run folder from before markers: give it one
         atomic_write_json(path / MARKER, _marker(RUN, run_id=uuid.uuid4().hex))
-    return claim_folder(path, RUN, flag, run_id=uuid.uuid4().hex)
+    return claim_folder(path, RUN, key, run_id=uuid.uuid4().hex)
 
 
-def claim_folder(path: Path | str, kind: str, flag: str = "--out", **info: Any) -> Path:
+def claim_folder(path: Path | str, kind: str, key: str = "out_dir", **info: Any) -> Path:
     """Make ``path`` a curate ``kind`` folder (run, samples, audit), or check that it is one.
 
     A new or empty folder is marked (with ``info`` in its marker); a folder curate made as
@@ -235,15 +236,15 @@ def claim_folder(path: Path | str, kind: str, flag: str = "--out", **info: Any) 
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
+        raise UsageError(f"{key}: {path}: exists and is not a folder")
     have = folder_kind(path) if path.exists() else None
     if have == kind:
         return path
     if have is not None:
-        raise UsageError(f"{flag} {path}: holds a curate {have}, not {kind}; choose another folder")
+        raise UsageError(f"{key}: {path}: holds a curate {have}, not {kind}; choose another folder")
     if path.exists() and not _is_empty_dir(path):
         raise UsageError(
-            f"{flag} {path}: the folder is not empty and was not made by curate; "
+            f"{key}: {path}: the folder is not empty and was not made by curate; "
             "choose a new or empty folder (curate never writes into or deletes your files)"
         )
     with disk_errors("create", path):
@@ -294,7 +295,7 @@ def prepare_output_dir(
     kind: str,
     *,
     overwrite: bool = False,
-    flag: str = "--out",
+    key: str = "out_dir",
     owner: str | None = None,
     protect: tuple[Path, ...] = (),
 ) -> Path | None:
@@ -313,23 +314,23 @@ def prepare_output_dir(
     path = Path(path)
     for p in protect:
         if _inside(p, path):
-            raise UsageError(f"{flag} {path}: would replace {p}; choose another folder")
+            raise UsageError(f"{key}: {path}: would replace {p}; choose another folder")
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path}: exists and is not a folder")
+        raise UsageError(f"{key}: {path}: exists and is not a folder")
     if path.exists() and not _is_empty_dir(path):
         have = folder_kind(path)
         if have is None:
             raise UsageError(
-                f"{flag} {path}: the folder is not empty and was not made by curate; "
+                f"{key}: {path}: the folder is not empty and was not made by curate; "
                 "choose a new or empty folder (curate never deletes your files)"
             )
         if have == RUN:
-            raise UsageError(f"{flag} {path}: is a curate run folder; choose another folder")
+            raise UsageError(f"{key}: {path}: is a curate run folder; choose another folder")
         same = have == kind and owner is not None and folder_meta(path).get("owner") == owner
         if not same and not overwrite:
             what = folder_meta(path).get("what") or have
             raise UsageError(
-                f"{flag} {path}: holds an earlier curate {what}; pass --overwrite to replace it"
+                f"{key}: {path}: holds an earlier curate {what}; pass overwrite: true to replace it"
             )
     _clear_stale_siblings(path)
     return staging_dir(path)

@@ -228,9 +228,9 @@ def ingest(
         if old is not None and old.get("fingerprint") != config.fingerprint() and not overwrite:
             was = (old.get("config") or {}).get("name", "another dataset")
             raise UsageError(
-                f"--out {run_dir}: already holds an ingest of {was} with other settings; "
-                "pass --overwrite to replace it (its steps, report and export are removed too), "
-                "or choose a new --out"
+                f"out_dir: {run_dir}: already holds an ingest of {was} with other settings; "
+                "pass overwrite: true to replace it (its steps, report and export are removed "
+                "too), or choose a new out_dir"
             )
         return _ingest_locked(config, run_dir, src_fp, quiet)
 
@@ -300,7 +300,7 @@ def _ingest_locked(config: IngestConfig, run_dir: Path, src_fp: str | None, quie
         n = len(cols[SAMPLE_ID])
         if n == 0:
             raise DataError(
-                f"--dataset {config.name}: the source has no rows (split {config.split!r})"
+                f"dataset: {config.name}: the source has no rows (split: {config.split!r})"
             )
         table = pl.DataFrame(
             {**cols, **{k: _homogeneous(v) for k, v in extra.items()}},

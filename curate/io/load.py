@@ -158,7 +158,7 @@ class Source:
                     yield {k: batch[k][i] for k in keys}
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             raise DataError(
-                f"--dataset {_show(self.name)}: reading row {index + 1} failed ({_why(err)})"
+                f"dataset: {_show(self.name)}: reading row {index + 1} failed ({_why(err)})"
             ) from None
 
 
@@ -635,12 +635,12 @@ def _select_split(files: list[str], split: str, dirs_only: bool, where: Path) ->
     named = sorted(k for k in by_split if k is not None)
     if not named:
         if split != "train":
-            raise UsageError(f"--split {split!r} not in {_show(where)} (available: train)")
+            raise UsageError(f"split: {split!r}: not in {_show(where)} (available: train)")
         return files
     if split.lower() == "train" and "train" not in by_split and None in by_split:
         return by_split[None]  # e.g. data.jsonl beside eval.jsonl: the unnamed files are train
     if split.lower() not in by_split:
-        raise UsageError(f"--split {split!r} not in {_show(where)} (available: {', '.join(named)})")
+        raise UsageError(f"split: {split!r}: not in {_show(where)} (available: {', '.join(named)})")
     return by_split[split.lower()]
 
 
@@ -697,11 +697,11 @@ def _plan(name: str, split: str) -> _Plan | None:
     if is_file:
         if path.suffix.lower() not in FILE_LOADERS:
             raise UsageError(
-                f"--dataset {_show(name)}: unsupported file type {_show(path.suffix)!r} "
+                f"dataset: {_show(name)}: unsupported file type {_show(path.suffix)!r} "
                 f"(use {', '.join(sorted(FILE_LOADERS))}, a folder, or a Hub name)"
             )
         if split != "train":
-            raise UsageError(f"--split {split!r} not in {_show(path)} (available: train)")
+            raise UsageError(f"split: {split!r}: not in {_show(path)} (available: train)")
         return _Plan("file", path.parent, [path.name])
     if is_dir:
         if _is_disk_folder(path):
@@ -828,7 +828,7 @@ def _pick_split(obj, split: str, where: str):
     if isinstance(obj, DatasetDict | IterableDatasetDict):
         if split not in obj:
             raise UsageError(
-                f"--split {split!r} not in {_show(where)} (available: {', '.join(obj.keys())})"
+                f"split: {split!r}: not in {_show(where)} (available: {', '.join(obj.keys())})"
             )
         return obj[split]
     return obj
@@ -855,7 +855,7 @@ def _open_dataset(name: str, split: str, streaming: bool):
         short = name.split(":", 1)[1]
         if short not in BUILTINS:
             raise UsageError(
-                f"--dataset {_show(name)}: unknown built-in set (use builtin:{', builtin:'.join(BUILTINS)})"
+                f"dataset: {_show(name)}: unknown built-in set (use builtin:{', builtin:'.join(BUILTINS)})"
             )
         return load_builtin(short), "builtin", None
     path = Path(name).expanduser()
@@ -877,7 +877,7 @@ def _open_dataset(name: str, split: str, streaming: bool):
     )
     if looks_local or not plausible_hub_id(name):
         raise DataError(
-            f"--dataset {_show(name)}: no such file or folder"
+            f"dataset: {_show(name)}: no such file or folder"
             + ("" if looks_local else " (and not a Hugging Face Hub name)")
         )
     from datasets import load_dataset
@@ -888,17 +888,17 @@ def _open_dataset(name: str, split: str, streaming: bool):
             ds = ds._resolve_features()
     except Exception as err:  # the Hub client raises many types; all mean the same to a user
         raise DataError(
-            f"--dataset {name}: could not load it from the Hugging Face Hub "
+            f"dataset: {name}: could not load it from the Hugging Face Hub "
             f"({_why(err)}). Check the name and your network, or pass a local path"
         ) from None
     return ds, "hub", None
 
 
-def _guess(columns: list[str], given: str | None, guesses, flag: str) -> str | None:
+def _guess(columns: list[str], given: str | None, guesses, key: str) -> str | None:
     if given is not None:
         if given not in columns:
             raise UsageError(
-                f"{flag} {_show(given)!r} is not a column (columns: {_show(', '.join(columns))})"
+                f"{key}: {_show(given)!r}: not a column (columns: {_show(', '.join(columns))})"
             )
         return given
     for g in guesses:
@@ -916,23 +916,23 @@ def _resolve_columns(
     id_column: str | None,
 ) -> tuple[str, str | None, str | None]:
     img_col = image_column or (image_first[0] if image_first else None)
-    img_col = _guess(columns, img_col, IMAGE_COLUMN_GUESSES, "--image-column")
+    img_col = _guess(columns, img_col, IMAGE_COLUMN_GUESSES, "image_column")
     if img_col is None:
         raise UsageError(
-            f"--dataset {_show(name)}: no image column found; pass --image-column "
+            f"dataset: {_show(name)}: no image column found; pass image_column: NAME "
             f"(columns: {_show(', '.join(columns))})"
         )
     no_caption = caption_column is not None and caption_column.lower() == "none"
     cap_col = None
     if not no_caption:
-        cap_col = _guess(columns, caption_column, CAPTION_COLUMN_GUESSES, "--caption-column")
+        cap_col = _guess(columns, caption_column, CAPTION_COLUMN_GUESSES, "caption_column")
         if cap_col is None:
             raise UsageError(
-                f"--dataset {_show(name)}: no caption column found; pass --caption-column NAME, "
-                "or --caption-column none for an uncaptioned dataset "
+                f"dataset: {_show(name)}: no caption column found; pass caption_column: NAME, "
+                "or caption_column: none for an uncaptioned dataset "
                 f"(columns: {_show(', '.join(columns))})"
             )
-    id_col = _guess(columns, id_column, (), "--id-column") if id_column else None
+    id_col = _guess(columns, id_column, (), "id_column") if id_column else None
     return img_col, cap_col, id_col
 
 
@@ -1009,7 +1009,7 @@ def _open_local_source(
     reader = _open_local(plan, name)
     if ROW_ERROR in reader.columns:
         raise DataError(
-            f"--dataset {_show(name)}: a column is named {ROW_ERROR}, which curate reserves"
+            f"dataset: {_show(name)}: a column is named {ROW_ERROR}, which curate reserves"
         )
     if plan.kind == "imagefolder" and image_column == "file_name":
         image_column = IMAGE_COLUMN  # the metadata's file_name is the image column

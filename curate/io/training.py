@@ -54,18 +54,20 @@ def load_training_set(
     resolution: int | None = None,
     channels: int | None = None,
     rows: Literal["kept", "ok"] = "kept",
+    key: str = "train_dir",
 ) -> TrainingSet:
-    """The training images of a run folder (its kept rows by default) at the model's size."""
+    """The training images of a run folder (its kept rows by default) at the model's size.
+    ``key``: the setting that named the folder, as errors name it (``train_dir: RUN: ...``)."""
     run_dir = Path(run_dir)
     if not (run_dir / TABLE_FILE).exists():
-        raise DataError(f"--train {run_dir}: no {TABLE_FILE}; run `curate ingest` first")
+        raise DataError(f"{key}: {run_dir}: no {TABLE_FILE}; run `curate ingest` first")
     return training_set_from_table(
         read_table(run_dir),
         ImageStore(run_dir),
         resolution,
         channels,
         rows=rows,
-        where=f"--train {run_dir}",
+        where=f"{key}: {run_dir}",
     )
 
 
@@ -91,7 +93,7 @@ def training_set_from_table(
     if resolution is None:
         sizes = set(zip(table["width"].to_list(), table["height"].to_list(), strict=True))
         if len(sizes) != 1 or len({*next(iter(sizes))}) != 1:
-            raise UsageError(f"{where}: images are not all one square size; pass --resolution")
+            raise UsageError(f"{where}: images are not all one square size; give resolution: SIZE")
         resolution = int(table["width"][0])
     if channels is None:
         channels = 1 if set(table["mode"].to_list()) <= GREY_MODES else 3

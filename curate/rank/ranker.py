@@ -127,7 +127,7 @@ def _pad(x, pad: int):
 
 
 def percentile(values: np.ndarray) -> np.ndarray:
-    """Rank-based percentile in (0, 1]: the riskiest sample gets 1.0 (ties share the mean rank)."""
+    """Rank-based percentile in (0, 1]: the highest score gets 1.0 (ties share the mean rank)."""
     from scipy.stats import rankdata
 
     if values.size == 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -50,7 +51,18 @@ class RunContext:
     outputs: dict[str, Path] = field(default_factory=dict)
     step_dirs: dict[str, Path] = field(default_factory=dict)
     step_id: str | None = None  # the id of the step being computed, set by the runner
+    # Models kept between calls (``model``): set by a worker that computes many batches of
+    # rows with one model (a Ray actor of ``curate.engines.ray_data``); None loads per call.
+    models: dict[Any, Any] | None = None
     _report: Report | None = None
+
+    def model(self, key: Any, load: Callable[[], Any]) -> Any:
+        """``load()``, or the model loaded under ``key`` before when ``models`` keeps them."""
+        if self.models is None:
+            return load()
+        if key not in self.models:
+            self.models[key] = load()
+        return self.models[key]
 
     def rng(self, *key: object) -> np.random.Generator:
         """A numpy Generator derived from the run seed and ``key`` (never global state)."""

@@ -27,7 +27,7 @@ import polars as pl
 from curate.core.config import setting
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.dedup.keep import check_policy
-from curate.dedup.tiers import NORM_MARGIN, NORM_RANK
+from curate.dedup.tiers import NORM_MARGIN, NORM_RANK, VIEWS_NORM_MARGIN, VIEWS_NORM_RANK
 from curate.steps.base import RunContext, Step
 from curate.table import DROP_SUFFIX
 
@@ -36,15 +36,18 @@ if TYPE_CHECKING:
 
 REPORT_MEMBERS = 24  # thumbnails per duplicate group in the report (the kept sample first)
 REPORT_CAPTION_ROWS = 50  # table rows per duplicate-caption group in the report
-IMAGE_TIERS = ("exact", "phash", "dhash", "sscd", "clip", "pixel")
+IMAGE_TIERS = ("exact", "phash", "dhash", "sscd", "clip", "pixel", "views")
 CAPTION_TIERS = ("exact", "minhash", "semantic")
 # The fixed thresholds used where a tier's threshold is "auto" but the run has too few rows to
 # calibrate on (curate.dedup.auto.MIN_ROWS).
-FIXED_THRESHOLDS = {"phash": 10, "dhash": 10, "sscd": 0.5, "clip": 0.92, "pixel": 0.97,
+FIXED_THRESHOLDS = {"phash": 10, "dhash": 10, "sscd": 0.5, "clip": 0.92, "pixel": 0.97, "views": 0.95,
                     "minhash": 0.7, "semantic": 0.9}  # fmt: skip
 # Tiers strong enough to say "the same image" when the captions differ (copy detection, or
 # identical pixels): a perceptual hash or raw pixels alone never merge two captions.
 COPY_TIERS = ("exact", "sscd", "clip")
+# Captions sharing less than half their word bigrams disagree (see ``_caption_jaccard``): a pair
+# of images under such captions needs identical pixels or two tiers agreeing before it merges.
+CAPTION_AGREEMENT = 0.5
 Auto = Literal["auto"]
 _REPORT_ORDER = 40
 
@@ -63,6 +66,17 @@ class _Chunk:
 
             self._images = decode_rgb_many(self.encoded)
         return self._images
+
+
+def _caption_jaccard(a: str | None, b: str | None) -> float:
+    """Jaccard of the word bigrams of two captions (normalised as the caption tiers do): what
+    the minhash tier estimates."""
+    from curate.dedup.text import shingles
+
+    sa, sb = set(shingles(a or "", 2)), set(shingles(b or "", 2))
+    if not sa and not sb:
+        return 1.0
+    return len(sa & sb) / len(sa | sb)
 
 
 def _sorted_view(table: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
@@ -167,7 +181,7 @@ def _auto_problems(step) -> list[str]:
 def _load_embedder(tier: str, options: tuple, device: str):
     """An image embedder by tier and options (a tuple of pairs), cached: a step that embeds its
     rows and then its planted copies loads the model once."""
-    from curate.dedup.embed import get_image_embedder
+    from curate.core.embed import get_image_embedder
 
     opts = dict(options)
     if tier == "clip":  # weights that cannot be loaded offline: one line naming the settings
@@ -380,7 +394,7 @@ class DedupImages(Step):
 
     tiers: tuple[str, ...] = setting(
         ("exact", "phash", "sscd"),
-        "Image tiers: exact, phash, dhash, sscd, clip, pixel; none to skip.",
+        "Image tiers: exact, phash, dhash, sscd, clip, pixel, views; none to skip.",
         comma=True,
         metavar="TIERS",
     )
@@ -449,6 +463,12 @@ class DedupImages(Step):
         max=1,
     )
     pixel_size: int = setting(16, "Side of the downsampled image the pixel tier compares.", min=1)
+    views_threshold: float | Auto = setting(
+        "auto",
+        "Similarity (1 - 2 RMS) of the best-matching view (crops, rotations, mirror) of two thumbnails for a copy; auto: calibrated on planted copies of this run's own data.",
+        min=-1,
+        max=1,
+    )
     neighbours: int = setting(
         10, "Nearest neighbours searched per row by the embedding tiers.", min=1
     )
@@ -478,6 +498,12 @@ class DedupImages(Step):
     background_sample: int = setting(
         4096, "Rows per size band whose random pairs are the background of auto thresholds.", min=8
     )
+    caption_agreement: float = setting(
+        CAPTION_AGREEMENT,
+        "Captions of an image pair sharing fewer word pairs than this (Jaccard of word bigrams, the minhash tier's measure) disagree: the images merge only on identical pixels or two tiers' evidence.",
+        min=0,
+        max=1,
+    )
     batch_size: int = setting(32, "Images per embedding batch.", min=1)
     report_groups: int = setting(8, "Duplicate groups shown in the report.", min=0)
 
@@ -499,7 +525,7 @@ class DedupImages(Step):
             v = getattr(self, key)
             if v != "auto" and not (isinstance(v, int) and 0 <= v < 64):
                 problems.append(f"{key}: 'auto' or a radius in [0, 63], got {v!r}")
-        for key in ("sscd_threshold", "clip_threshold", "pixel_threshold"):
+        for key in ("sscd_threshold", "clip_threshold", "pixel_threshold", "views_threshold"):
             v = getattr(self, key)
             if v != "auto" and not (isinstance(v, int | float) and -1.0 <= v <= 1.0):
                 problems.append(f"{key}: 'auto' or a cosine threshold in [-1, 1], got {v!r}")
@@ -541,6 +567,10 @@ class DedupImages(Step):
                     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
 
                 ex[f"{kind}/{emb.name}"] = batched
+        if "views" in self.tiers:
+            from curate.dedup import views
+
+            ex[f"views/thumb{views.THUMB}"] = lambda chunk: views.thumbnails(chunk.images())
         return ex
 
     def _feature_tiers(self) -> list[str]:
@@ -586,6 +616,7 @@ class DedupImages(Step):
             "sscd": self.sscd_threshold,
             "clip": self.clip_threshold,
             "pixel": self.pixel_threshold,
+            "views": self.views_threshold,
         }[tier]
 
     def _copy_features(self, ctx: RunContext, tier: str, images: list) -> np.ndarray:
@@ -595,6 +626,10 @@ class DedupImages(Step):
 
             codes, flipped = image_hashes(images, tier, mirrored=True)
             return np.concatenate([codes, flipped], axis=1)
+        if tier == "views":
+            from curate.dedup import views
+
+            return views.thumbnails(images)
         emb = self._embedder(ctx, tier)
         b = self.batch_size
         parts = [emb.embed(images[s : s + b]) for s in range(0, len(images), b)]
@@ -655,14 +690,17 @@ class DedupImages(Step):
             else:
                 cf = self._copy_features(ctx, t, copies)
                 np.save(path, cf)
-            td = auto.TierData(t, "hash" if t in ("phash", "dhash") else "cosine",
-                               feats[t], cf, knn=knn.get(t))  # fmt: skip
+            kind = {"phash": "hash", "dhash": "hash", "views": "views"}.get(t, "cosine")
+            td = auto.TierData(t, kind, feats[t], cf, knn=knn.get(t))
             if t == "sscd" and self.sscd_norm_rank > 0 and t in knn:
                 sims = knn[t][0]
                 if sims.shape[1] >= self.sscd_norm_rank and ok.height > self.sscd_norm_rank:
                     td.norm_rank = self.sscd_norm_rank
                     td.norm_margin = self.sscd_norm_margin
                     td.norm_background = sims[:, self.sscd_norm_rank - 1]
+            if t == "views" and t in knn and knn[t][0].shape[1] >= VIEWS_NORM_RANK:
+                td.norm_rank, td.norm_margin = VIEWS_NORM_RANK, VIEWS_NORM_MARGIN
+                td.norm_background = knn[t][0][:, VIEWS_NORM_RANK - 1]
             data.append(td)
         res = auto.calibrate(data, ids, band, np.array(src, np.int64), np.array(kinds, object),
                              ok["pixel_hash"].to_list(), ctx.seed, self.target_precision, self.min_recall,
@@ -681,13 +719,14 @@ class DedupImages(Step):
             "sscd": (self.sscd_model, self.sscd_variant, self.sscd_size),
             "clip": (self.clip_model, self.clip_pretrained),
             "pixel": (self.pixel_size,),
+            "views": ("thumb", 32),
         }.get(tier, ())
         return hashlib.blake2b(repr(opts).encode(), digest_size=6).hexdigest()
 
     def _tiers(self, ok: pl.DataFrame, feats: dict, ctx: RunContext) -> list:
         from curate.core.neighbours import cosine_knn
         from curate.dedup import auto
-        from curate.dedup.tiers import embedding_tier, exact_tier, hash_tier
+        from curate.dedup.tiers import embedding_tier, exact_tier, hash_tier, views_tier
 
         out = []
         n = ok.height
@@ -700,6 +739,10 @@ class DedupImages(Step):
                     np.ascontiguousarray(feats[t], np.float32), k=k,
                     seed=ctx.derive_seed("dedup_images", t),
                 )  # fmt: skip
+            elif t == "views" and n >= 2:
+                from curate.dedup import views
+
+                knn[t] = views.knn(feats[t], k=max(self.neighbours, VIEWS_NORM_RANK))
         wanted = [t for t in self.tiers if t != "exact" and self._threshold(t) == "auto"]
         calibration: dict = {"tiers": {}}
         if wanted and n >= auto.MIN_ROWS:
@@ -737,6 +780,13 @@ class DedupImages(Step):
                 out.append(hash_tier(both[:, :8], fixed if fixed is not None else 0,
                                      mirrored=mirrored, name=t, row_radius=rows,
                                      row_band=band, cross_radius=cross))  # fmt: skip
+            elif t == "views":
+                rows, fixed, cross = per_row(t)
+                out.append(views_tier(feats[t], fixed if fixed is not None else 2.0,
+                                      k=self.neighbours, row_threshold=rows, row_band=band,
+                                      cross_threshold=cross, knn=knn.get(t),
+                                      norm_rank=VIEWS_NORM_RANK,
+                                      norm_margin=VIEWS_NORM_MARGIN))  # fmt: skip
             else:
                 rows, fixed, cross = per_row(t)
                 clusters = 0
@@ -791,6 +841,8 @@ class DedupImages(Step):
         for row in np.flatnonzero(groups.is_dup):
             members.setdefault(int(groups.rep[row]), []).append(int(row))
         counts = {"same_pair": 0, "same_image": 0, "similar_image": 0}
+        disagree = {"caption_agreement": self.caption_agreement, "pairs": 0, "merged": 0,
+                    "held": 0}  # fmt: skip
         for rep, rows in members.items():
             types[rep] = "kept"
             distinct = [captions[rep]] if captions[rep] else []
@@ -798,7 +850,19 @@ class DedupImages(Step):
             for row in sorted(rows, key=lambda r: priority[r]):
                 sim = cols[f"{p}_similarity"][row]
                 how = f"{g.combined.evidence[row]} {sim:.3f}" if sim is not None else "chain"
-                strong = bool(set((g.combined.evidence[row] or "").split(",")) & set(COPY_TIERS))
+                evidence = set((g.combined.evidence[row] or "").split(",")) - {"chain", ""}
+                strong = bool(evidence & set(COPY_TIERS))
+                if norm[row] != norm[rep] and strong:
+                    # Clearly different captions lower the confidence of one tier's match: a
+                    # merge then needs identical pixels or a second tier's agreement.
+                    j = _caption_jaccard(captions[row], captions[rep])
+                    if j < self.caption_agreement:
+                        disagree["pairs"] += 1
+                        if "exact" in evidence or len(evidence) >= 2:
+                            disagree["merged"] += 1
+                        else:
+                            disagree["held"] += 1
+                            strong = False
                 if norm[row] != norm[rep] and not strong:
                     # Different captions and only perceptual-hash / pixel evidence: the caption
                     # disagreement outweighs a weak match; neither merged nor dropped.
@@ -830,6 +894,7 @@ class DedupImages(Step):
         out = sorted_frame[pos.tolist()] if len(pos) else sorted_frame
 
         ctx.stats.update(_group_stats(n, members, groups, drops, counts, tiers, g))
+        ctx.stats["caption_disagreement"] = disagree
         ctx.stats["thresholds"] = _threshold_summary(calibration)
         ctx.stats["calibration"] = _jsonable(calibration)
         self._report(ctx, ok, g, members, types, calibration)

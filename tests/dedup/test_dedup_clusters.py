@@ -120,7 +120,7 @@ def test_cosine_knn_flat_and_ivf_agree_with_numpy():
 def test_any_tier_can_admit_a_member_to_the_group(planted):
     """A flip is invisible to a plain hash, a crop to any hash; pixels and hashes together still
     find the exact and resized copies, and combining keeps each tier's evidence."""
-    from curate.dedup.embed import PixelEmbedder
+    from curate.core.embed import PixelEmbedder
     from curate.dedup.hashing import image_hashes
 
     images, truth, kinds = planted

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from curate.dedup.embed import get_image_embedder
+from curate.core.embed import get_image_embedder
 from curate.errors import MissingDependencyError, ModelError, UsageError
 
 try:

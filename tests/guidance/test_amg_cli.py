@@ -21,7 +21,7 @@ def digits_run(digits_runs):
 def test_sample_with_amg_writes_per_step_records_and_a_report(digits_run, tmp_path):
     out = tmp_path / "s"
     args = ["digits-tiny", "--num", "5", "--steps", "6", "--out", str(out), "--quiet"]
-    args += ["--amg", "--amg-train", str(digits_run), "--amg-lambda=-1.95,-1.7"]
+    args += ["--amg", "--amg-train", str(digits_run), "--amg-lambdas=-1.95,-1.7"]
     result = CliRunner().invoke(sample, args)
     assert result.exit_code == 0, result.output
     steps = pl.read_parquet(out / "amg_steps.parquet")

@@ -94,7 +94,7 @@ def test_output_folder_rules(tmp_path):
     (staged / "f").write_text("two")
     finish_output_dir(staged, out, "export", owner="a")
     assert (out / "f").read_text() == "two"
-    with pytest.raises(UsageError, match="--overwrite"):
+    with pytest.raises(UsageError, match="pass overwrite: true"):
         prepare_output_dir(out, "export", owner="b")
     staged = prepare_output_dir(out, "export", owner="b", overwrite=True)
     finish_output_dir(staged, out, "export", owner="b")

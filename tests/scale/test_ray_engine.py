@@ -1,0 +1,170 @@
+"""``--engine ray``: the per-row part of dedup and rank as a Ray Data pipeline on a local Ray
+this test starts (explicit logical CPUs, fractional actor CPUs); its shard files are the ones
+the in-process ``--shard`` path writes, and ``curate merge`` gives the unsharded table.
+
+Ray is part of the dev extra: this test runs in ``make test`` and CI; it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from polars.testing import assert_frame_equal
+
+from curate.cli import cli
+from curate.engines.ray_data import RayEngine
+from curate.runner import apply_step
+from curate.shards import merge_run, shard_apply
+from curate.steps.base import RunContext
+from curate.steps.dedup import DedupCaptions, DedupImages
+from curate.steps.rank import Rank
+from curate.table import read_table
+
+IMAGES = DedupImages(tiers=("exact", "phash", "pixel"))
+CAPTIONS = DedupCaptions(tiers=("exact", "minhash"))
+N = 3
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    # 4 logical CPUs on any machine: 2 actors at 0.5 CPU leave 3 for Ray Data's read tasks
+    # and its own operators (actors at a whole CPU each can starve the reads forever).
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.WARNING)  # fmt: skip
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    from curate.models.presets import build_model, save_pipeline
+
+    bundle = build_model("tiny", channels=3, resolution=16, seed=0)
+    model = tmp_path_factory.mktemp("model") / "pipe"
+    save_pipeline(model, bundle.unet, bundle.scheduler_config)
+    return (IMAGES, CAPTIONS, Rank(model=str(model), batch_size=8, drop_top_fraction=0.1))
+
+
+@pytest.fixture(scope="module")
+def one_process(photos_run_template, steps, tmp_path_factory):
+    """The three steps applied in one process, unsharded."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    shutil.copytree(photos_run_template, run)
+    for step in steps:
+        apply_step(run, step, RunContext(run_dir=run, quiet=True))
+    return read_table(run)
+
+
+def _parts(run: Path) -> dict[str, pl.DataFrame]:
+    """Every part file of the run, by ``NN-name/part-i-of-N``, rows sorted by sample_id."""
+    return {
+        f"{p.parent.parent.name}/{p.stem}": pl.read_parquet(p).sort("sample_id")
+        for p in sorted((run / "steps").glob("*/shards/part-*.parquet"))
+    }
+
+
+def test_ray_shards_equal_in_process_shards_and_merge_to_one_process(
+    local_ray, steps, one_process, photos_run_template, tmp_path
+):
+    run = tmp_path / "ray"
+    shutil.copytree(photos_run_template, run)
+    engine = RayEngine(of=N, actors=2, actor_cpus=0.5)
+    markers = shard_apply(run, steps, None, None, RunContext(run_dir=run, quiet=True),
+                          engine=engine)  # fmt: skip
+    assert [(m["step"], m["shard"]) for m in markers] == [
+        (s.name, i) for s in steps for i in range(N)
+    ]
+    assert all(m["engine"]["name"] == "ray" and m["of"] == N for m in markers)
+    # an actor that computed several shards loaded the model once (the dedup tiers here load
+    # none: pixels and hashes)
+    rank = [m for m in markers if m["step"] == "rank"]
+    pids = [m["engine"]["pid"] for m in rank]
+    assert max(pids.count(p) for p in pids) >= 2
+    assert {m["engine"]["model_loads"] for m in rank} == {1}, rank
+
+    # the same shard files as the in-process --shard path
+    ref = tmp_path / "process"
+    shutil.copytree(photos_run_template, ref)
+    for i in range(N):
+        shard_apply(ref, steps, i, N, RunContext(run_dir=ref, quiet=True))
+    ours, theirs = _parts(run), _parts(ref)
+    assert sorted(ours) == sorted(theirs) and len(ours) == 3 * N
+    for key, frame in theirs.items():
+        assert_frame_equal(ours[key], frame, check_exact=True)
+    plan = json.loads((run / "shards.json").read_text())
+    assert plan["of"] == N and plan["mode"] == "apply"
+
+    merge_run(run, quiet=True)
+    merge_run(ref, quiet=True)
+    merged = read_table(run)
+    assert_frame_equal(merged, read_table(ref), check_exact=True)  # = the in-process shards
+    # and = one unsharded process: dedup exactly; rank's VGR within 1e-6, the same drops. (A
+    # row's VGR moves by ~1e-7 with the rows it is batched with, in-process shards too.)
+    rank_cols = [c for c in merged.columns if c.startswith("rank_")]
+    assert_frame_equal(merged.drop(rank_cols), one_process.drop(rank_cols), check_exact=True)
+    assert_frame_equal(merged.select(rank_cols), one_process.select(rank_cols), rtol=0,
+                       atol=1e-6)  # fmt: skip
+    assert merged["rank_drop"].is_not_null().sum() == 6
+
+    # a second run finds every shard done and starts no pipeline
+    again = engine.run(run, [(m["index"], s) for m, s in zip(markers[::N], steps, strict=True)],
+                       RunContext(run_dir=run, quiet=True), plan)  # fmt: skip
+    assert all(m["skipped"] for m in again) and len(again) == 3 * N
+
+
+def test_cli_dedup_with_engine_ray_then_merge(local_ray, one_process, photos_run_template,
+                                              tmp_path):  # fmt: skip
+    run = tmp_path / "run"
+    shutil.copytree(photos_run_template, run)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["dedup", str(run), "--images", "exact,phash,pixel",
+                            "--captions", "exact,minhash", "--engine", "ray", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    # 62 rows: one shard of ROWS_PER_PART, so one actor
+    assert "shard 0/1, 62 rows" in r.output and "ray: 1 actor(s)" in r.output
+    assert f"curate merge {run}" in r.output
+    r = runner.invoke(cli, ["merge", str(run), "-q"])
+    assert r.exit_code == 0, r.output
+    expected = one_process.drop([c for c in one_process.columns if c.startswith("rank_")])
+    assert_frame_equal(read_table(run), expected)
+
+
+def _one_line_error(args: list[str]) -> str:
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code != 0
+    lines = [x for x in r.output.strip().splitlines() if x]
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+def test_engine_errors_are_one_line(photos_run_template, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(photos_run_template, run)
+    msg = _one_line_error(["dedup", str(run), "--ray-address", "auto", "-q"])
+    assert "--ray-address needs --engine ray" in msg
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
+    msg = _one_line_error(["dedup", str(run), "--engine", "ray", "-q"])
+    assert "pip install 'curate[ray]'" in msg
+
+
+def test_a_step_failing_in_an_actor_is_its_own_one_line_error(local_ray, photos_run_template,
+                                                               tmp_path):  # fmt: skip
+    from curate.errors import ModelError
+
+    run = tmp_path / "run"
+    shutil.copytree(photos_run_template, run)
+    bad = Rank(model=str(tmp_path / "no-model"), batch_size=8)
+    with pytest.raises(ModelError) as err:
+        shard_apply(run, [bad], None, None, RunContext(run_dir=run, quiet=True),
+                    engine=RayEngine(of=1, actors=1, actor_cpus=0.5))  # fmt: skip
+    assert type(err.value) is ModelError  # the step's own error, not Ray's wrapper of it
+    assert "no-model" in str(err.value) and len(str(err.value).splitlines()) == 1
