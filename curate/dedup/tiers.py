@@ -183,17 +183,9 @@ def embedding_tier(
     """
     n = len(vectors)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
-    if row_threshold is not None:
-        row_threshold = np.asarray(row_threshold, np.float64)
-        finite = np.isfinite(row_threshold) & valid
-        threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
-    cross = row_threshold is not None and row_band is not None and cross_threshold is not None
-
-    def pair_threshold(a, b):
-        if row_threshold is None:
-            return threshold
-        band = row_band if cross else None
-        return _pair_limit(row_threshold, band, cross_threshold, a, b, np.maximum) - 1e-6
+    threshold, pair_threshold = _similarity_limits(
+        threshold, row_threshold, row_band, cross_threshold, valid
+    )
 
     idx = np.flatnonzero(valid)
     x = np.ascontiguousarray(vectors[idx], np.float32)
@@ -265,17 +257,9 @@ def views_tier(
 
     n = len(features)
     valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
-    if row_threshold is not None:
-        row_threshold = np.asarray(row_threshold, np.float64)
-        finite = np.isfinite(row_threshold) & valid
-        threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
-    cross = row_threshold is not None and row_band is not None and cross_threshold is not None
-
-    def pair_threshold(a, b):
-        if row_threshold is None:
-            return threshold
-        band = row_band if cross else None
-        return _pair_limit(row_threshold, band, cross_threshold, a, b, np.maximum) - 1e-6
+    threshold, pair_threshold = _similarity_limits(
+        threshold, row_threshold, row_band, cross_threshold, valid
+    )
 
     idx = np.flatnonzero(valid)
     nn = np.full(n, np.nan, np.float32)
@@ -402,3 +386,23 @@ class _quiet_nanmax:
 
     def __exit__(self, *exc):
         self._ctx.__exit__(*exc)
+
+
+def _similarity_limits(threshold, row_threshold, row_band, cross_threshold, valid):
+    """(the search threshold, ``pair_threshold(a, b)``) of a similarity tier: one ``threshold``
+    for every pair, or per-row thresholds (the loosest valid one to search with) where a pair
+    must reach the stricter of its rows', or for a pair of two bands ``cross_threshold`` kept
+    between them (:func:`_pair_limit`)."""
+    if row_threshold is not None:
+        row_threshold = np.asarray(row_threshold, np.float64)
+        finite = np.isfinite(row_threshold) & valid
+        threshold = float(row_threshold[finite].min()) if finite.any() else 2.0
+    cross = row_threshold is not None and row_band is not None and cross_threshold is not None
+
+    def pair_threshold(a, b):
+        if row_threshold is None:
+            return threshold
+        band = row_band if cross else None
+        return _pair_limit(row_threshold, band, cross_threshold, a, b, np.maximum) - 1e-6
+
+    return threshold, pair_threshold
