@@ -39,9 +39,11 @@ class Compare(Step):
       space AMG does not optimise that also works on images too small for SSCD;
     * the NN-ratio distribution (fractions below 1/3 and 0.5, a histogram on ``HIST_EDGES``);
     * ``prompt_accuracy`` (a text model's audits, held-out images with captions): the share of
-      generations whose held-out neighbours (``PROMPT_K`` nearest, in the held-out space) carry
-      the generation's prompt as their most common caption: a classifier of the held-out data,
-      for datasets whose captions name a class (digits: "a handwritten digit five");
+      generations whose held-out neighbours (``PROMPT_K`` nearest, in the held-out space) most
+      often carry the prompt's class, the held-out caption sharing the most of the prompt's
+      words: a classifier of the held-out data, for datasets whose captions name a class
+      (digits: a prompt "a handwritten digit five, sample 12" is of class "a handwritten digit
+      five");
     * ``frechet``: Fréchet distance (``fd_features``) to the ``heldout`` images (any source
       ``curate ingest`` reads), so a model gets no credit for reproducing its training set;
     * the ratios ``baseline`` / each other model, and a gallery of each model's worst copies
@@ -363,14 +365,24 @@ def _prompt_accuracy(space, heldout, captions, x, audit_dir: Path) -> float | No
     _, idx = knn(
         space.features(x.flatten(1).numpy()), space.features(heldout.flatten(1).numpy()), k
     )
+    classes = sorted({c for c in map(_first_caption, captions) if c})
+    words = {c: _words(c) for c in classes}
     hits = []
     for row, prompt in zip(idx, prompts, strict=True):
+        # the prompt's class: the held-out caption sharing the most of its words (a prompt
+        # "a handwritten digit five, sample 12" is of class "a handwritten digit five")
+        pw = _words(str(prompt))
+        target = max(classes, key=lambda c: len(pw & words[c]) / len(pw | words[c]))
         votes = Counter(_first_caption(captions[int(j)]) for j in row).most_common()
         best = votes[0][1]
-        # a tie counts as a hit only when the prompt is among the tied captions, weighted
+        # a tie counts as a hit only when the class is among the tied captions, weighted
         tied = [c for c, n in votes if n == best]
-        hits.append((prompt in tied) / len(tied))
+        hits.append((target in tied) / len(tied))
     return float(np.mean(hits))
+
+
+def _words(text: str) -> set[str]:
+    return set(text.lower().replace(",", " ").split())
 
 
 def _first_caption(caption) -> str | None:

@@ -58,7 +58,8 @@ def test_prompt_accuracy_votes_with_held_out_captions(tmp_path):
     x = torch.from_numpy(d.images.reshape(-1, 1, 8, 8) / 16 * 2 - 1).float()
     caps = [f"a handwritten digit {names[t]}" for t in d.target]
     held, held_caps = x[:600], caps[:600]
-    gen, gen_caps = x[1000:1100], caps[1000:1100]
+    # prompts carry more than the class, as training captions do ("..., sample 12")
+    gen, gen_caps = x[1000:1100], [f"{c}, sample {i}" for i, c in enumerate(caps[1000:1100])]
     space = HeldoutSpace.fit(held.flatten(1).numpy())
     for prompts, lo, hi in ((gen_caps, 0.8, 1.0), (gen_caps[1:] + gen_caps[:1], 0.0, 0.2)):
         frame = pl.DataFrame({"index": list(range(100)), "prompt": prompts})
