@@ -427,9 +427,9 @@ MUTATIONS = [
     ),
     M(
         "guidance/--amg-guidances parsed as all three",
-        "curate/guidance/run.py",
-        '        guidances=tuple(g.strip() for g in guidances.split(",") if g.strip()),',
-        '        guidances=("spe", "dup", "sim"),',
+        "curate/guidance/config.py",
+        '        object.__setattr__(self, "guidances", tuple(guidances))',
+        '        object.__setattr__(self, "guidances", GUIDANCES)',
         ("tests/protect/test_guidance.py",),
     ),
     M(

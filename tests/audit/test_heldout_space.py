@@ -28,6 +28,9 @@ def test_flags_near_copies_and_not_new_or_reference_digits(digits):
     assert (space.nn_ratio(noisy, ref) < 1 / 3).mean() == 1.0
     assert (space.nn_ratio(novel, ref) < 1 / 3).mean() < 0.02
     assert (space.reference_nn_ratio(ref) < 1 / 3).mean() == 0.0
+    # whitened: on the held-out images the features have unit variance and no correlation
+    cov = np.cov(space.features(held).T)
+    np.testing.assert_allclose(cov, np.eye(16), atol=1e-6)
 
 
 def test_is_not_the_pixel_metric(digits):
