@@ -106,6 +106,38 @@ def _common_problems(tiers, known, keep: str, guard: str) -> list[str]:
     return problems
 
 
+# The auto-calibration settings both dedup steps take (their sample sizes differ).
+def _target_precision():
+    return setting(
+        0.99,
+        "Precision on planted copies that auto thresholds must reach, per tier and size band.",
+        min=0.5,
+        max=1,
+        max_open=True,
+    )
+
+
+def _min_recall():
+    return setting(
+        0.3,
+        "A tier finding fewer of the planted copies than this is disabled for the band.",
+        min=0,
+        max=1,
+    )
+
+
+def _calibration_sample(default: int):
+    return setting(default, "Rows that get planted copies when calibrating auto thresholds.", min=8)
+
+
+def _background_sample(default: int):
+    return setting(
+        default,
+        "Rows per size band whose random pairs are the background of auto thresholds.",
+        min=8,
+    )
+
+
 @dataclass
 class _Grouping:
     """Results on the ok rows (in sorted order) shared by both steps."""
@@ -479,25 +511,10 @@ class DedupImages(Step):
         "collapse",
         "Same image, different caption: collapse into the kept sample with a caption list, drop, or keep.",
     )
-    target_precision: float = setting(
-        0.99,
-        "Precision on planted copies that auto thresholds must reach, per tier and size band.",
-        min=0.5,
-        max=1,
-        max_open=True,
-    )
-    min_recall: float = setting(
-        0.3,
-        "A tier finding fewer of the planted copies than this is disabled for the band.",
-        min=0,
-        max=1,
-    )
-    calibration_sample: int = setting(
-        96, "Rows that get planted copies when calibrating auto thresholds.", min=8
-    )
-    background_sample: int = setting(
-        4096, "Rows per size band whose random pairs are the background of auto thresholds.", min=8
-    )
+    target_precision: float = _target_precision()
+    min_recall: float = _min_recall()
+    calibration_sample: int = _calibration_sample(96)
+    background_sample: int = _background_sample(4096)
     caption_agreement: float = setting(
         CAPTION_AGREEMENT,
         "Captions of an image pair sharing fewer word pairs than this (Jaccard of word bigrams, the minhash tier's measure) disagree: the images merge only on identical pixels or two tiers' evidence.",
@@ -1037,25 +1054,10 @@ class DedupCaptions(Step):
     shared_caption: Literal["flag", "drop", "keep"] = setting(
         "flag", "Same caption on different images: flag for rewriting, drop, or keep."
     )
-    target_precision: float = setting(
-        0.99,
-        "Precision on planted copies that auto thresholds must reach, per tier and size band.",
-        min=0.5,
-        max=1,
-        max_open=True,
-    )
-    min_recall: float = setting(
-        0.3,
-        "A tier finding fewer of the planted copies than this is disabled for the band.",
-        min=0,
-        max=1,
-    )
-    calibration_sample: int = setting(
-        256, "Rows that get planted copies when calibrating auto thresholds.", min=8
-    )
-    background_sample: int = setting(
-        1024, "Rows per size band whose random pairs are the background of auto thresholds.", min=8
-    )
+    target_precision: float = _target_precision()
+    min_recall: float = _min_recall()
+    calibration_sample: int = _calibration_sample(256)
+    background_sample: int = _background_sample(1024)
     report_groups: int = setting(10, "Duplicate groups shown in the report.", min=0)
 
     def produced_columns(self) -> tuple[str, ...]:

@@ -508,10 +508,11 @@ def train(
     if config.channels is None:
         config = dataclasses.replace(config, channels=data.channels)
     out = Path(out_dir)
-    # Under torchrun every process runs this: the Trainer joins the process group first, every
-    # process decides from the folder as it was, and only process 0 changes it, between barriers.
-    trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
+    # Under torchrun every process runs this: every process decides from the folder as it was
+    # (read-only, before anyone changes it), the Trainer joins the process group, and only
+    # process 0 changes the folder, between barriers.
     resume, ckpt, fresh = _out_dir_plan(out, config, resume, overwrite)
+    trainer = Trainer(data, config, device=device, caption_transform=caption_transform, quiet=quiet)
     trainer.barrier()
     if trainer.rank == 0:
         if fresh:
