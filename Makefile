@@ -20,10 +20,12 @@ install: $(STAMP)  ## create .venv and install curate with its dev tools
 demo: $(STAMP)  ## run the demo recipe on the built-in data; prints where the report is
 	$(VENV)/bin/curate clean --recipe recipes/demo.yaml --out runs/demo
 
+# Two pytest workers (the machine this targets has 2 cores); a test file stays on one worker,
+# so a module's fixtures (the reliability corpus, a local Ray) are built once.
 test: $(STAMP)  ## lint and run the test suite (fast tests only)
 	$(VENV)/bin/ruff check curate tests scripts
 	$(VENV)/bin/ruff format --check curate tests scripts
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: $(STAMP)  ## the test suite including slow tests
 	$(PY) -m pytest -q -m "not gpu"

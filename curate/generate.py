@@ -261,14 +261,12 @@ def save_images(x, out: Path) -> list[Path]:
 
 def run_prompts(run_dir: str | Path) -> list[str]:
     """The captions of a run folder's kept rows, in order (empty ones left out)."""
-    import polars as pl
-
-    from curate.table import TABLE_FILE, kept_rows
+    from curate.table import TABLE_FILE, kept_rows, read_table, table_exists
 
     path = Path(run_dir) / TABLE_FILE
-    if not path.exists():
+    if not table_exists(path):
         raise DataError(f"prompts_from: {run_dir} has no {TABLE_FILE}; give a run folder")
-    caps = kept_rows(pl.read_parquet(path))["caption"].to_list()
+    caps = kept_rows(read_table(path))["caption"].to_list()
     caps = [c for c in caps if c]
     if not caps:
         raise DataError(f"prompts_from: no kept row of {run_dir} has a caption")

@@ -189,7 +189,7 @@ def _run_one(
 def _read_columns(path: Path) -> pl.DataFrame | None:
     """A step's saved columns, or None when missing or unreadable (then the step reruns)."""
     try:
-        return pl.read_parquet(path)
+        return read_table(path)  # one file, or parts when the table is large
     except Exception:  # a torn or foreign file: polars raises several types; all mean "redo"
         return None
 

@@ -157,8 +157,8 @@ MUTATIONS = [
     M(
         "store/rows in storage order",
         "curate/io/store.py",
-        '        rows = self.dataset.select([self._row[s] for s in sample_ids])["image"]',
-        '        rows = self.dataset.select(sorted(self._row[s] for s in sample_ids))["image"]',
+        "        rows = self._images.take(self.rows(sample_ids))",
+        "        rows = self._images.take(sorted(self.rows(sample_ids)))",
         ("tests/io", "tests/train/test_loop.py", "tests/audit"),
     ),
     M(

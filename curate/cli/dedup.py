@@ -102,8 +102,9 @@ class _DefaultRunGroup(click.Group):
 
 def _run_dir(path: Path) -> Path:
     from curate.errors import UsageError
+    from curate.table import table_exists
 
-    if not (path / "table.parquet").exists():
+    if not table_exists(path):
         raise UsageError(
             f"RUN_DIR {path} has no table.parquet: run `curate ingest --out {path}` first"
         )

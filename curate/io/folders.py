@@ -42,6 +42,7 @@ RUN_ENTRIES = (
     LOCK_FILE,
     "images",
     "table.parquet",
+    "table",  # the table as parquet parts + manifest when it is large (curate.table)
     "ingest.json",
     "steps",
     "stats.json",

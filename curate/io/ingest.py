@@ -35,7 +35,14 @@ from curate.io.images import DEFAULT_MAX_PIXELS, decode_image
 from curate.io.load import ROW_ERROR, Source, open_source, source_fingerprint
 from curate.io.paths import read_image_file
 from curate.io.store import IMAGES_DIR
-from curate.table import SAMPLE_ID, STATUS_OK, STATUS_REJECTED, TABLE_FILE, write_table
+from curate.table import (
+    SAMPLE_ID,
+    STATUS_OK,
+    STATUS_REJECTED,
+    TABLE_FILE,
+    table_readable,
+    write_table,
+)
 
 INGEST_FILE = "ingest.json"
 _OPERATIONAL = ("fetch_workers", "fetch_timeout")
@@ -490,21 +497,13 @@ def ingest_state(run_dir: Path, config, source_fp: str | None = None) -> tuple[s
         return "none", None
     if summary.get("fingerprint") != config.fingerprint():
         return "other", None
-    if not (run_dir / IMAGES_DIR).is_dir() or not _readable_parquet(run_dir / TABLE_FILE):
+    if not (run_dir / IMAGES_DIR).is_dir() or not table_readable(run_dir / TABLE_FILE):
         return "stale", "the run's images or table are missing or unreadable"
     old_fp = summary.get("source_fingerprint")
     new_fp = source_fp or source_fingerprint(config.name, config.split)
     if old_fp is not None and new_fp is not None and old_fp != new_fp:
         return "stale", f"the source {config.name} changed since it was ingested"
     return "current", None
-
-
-def _readable_parquet(path: Path) -> bool:
-    try:
-        pl.read_parquet_schema(path)
-    except Exception:  # missing, torn or foreign: polars raises several types
-        return False
-    return True
 
 
 def read_ingest_summary(run_dir: Path | str) -> dict | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from curate.core.images import pil_to_tensor
 from curate.errors import DataError, UsageError
 from curate.io.store import ImageStore
-from curate.table import TABLE_FILE, kept_rows, ok_mask, read_table
+from curate.table import TABLE_FILE, kept_rows, ok_mask, read_table, table_exists
 
 if TYPE_CHECKING:
     import polars as pl
@@ -59,7 +59,7 @@ def load_training_set(
     """The training images of a run folder (its kept rows by default) at the model's size.
     ``key``: the setting that named the folder, as errors name it (``train_dir: RUN: ...``)."""
     run_dir = Path(run_dir)
-    if not (run_dir / TABLE_FILE).exists():
+    if not table_exists(run_dir / TABLE_FILE):
         raise DataError(f"{key}: {run_dir}: no {TABLE_FILE}; run `curate ingest` first")
     return training_set_from_table(
         read_table(run_dir),

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import torch
 
 from curate.core.images import pil_to_tensor
@@ -20,7 +19,7 @@ from curate.errors import DataError, UsageError
 from curate.io.ingest import IngestConfig, ingest
 from curate.io.store import ImageStore
 from curate.seeding import rng_for
-from curate.table import TABLE_FILE, caption_lists, kept_rows
+from curate.table import TABLE_FILE, caption_lists, kept_rows, read_table, table_exists
 
 # preload decoded images when they fit in this many bytes (uint8); otherwise decode per batch
 PRELOAD_BYTES = 1 << 30
@@ -96,9 +95,9 @@ def from_table(
 def from_run(run_dir: Path | str, **kwargs) -> TrainData:
     """Kept rows of ``RUN_DIR/table.parquet`` with their images (see :func:`from_table`)."""
     path = Path(run_dir) / TABLE_FILE
-    if not path.exists():
+    if not table_exists(path):
         raise DataError(f"{path} does not exist: pass a run folder made by `curate ingest`")
-    return from_table(pl.read_parquet(path), ImageStore(run_dir), **kwargs)
+    return from_table(read_table(path), ImageStore(run_dir), **kwargs)
 
 
 def from_tensors(
@@ -172,7 +171,7 @@ def load_training_data(
         "sigma_n_column": sigma_n_column,
         "noisy_only_column": noisy_only_column,
     }
-    if (Path(dataset) / TABLE_FILE).exists():
+    if table_exists(Path(dataset) / TABLE_FILE):
         return from_run(dataset, **kwargs)
     if Path(dataset).is_dir() and (Path(dataset) / "images").exists():
         raise DataError(f"--dataset {dataset}: run folder without table.parquet; re-run ingest")

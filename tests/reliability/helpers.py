@@ -5,13 +5,18 @@ Shared by the reliability tests and ``scripts/bench_reliability.py``.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,34 +87,53 @@ def curate(
     prefix: list[str] | None = None,
     preexec_fn=None,
 ) -> Result:
-    """Run ``curate ARGS`` in a subprocess and wait for it."""
+    """Run ``curate ARGS`` in its own process and wait for it.
+
+    The process is forked from a pre-imported server (``zygote.py``) unless a launcher
+    ``prefix``, a ``preexec_fn`` or ``env`` extras are given (the server's imports read the
+    environment once) or ``CURATE_TEST_SUBPROCESS=1`` asks for plain subprocesses everywhere.
+    """
     argv = [str(a) for a in args]
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [*(prefix or []), CURATE, *argv],
-        cwd=cwd,
-        env=curate_env(env),
-        capture_output=True,
-        text=True,
-        errors="replace",
-        timeout=timeout,
-        preexec_fn=preexec_fn,
-    )
-    return Result(
-        argv,
-        proc.returncode,
-        proc.stdout,
-        proc.stderr,
-        time.perf_counter() - start,
-        str(cwd) if cwd else None,
-    )
+    start_time = time.perf_counter()
+    server = None if (prefix or preexec_fn or env) else _zygote()
+    if server is None:
+        proc = subprocess.run(
+            [*(prefix or []), CURATE, *argv],
+            cwd=cwd,
+            env=curate_env(env),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            preexec_fn=preexec_fn,
+        )
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        with tempfile.TemporaryDirectory(prefix="curate-call-") as tmp:
+            out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
+            child = server.spawn(argv, cwd, out_path, err_path)
+            try:
+                rc = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=60)
+                raise
+            out = out_path.read_text(errors="replace")
+            err = err_path.read_text(errors="replace")
+    return Result(argv, rc, out, err, time.perf_counter() - start_time, str(cwd) if cwd else None)
 
 
-def start(*args: str | os.PathLike, cwd: Path | str | None = None, log: Path) -> subprocess.Popen:
+def start(*args: str | os.PathLike, cwd: Path | str | None = None, log: Path):
     """Start ``curate ARGS`` in the background, stdout+stderr into ``log``."""
+    argv = [str(a) for a in args]
+    server = _zygote()
+    if server is not None:
+        proc = server.spawn(argv, cwd, Path(log), Path(log))
+        proc._log = (None, log)
+        return proc
     fh = open(log, "wb")  # noqa: SIM115 (closed by finish)
     proc = subprocess.Popen(
-        [CURATE, *(str(a) for a in args)],
+        [CURATE, *argv],
         cwd=cwd,
         env=curate_env(),
         stdout=fh,
@@ -119,16 +143,139 @@ def start(*args: str | os.PathLike, cwd: Path | str | None = None, log: Path) ->
     return proc
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> Result:
+def finish(proc, timeout: float = 300) -> Result:
     """Wait for a process from ``start``; its combined output is in ``stderr`` and ``stdout``."""
     try:
         rc = proc.wait(timeout=timeout)
     finally:
         fh, log = proc._log  # type: ignore[attr-defined]
-        fh.close()
+        if fh is not None:
+            fh.close()
     text = Path(log).read_text(errors="replace")
     args = [str(a) for a in proc.args[1:]]  # type: ignore[index]
     return Result(args, rc, "", text, 0.0, pid=proc.pid)
+
+
+# -- the fork server -------------------------------------------------------------------------
+ZYGOTE = Path(__file__).with_name("zygote.py")
+
+
+class ForkedProcess:
+    """A command forked by the server: the part of ``subprocess.Popen`` the tests use."""
+
+    def __init__(self, server: _Server, rid: str, args: list[str]):
+        self._server, self._rid, self.args = server, rid, args
+        self.pid = server.pid_of(rid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._server.rc_of(self._rid, block=False)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            rc = self._server.rc_of(self._rid, timeout=timeout)
+            if rc is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = rc
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+
+class _Server:
+    def __init__(self):
+        read_fd, write_fd = os.pipe()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, shown if it dies)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ZYGOTE), str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=self._log,
+            stderr=self._log,
+            env=curate_env(),
+            pass_fds=(write_fd,),
+        )
+        os.close(write_fd)
+        self._replies = os.fdopen(read_fd, "r")
+        self._cond = threading.Condition()
+        self._state: dict[str, dict] = {}
+        self._count = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._replies:
+            msg = json.loads(line)
+            with self._cond:
+                self._state.setdefault(msg["id"], {}).update(msg)
+                self._cond.notify_all()
+        with self._cond:  # the server is gone: every waiter wakes up and fails
+            self._dead = True
+            self._cond.notify_all()
+
+    def _wait_for(self, rid: str, key: str, timeout: float | None) -> dict | None:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while key not in self._state.get(rid, {}) and "error" not in self._state.get(rid, {}):
+                if getattr(self, "_dead", False):
+                    self._log.seek(0)
+                    raise RuntimeError(f"the fork server died:\n{self._log.read().decode()}")
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left)
+            state = self._state[rid]
+        if "error" in state:
+            raise OSError(f"the fork server could not fork: {state['error']}")
+        return state
+
+    def spawn(self, argv: list[str], cwd, stdout: Path, stderr: Path) -> ForkedProcess:
+        with self._cond:
+            self._count += 1
+            rid = str(self._count)
+        req = {
+            "id": rid,
+            "argv": argv,
+            "cwd": str(cwd) if cwd else os.getcwd(),
+            "env": curate_env(),
+            "stdout": str(stdout),
+            "stderr": str(stderr),
+        }
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
+        self.proc.stdin.flush()
+        return ForkedProcess(self, rid, [CURATE, *argv])
+
+    def close(self) -> None:
+        """End of input: the server exits once its running children have."""
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def pid_of(self, rid: str) -> int:
+        return self._wait_for(rid, "pid", timeout=120)["pid"]
+
+    def rc_of(self, rid: str, block: bool = True, timeout: float | None = None) -> int | None:
+        state = self._wait_for(rid, "rc", timeout=timeout if block else 0)
+        return None if state is None else state["rc"]
+
+
+_SERVER: list = []
+
+
+def _zygote() -> _Server | None:
+    """The process's fork server, started on first use; None when plain subprocesses are asked."""
+    if os.environ.get("CURATE_TEST_SUBPROCESS") == "1":
+        return None
+    if not _SERVER:
+        _SERVER.append(_Server())
+        atexit.register(_SERVER[0].close)
+    return _SERVER[0]
 
 
 def kill9(proc: subprocess.Popen) -> None:

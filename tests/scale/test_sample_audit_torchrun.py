@@ -10,16 +10,23 @@ import sys
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from polars.testing import assert_frame_equal
+
+from curate.cli import cli
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _curate(*args: str, procs: int = 1) -> subprocess.CompletedProcess:
+def _curate(*args: str, procs: int = 1):
+    """``curate ARGS`` in this process (the one-process reference), or under torchrun."""
+    if procs == 1:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 0, result.output
+        return result
     # "--": torchrun's own parser would read curate's --num as an abbreviation of --numa-binding
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
-    cmd = [sys.executable, *launcher, "-m", "curate", "--", *args] if procs > 1 else [
-        sys.executable, "-m", "curate", *args]  # fmt: skip
+    cmd = [sys.executable, *launcher, "-m", "curate", "--", *args]
     out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
