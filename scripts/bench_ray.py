@@ -1,6 +1,8 @@
 """Ray engine benchmark: the per-row part of dedup (and rank) on the same rows, in one process
 (``--shard i/N`` for i = 0..N-1, one after another) and as one ``--engine ray`` pipeline on a
-local Ray; both merged, the tables and every part file compared, the times written.
+local Ray; both merged, the tables and every part file compared, the times written. Then
+``curate rank`` alone (``rank_run``) in one process, as N in-process shards + merge, and with
+``--engine ray`` (the engine scores the N shards, ``rank_run`` merges): the tables compared.
 
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 .venv/bin/python scripts/bench_ray.py \
         --dataset builtin:digits --shards 8 --out reports/scale
@@ -22,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +37,50 @@ def _parts(run: Path) -> dict:
     return {
         f"{p.parent.parent.name}/{p.stem}": pl.read_parquet(p).sort("sample_id")
         for p in sorted((run / "steps").glob("*/shards/part-*.parquet"))
+    }
+
+
+def _rank_runs(base: Path, work: Path, step, n: int, engine) -> dict:
+    """``rank_run`` alone: one process, N in-process shards + merge, ``--engine ray``; the
+    tables compared (rows are in the same order: the run's)."""
+    from polars.testing import assert_frame_equal
+
+    from curate.shards import merge_run
+    from curate.steps.rank import rank_run
+    from curate.table import read_table
+
+    runs = {name: work / f"rank-{name}" for name in ("one", "shards", "ray")}
+    for run in runs.values():
+        shutil.copytree(base, run)
+    t = time.perf_counter()
+    one = rank_run(runs["one"], step, quiet=True).table
+    t_one = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(n):
+        rank_run(runs["shards"], step, shard=f"{i}/{n}", quiet=True)
+    t_shards = time.perf_counter() - t
+    t = time.perf_counter()
+    merge_run(runs["shards"], quiet=True)
+    t_merge = time.perf_counter() - t
+    t = time.perf_counter()
+    done = rank_run(runs["ray"], step, quiet=True, engine=engine)
+    t_ray = time.perf_counter() - t
+    assert_frame_equal(done.table, read_table(runs["shards"]), check_exact=True)
+    diff = (done.table["rank_vgr"] - one["rank_vgr"]).abs().max()
+    same_drops = done.table["rank_drop"].is_not_null().equals(one["rank_drop"].is_not_null())
+    pids: dict = {}
+    for m in done.markers:
+        pids.setdefault(str(m["engine"]["pid"]), []).append(m["engine"]["model_loads"])
+    return {
+        "one_process_s": round(t_one, 2),
+        "in_process_shards_s": round(t_shards, 2),
+        "in_process_merge_s": round(t_merge, 2),
+        "ray_s": round(t_ray, 2),
+        "equal_to_in_process_shards": True,
+        "max_abs_vgr_diff_to_one_process": float(diff or 0.0),
+        "same_drops": bool(same_drops),
+        "actors": len(pids),
+        "model_loads_per_actor": {k: max(v) for k, v in pids.items()},
     }
 
 
@@ -100,6 +147,9 @@ def main() -> None:
     t = time.perf_counter()
     shard_apply(again, steps, None, None, RunContext(run_dir=again, quiet=True), engine=engine)
     t_warm = time.perf_counter() - t
+    rank = None
+    if not args.no_rank:  # rank alone, with drops to compare
+        rank = _rank_runs(base, work, replace(steps[-1], drop_top_fraction=0.1), n, engine)
     ray.shutdown()
 
     ours, theirs = _parts(run), _parts(proc)
@@ -150,6 +200,7 @@ def main() -> None:
         "merged_tables_equal": True,
         "rank_shards_per_actor": {str(k): len(v) for k, v in loads.items()},
         "rank_model_loads_per_actor": {str(k): max(v) for k, v in loads.items()},
+        "rank_run": rank,
         "python": platform.python_version(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -184,6 +235,27 @@ per actor {result["rank_model_loads_per_actor"]} (once, however many shards it s
 On {result["cores"]} shared cores both paths use the same cores: Ray adds its start and its
 scheduling and cannot be faster here; it pays off when the cluster has more cores or GPUs than
 one process uses (each actor asks for `num_gpus=1` when the cluster has GPUs).
+"""
+    if rank is not None:
+        diff = rank["max_abs_vgr_diff_to_one_process"]
+        vgr = "is identical" if diff == 0 else (
+            f"differs by at most {diff:.1e} (a row's VGR can move by ~1e-7 with the rows it is "
+            "batched with, in-process shards too)")  # fmt: skip
+        md += f"""
+## `curate rank --engine ray`
+
+`rank_run` (what `curate rank` runs) on a fresh copy of the {rows} ingested rows, rank alone:
+
+| path | seconds |
+| --- | --- |
+| one process, unsharded | {rank["one_process_s"]} |
+| in-process `--shard i/{n}` one after another, then `curate merge` | {rank["in_process_shards_s"]} + {rank["in_process_merge_s"]} |
+| `--engine ray` ({n} shards on the running Ray, new actors) and its merge | {rank["ray_s"]} |
+
+The `--engine ray` table equals the in-process shards' merged table (`check_exact`:
+{rank["equal_to_in_process_shards"]}); against the unsharded one, `rank_vgr` {vgr} and the
+drops are {"the same" if rank["same_drops"] else "NOT the same"}. Actors {rank["actors"]},
+models loaded per actor {rank["model_loads_per_actor"]}.
 """
     (args.out / "ray.md").write_text(md)
     print(md)

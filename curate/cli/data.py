@@ -247,7 +247,9 @@ def clean(recipe, out, overrides, dry_run, force, overwrite, shard, engine, ray_
     if shard is not None or engine != "process" or ray_address is not None:
         from curate.shards import cli_argv, shard_recipe
 
-        runner, i, n = cli_engine(engine, ray_address, shard)
+        runner, i, n = cli_engine(
+            engine, ray_address, shard, device=device if device != "auto" else rec.device
+        )
         markers = shard_recipe(rec, run_dir, i, n, device=dev, quiet=quiet, force=force,
                                argv=cli_argv(), engine=runner)  # fmt: skip
         echo_markers(markers, run_dir, lambda m: f"  {m['index']:2d}. {m['step']:<16}")

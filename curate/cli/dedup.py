@@ -199,7 +199,7 @@ def run(
     if shard is not None or engine != "process" or ray_address is not None:
         from curate.shards import cli_argv, shard_apply
 
-        runner, i, n = cli_engine(engine, ray_address, shard)
+        runner, i, n = cli_engine(engine, ray_address, shard, device=device)
         markers = shard_apply(run_dir, steps, i, n, ctx, argv=cli_argv(), force=force,
                               engine=runner)  # fmt: skip
         echo_markers(markers, run_dir, lambda m: f"{m['step']}:")

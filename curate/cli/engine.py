@@ -1,7 +1,8 @@
 """``--engine`` / ``--ray-address``: who computes the per-row part of sharded steps.
 
-Shared by ``curate dedup`` and ``curate clean`` (where ``--shard`` is). Ray is imported only
-when ``--engine ray`` runs (``curate.engines.ray_data``), never at command-line start.
+Shared by ``curate dedup``, ``curate clean`` and ``curate rank`` (where ``--shard`` is). Ray
+is imported only when ``--engine ray`` runs (``curate.engines.ray_data``), never at
+command-line start.
 """
 
 from __future__ import annotations
@@ -26,19 +27,28 @@ def engine_options(f: Callable) -> Callable:
         show_default=True,
         help="Who computes the per-row part of the sharded steps: this process (with --shard "
         "I/N), or a Ray Data pipeline (every shard, or the one --shard names) writing the "
-        "same shard files; then `curate merge RUN_DIR`. Ray: pip install 'curate[ray]'.",
+        "same shard files; then `curate merge RUN_DIR` (`curate rank` merges by itself "
+        "unless --shard is given). Ray: pip install 'curate[ray]'.",
     )(f)
 
 
-def cli_engine(engine: str, ray_address: str | None, shard: str | None):
+def cli_engine(engine: str, ray_address: str | None, shard: str | None,
+               device: str | None = None):  # fmt: skip
     """``(engine, i, n)`` from the flags: the engine is None for ``process``; ``i, n`` are
-    ``--shard``'s (None without it: the engine computes every shard)."""
+    ``--shard``'s (None without it: the engine computes every shard). ``device``: the
+    ``--device`` as given (not resolved on this machine): Ray's actors ask for the cluster's
+    GPUs unless it is ``cpu``."""
+    from dataclasses import replace
+
     from curate.engines import make_engine
     from curate.shards import parse_shard
 
     parsed = parse_shard(shard) if shard is not None else None
     i, n = parsed if parsed is not None else (None, None)
-    return make_engine(engine, address=ray_address, shard=parsed), i, n
+    runner = make_engine(engine, address=ray_address, shard=parsed)
+    if runner is not None and device is not None:
+        runner = replace(runner, device=device.lower())
+    return runner, i, n
 
 
 def echo_markers(markers: list[dict], run_dir, label: Callable[[dict], str]) -> None:

@@ -7,11 +7,14 @@ from pathlib import Path
 import click
 
 from curate.cli.common import curate_errors, device_option, quiet_option, seed_option, setup_logging
+from curate.cli.engine import cli_engine, echo_markers, engine_options
 from curate.cli.options import config_keys, config_options, errors_as_flags, pop_config
 from curate.rank.config import RankConfig
 
 # what `rank` takes besides the RankConfig fields, as named in the errors
-_RANK_JOB_KEYS = config_keys(RankConfig, "dataset", "run_dir", "limit", "shard", "device")
+_RANK_JOB_KEYS = config_keys(
+    RankConfig, "dataset", "run_dir", "limit", "shard", "engine", "ray_address", "device"
+)
 
 
 @click.command()
@@ -49,12 +52,14 @@ _RANK_JOB_KEYS = config_keys(RankConfig, "dataset", "run_dir", "limit", "shard",
     help="Score only shard I of N (from 0) of a run folder into RUN_DIR/steps/NN-rank/shards/; "
     "then `curate merge RUN_DIR`. Under torchrun each process takes its own shard by itself.",
 )
+@engine_options
 @seed_option
 @device_option
 @quiet_option
 @curate_errors
 @errors_as_flags(_RANK_JOB_KEYS)
-def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **settings):
+def rank(dataset, out, run_dir, limit, force, shard, engine, ray_address, seed, device, quiet,
+         **settings):  # fmt: skip
     """Rank every sample by the volume-growth rate of the probability-flow ODE.
 
     Every ranking setting is a field of curate.rank.config.RankConfig, which the `rank` recipe
@@ -74,7 +79,10 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
     Many processes: under `torchrun --nproc_per_node P` each process scores the rows whose
     sample_id hashes to its rank (one GPU each, cuda:LOCAL_RANK; gloo on CPU), then process 0
     gathers them in sample_id order and writes the table: the same scores as one process.
-    On many machines, run `--shard I/N` jobs and `curate merge`.
+    On many machines, run `--shard I/N` jobs and `curate merge`, or `--engine ray`: a Ray
+    Data actor pool (one actor per GPU when the cluster has GPUs, each loading the model once)
+    scores every shard, then this command merges them as in one process (with --shard, only
+    that shard; then `curate merge`).
 
     \b
     Examples:
@@ -82,6 +90,7 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
       curate rank --dataset runs/demo --model path/to/pipeline --estimator frame --axes 8 --ode-steps 4
       torchrun --nproc_per_node 8 -m curate rank --dataset runs/demo --model path/to/pipeline
       curate rank --dataset runs/demo --shard 3/16   # ... for 0..15, then: curate merge runs/demo
+      curate rank --dataset runs/demo --engine ray --ray-address auto
     \b
     Not `accelerate launch --cpu --num_processes 2`: it starts one process (accelerate issue
     2741); use torchrun, or accelerate's --multi_gpu with cpu=True in its config.
@@ -95,16 +104,17 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
 
         datasets.disable_progress_bars()
     config = pop_config(RankConfig, settings)
+    runner, _, _ = cli_engine(engine, ray_address, shard, device=device)
+    # with --engine ray the actors run on the --device asked for (auto: the cluster's GPUs when
+    # it has any); this process, which merges, uses what it has
+    here = "auto" if runner is not None and device.lower().startswith("cuda") else device
     done = rank_run(
         dataset, config, run_dir=run_dir, limit=limit, shard=shard, seed=seed,
-        device=resolve_device(device), quiet=quiet, force=force,
+        device=resolve_device(here), quiet=quiet, force=force, engine=runner,
     )  # fmt: skip
     run, step, table = done.run_dir, done.step, done.table
     if done.shard is not None:
-        (i, n), marker = done.shard, done.marker
-        state = "done before, skipped" if marker.get("skipped") else f"{marker['seconds']:.1f}s"
-        click.echo(f"rank: shard {i}/{n}, {marker['rows']} rows ({state})")
-        click.echo(f"when all {n} shards are done: curate merge {run}")
+        echo_markers([done.marker], run, lambda m: "rank:")
         return
     if table is None:  # a torchrun process other than 0: process 0 reports
         return
@@ -121,6 +131,10 @@ def rank(dataset, out, run_dir, limit, force, shard, seed, device, quiet, **sett
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         scored.select(cols).write_parquet(out)
+    if done.markers:
+        ray = done.markers[0].get("engine") or {}
+        how = f" on ray ({ray['actors']} actor(s))" if ray else ""
+        click.echo(f"rank: {len(done.markers)} shard(s){how}, merged")
     click.echo(f"ranked {scored.height} samples of {run} with {step.model} ({step.estimator})")
     for row in scored.head(5).iter_rows(named=True):
         click.echo(f"  {row['sample_id']}  vgr={row['rank_vgr']:.3f}  {row['caption'] or ''}")

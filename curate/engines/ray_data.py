@@ -175,7 +175,10 @@ class RayEngine:
     shard per ``ROWS_PER_PART`` rows). ``actors``, ``actor_cpus``: the pool (None: one actor
     per GPU when the cluster has GPUs and the device is not the CPU, else the cluster's CPUs
     less ``RESERVED_CPUS``, shared out as fractional CPUs). ``num_cpus``: the logical CPUs of
-    the local Ray this engine starts when it connects to none.
+    the local Ray this engine starts when it connects to none. ``device``: the ``--device``
+    asked for (``auto``, ``cpu``, ``cuda``), which decides the pool with the cluster's GPUs, not
+    the driver's (a driver without a GPU resolves ``auto`` to the CPU); None: the run
+    context's device.
     """
 
     address: str | None = None
@@ -184,6 +187,7 @@ class RayEngine:
     actors: int | None = None
     actor_cpus: float | None = None
     num_cpus: int | None = None
+    device: str | None = None
 
     def run(
         self,
@@ -269,7 +273,7 @@ class RayEngine:
                 f"--engine ray: {actors} actors at {share:g} CPU each leave no CPU of the "
                 f"cluster's {cpus:g} for reading the rows; use fewer actors or fractional CPUs"
             )
-        if device != "cpu":
+        if device.startswith("cuda"):
             log.warning("--engine ray: the Ray cluster has no GPU; the actors run on the CPU")
         return actors, share, 0.0, "cpu"
 
@@ -282,7 +286,8 @@ class RayEngine:
         items = [{"shard": i, "file": files[i]} for i in need if i in files]
         markers: dict = {}
         if items:
-            actors, cpus_each, gpus_each, device = self._pool(ray, ctx.device, len(items))
+            asked = self.device or ctx.device
+            actors, cpus_each, gpus_each, device = self._pool(ray, asked, len(items))
             info = {"name": "ray", "actors": actors, "actor_cpus": cpus_each,
                     "actor_gpus": gpus_each,
                     "address": self.address or os.environ.get("RAY_ADDRESS") or "local"}  # fmt: skip

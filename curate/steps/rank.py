@@ -10,12 +10,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import polars as pl
 
 from curate.rank.config import RankConfig
 from curate.steps.base import RunContext, Step
+
+if TYPE_CHECKING:
+    from curate.shards import Engine
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,15 @@ class Rank(RankConfig, Step):
 class RankRun:
     """What :func:`rank_run` did. ``table``: the run table with the scores (None for a
     ``--shard`` job and on torchrun processes other than 0, which have nothing to report);
-    ``shard``: (I, N) of a ``--shard`` job, with its part's ``marker``."""
+    ``shard``: (I, N) of a ``--shard`` job, with its part's ``marker``; ``markers``: every
+    part's marker when an engine (``--engine ray``) scored the shards."""
 
     run_dir: Path
     step: Rank
     table: pl.DataFrame | None
     shard: tuple[int, int] | None = None
     marker: dict | None = None
+    markers: tuple[dict, ...] = ()
 
 
 def default_run_dir(dataset: str) -> Path:
@@ -112,6 +117,7 @@ def rank_run(
     device: str = "cpu",
     quiet: bool = False,
     force: bool = False,
+    engine: Engine | None = None,
 ) -> RankRun:
     """Rank ``dataset`` (a run folder, or any source ``curate ingest`` takes, ingested into
     ``run_dir`` first, at most ``limit`` rows) with ``config`` as the ``rank`` step.
@@ -126,17 +132,19 @@ def rank_run(
     from curate.core.launch import Launch
     from curate.errors import UsageError
     from curate.runner import apply_step
+    from curate.table import table_exists
 
     step = Rank(**{f.name: getattr(config, f.name) for f in fields(RankConfig)})
     problems = step.validate()
     if problems:
         raise UsageError("; ".join(problems))
     launch = Launch.from_env(device)
-    if launch.world > 1 and shard is not None:
+    if launch.world > 1 and (shard is not None or engine is not None):
         launch.close()
-        raise UsageError("shard: not under torchrun, where each process takes its own shard")
+        what = "shard" if engine is None else "engine"
+        raise UsageError(f"{what}: not under torchrun, where each process takes its own shard")
     run = Path(dataset)
-    if not (run / "table.parquet").exists():
+    if not table_exists(run):
         from curate.io.ingest import IngestConfig, ingest, read_ingest_summary
 
         run = run_dir or default_run_dir(str(dataset))
@@ -146,10 +154,20 @@ def rank_run(
             ingest(cfg, run, quiet=quiet)
         launch.barrier()  # the other processes wait for process 0's ingest
     ctx = RunContext(run_dir=run, seed=seed, device=launch.device, quiet=quiet)
-    if shard is None and launch.world == 1:
+    if shard is None and engine is None and launch.world == 1:
         return RankRun(run, step, apply_step(run, step, ctx, force=force))
     from curate.shards import cli_argv, merge_run, parse_shard, shard_apply
 
+    if engine is not None:
+        markers = shard_apply(run, [step], None, None, ctx, argv=cli_argv(), force=force,
+                              engine=engine)  # fmt: skip
+        if shard is not None:
+            (marker,) = markers
+            return RankRun(run, step, None, (marker["shard"], marker["of"]), marker, (marker,))
+        merge_run(run, device=launch.device, quiet=quiet, force=force)
+        from curate.table import read_table
+
+        return RankRun(run, step, read_table(run), markers=tuple(markers))
     i, n = parse_shard(shard) if shard is not None else (launch.rank, launch.world)
     (marker,) = shard_apply(run, [step], i, n, ctx, argv=cli_argv(), force=force)
     if shard is not None:

@@ -1,6 +1,8 @@
 """``--engine ray``: the per-row part of dedup and rank as a Ray Data pipeline on a local Ray
 this test starts (explicit logical CPUs, fractional actor CPUs); its shard files are the ones
 the in-process ``--shard`` path writes, and ``curate merge`` gives the unsharded table.
+``curate rank --engine ray`` scores on Ray and merges itself: the in-process ``curate rank``
+table.
 
 Ray is part of the dev extra: this test runs in ``make test`` and CI; it never skips.
 """
@@ -24,7 +26,7 @@ from curate.runner import apply_step
 from curate.shards import merge_run, shard_apply
 from curate.steps.base import RunContext
 from curate.steps.dedup import DedupCaptions, DedupImages
-from curate.steps.rank import Rank
+from curate.steps.rank import Rank, rank_run
 from curate.table import read_table
 
 IMAGES = DedupImages(tiers=("exact", "phash", "pixel"))
@@ -111,8 +113,8 @@ def test_ray_shards_equal_in_process_shards_and_merge_to_one_process(
     # row's VGR moves by ~1e-7 with the rows it is batched with, in-process shards too.)
     rank_cols = [c for c in merged.columns if c.startswith("rank_")]
     assert_frame_equal(merged.drop(rank_cols), one_process.drop(rank_cols), check_exact=True)
-    assert_frame_equal(merged.select(rank_cols), one_process.select(rank_cols), rtol=0,
-                       atol=1e-6)  # fmt: skip
+    assert_frame_equal(merged.select(rank_cols), one_process.select(rank_cols), rel_tol=0,
+                       abs_tol=1e-6)  # fmt: skip
     assert merged["rank_drop"].is_not_null().sum() == 6
 
     # a second run finds every shard done and starts no pipeline
@@ -138,6 +140,76 @@ def test_cli_dedup_with_engine_ray_then_merge(local_ray, one_process, photos_run
     assert_frame_equal(read_table(run), expected)
 
 
+def _rank_args(run: Path, model: str) -> list[str]:
+    return ["rank", "--dataset", str(run), "--model", model, "--batch-size", "8",
+            "--drop-top-fraction", "0.1", "-q"]  # fmt: skip
+
+
+def test_cli_rank_with_engine_ray_is_the_in_process_rank_table(local_ray, steps,
+                                                                photos_run_template, tmp_path):  # fmt: skip
+    model = steps[2].model
+    ref, run = tmp_path / "process", tmp_path / "ray"
+    shutil.copytree(photos_run_template, ref)
+    shutil.copytree(photos_run_template, run)
+    runner = CliRunner()
+    r = runner.invoke(cli, _rank_args(ref, model))
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, [*_rank_args(run, model), "--engine", "ray"])
+    assert r.exit_code == 0, r.output
+    # 62 rows: one shard of ROWS_PER_PART (the unsharded rows in their order), so one actor,
+    # and the table is the in-process one bit for bit
+    assert "rank: 1 shard(s) on ray (1 actor(s)), merged" in r.output
+    (marker,) = [json.loads(p.read_text()) for p in run.glob("steps/*-rank/shards/part-*.json")]
+    assert marker["engine"]["name"] == "ray" and marker["rows"] == 62
+    table = read_table(run)
+    assert table["rank_vgr"].is_not_null().sum() > 0
+    assert_frame_equal(table, read_table(ref), check_exact=True)
+
+
+def test_rank_run_on_ray_in_three_shards_merges_to_the_in_process_shards(local_ray, steps,
+                                                                          photos_run_template,
+                                                                          tmp_path):  # fmt: skip
+    step = steps[2]
+    ref, run = tmp_path / "process", tmp_path / "ray"
+    shutil.copytree(photos_run_template, ref)
+    shutil.copytree(photos_run_template, run)
+    done = rank_run(run, step, quiet=True, engine=RayEngine(of=N, actors=1, actor_cpus=0.5))
+    assert [m["shard"] for m in done.markers] == list(range(N))
+    # one actor scored every shard and loaded the model once
+    assert len({m["engine"]["pid"] for m in done.markers}) == 1
+    assert {m["engine"]["model_loads"] for m in done.markers} == {1}
+    for i in range(N):
+        rank_run(ref, step, shard=f"{i}/{N}", quiet=True)
+    merge_run(ref, quiet=True)
+    assert_frame_equal(done.table, read_table(ref), check_exact=True)
+    assert done.table["rank_drop"].is_not_null().sum() == 6
+
+
+class _Cluster:
+    """What the engine asks of Ray to size its pool: the cluster's resources."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
+def test_the_pool_asks_for_a_gpu_per_actor_when_the_cluster_has_gpus():
+    from curate.cli.engine import cli_engine
+
+    gpus = _Cluster(CPU=16.0, GPU=2.0)
+    # one actor per GPU at num_gpus=1, on cuda; --device auto decides with the cluster's GPUs
+    # (the driver's own `auto` may be the CPU), so the CLI hands the engine the flag as given
+    engine, _, _ = cli_engine("ray", None, None, device="auto")
+    assert engine.device == "auto"
+    assert engine._pool(gpus, engine.device, 8) == (2, 1.0, 1.0, "cuda")
+    assert RayEngine()._pool(gpus, "cuda", 8) == (2, 1.0, 1.0, "cuda")
+    # --device cpu, or no GPU: fractional CPU actors, no GPU asked for
+    assert RayEngine()._pool(gpus, "cpu", 8) == (8, 1.75, 0.0, "cpu")
+    assert RayEngine()._pool(_Cluster(CPU=4.0), "auto", 8) == (2, 1.0, 0.0, "cpu")
+
+
 def _one_line_error(args: list[str]) -> str:
     r = CliRunner().invoke(cli, args)
     assert r.exit_code != 0
@@ -150,6 +222,8 @@ def test_engine_errors_are_one_line(photos_run_template, tmp_path, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(photos_run_template, run)
     msg = _one_line_error(["dedup", str(run), "--ray-address", "auto", "-q"])
+    assert "--ray-address needs --engine ray" in msg
+    msg = _one_line_error(["rank", "--dataset", str(run), "--ray-address", "auto", "-q"])
     assert "--ray-address needs --engine ray" in msg
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed
     msg = _one_line_error(["dedup", str(run), "--engine", "ray", "-q"])
