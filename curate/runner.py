@@ -54,8 +54,8 @@ def _hash(*parts: object) -> str:
 def step_fingerprint(step: Step, upstream: str, seed: int = 0) -> str:
     """A step's cache key: its config, the run seed, its id and everything upstream of it."""
     if step.step_id:
-        return _hash(upstream, step.name, step.config(), seed, step.step_id)
-    return _hash(upstream, step.name, step.config(), seed)
+        return _hash(upstream, step.name, step.cache_config(), seed, step.step_id)
+    return _hash(upstream, step.name, step.cache_config(), seed)
 
 
 def base_table(run_dir: Path) -> pl.DataFrame:

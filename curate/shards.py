@@ -104,7 +104,7 @@ def shard_fingerprint(step: Step, ingest_summary: dict, seed: int) -> str:
     from curate.runner import _hash
 
     data = (ingest_summary.get("fingerprint"), ingest_summary.get("source_fingerprint"))
-    return _hash("shard-values", data, step.name, step.config(), seed)
+    return _hash("shard-values", data, step.name, step.cache_config(), seed)
 
 
 def part_stem(i: int, n: int) -> str:

@@ -150,8 +150,8 @@ MUTATIONS = [
     M(
         "runner/fingerprint ignores upstream",
         "curate/runner.py",
-        "    return _hash(upstream, step.name, step.config(), seed)",
-        "    return _hash(step.name, step.config(), seed)",
+        "    return _hash(upstream, step.name, step.cache_config(), seed)",
+        "    return _hash(step.name, step.cache_config(), seed)",
         ("tests/test_runner.py",),
     ),
     M(
@@ -162,11 +162,47 @@ MUTATIONS = [
         ("tests/io", "tests/train/test_loop.py", "tests/audit"),
     ),
     M(
+        "table/parts read out of manifest order",
+        "curate/table.py",
+        '    return pl.scan_parquet([folder / p for p in meta["parts"]], hive_partitioning=False)',
+        '    return pl.scan_parquet([folder / p for p in sorted(meta["parts"], reverse=True)],\n'
+        "                           hive_partitioning=False)",
+        ("tests/io/test_table_parts.py",),
+    ),
+    M(
+        "table/parts written over the committed generation",
+        "curate/table.py",
+        '    gen = f"g{max(used, default=0) + 1:06d}"\n    keep = {PARTS_MANIFEST',
+        '    gen = f"g{max(used, default=1):06d}"\n    keep = {PARTS_MANIFEST',
+        ("tests/io/test_table_parts.py",),
+    ),
+    M(
+        "store/unknown id not refused",
+        "curate/io/store.py",
+        "        if missing.size:\n            raise DataError(",
+        "        if False:\n            raise DataError(",
+        ("tests/io/test_store.py", "tests/io/test_store_index.py"),
+    ),
+    M(
         "validate/rules inverted",
         "curate/steps/validate.py",
         '            (short < self.min_side, f"smaller than {self.min_side}px"),',
         '            (short >= self.min_side, f"smaller than {self.min_side}px"),',
         ("tests/steps",),
+    ),
+    M(
+        "scale/rank engine ignored",
+        "curate/steps/rank.py",
+        "    if shard is None and engine is None and launch.world == 1:",
+        "    if shard is None and launch.world == 1:",
+        ("tests/scale/test_ray_engine.py",),
+    ),
+    M(
+        "dedup/semdedup probe ignored",
+        "curate/dedup/tiers.py",
+        "        _, assign = km.index.search(x, probe)",
+        "        _, assign = km.index.search(x, 1)",
+        ("tests/dedup/test_semdedup.py",),
     ),
     # -- dedup -------------------------------------------------------------------------------
     M(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import polars as pl
@@ -165,3 +165,15 @@ def test_changing_an_upstream_step_reruns_the_steps_after_it(tmp_path, registry)
     results = run_recipe(parse_recipe(raw), tmp_path, quiet=True)
     assert CALLS == ["counting", "counting2"] and not any(r.skipped for r in results)
     assert read_table(tmp_path)["counting2_value"].to_list() == [2 * i + 101 for i in range(30)]
+
+
+def test_operational_settings_stay_out_of_the_fingerprint():
+    """Thread counts say how fast, not what: changing one must not recompute a finished step,
+    while a setting that changes the result must (and both stay in the recorded config)."""
+    from curate.runner import step_fingerprint
+    from curate.steps.dedup import DedupImages
+
+    base = DedupImages(tiers=("exact", "sscd"))
+    assert step_fingerprint(replace(base, sscd_threads=3), "up") == step_fingerprint(base, "up")
+    assert step_fingerprint(replace(base, sscd_size=224), "up") != step_fingerprint(base, "up")
+    assert replace(base, sscd_threads=3).config()["sscd_threads"] == 3

@@ -177,8 +177,15 @@ class Step:
         return []
 
     def config(self) -> dict[str, Any]:
-        """The resolved config, as recorded in the run folder and used for the cache key."""
+        """The resolved config, as recorded in the run folder."""
         return dataclasses.asdict(self)
+
+    def cache_config(self) -> dict[str, Any]:
+        """The config the step's fingerprint hashes: :meth:`config` less the settings marked
+        ``operational`` (how fast, not what: thread counts), so changing one of those never
+        recomputes a finished step."""
+        skip = {f.name for f in dataclasses.fields(self) if f.metadata.get("operational")}
+        return {k: v for k, v in self.config().items() if k not in skip}
 
     def outputs_exist(self, ctx: RunContext, meta: dict[str, Any]) -> bool:
         """Whether the files a finished run of this step wrote are still there (``meta`` is its
