@@ -38,6 +38,14 @@ class Train(TrainConfig, Step):
         sigma_n: 0.0
         sigma_n_rules:
           - {where: "dedup_images_cluster IS NOT NULL OR dedup_captions_flag", sigma_n: 1.0}
+
+    The rows a model will copy are better found by a proxy: a model trained on the same rows
+    with another seed and audited (an ``audit`` step with ``id: proxy_audit`` adds
+    ``audit_proxy_audit_copies``); its copies predict another seed's at AUC 0.78-0.82 where
+    the curation columns score 0.51-0.54 (``reports/protect/proxy.md``,
+    ``recipes/protect_digits_proxy.yaml``)::
+
+          - {where: "audit_proxy_audit_copies > 0", sigma_n: 1.0}
     """
 
     name: ClassVar[str] = "train"
