@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,18 +37,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import peak_rss_mb  # scripts/_memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS: ``VmHWM`` (``ru_maxrss`` would carry the parent's peak across
-    the fork and exec that started this process)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0  # KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ in one process and as N shards + merge; peak RSS of each process.
 The table is synthetic (no images: the per-row values an ingest + shard would compute are
 generated): 3 % of the rows share another row's pixel hash, 5 % carry another row's pHash with
 up to ``--flip`` bits flipped, 5 % another row's caption with one word replaced. Each phase
-runs in its own process so its peak RSS (``ru_maxrss``) is its own:
+runs in its own process so its peak RSS (``VmHWM``) is its own:
 
 * ``one``: signatures + tiers + grouping (``combine_tiers``, guard verify), as the dedup steps
   run them in one process;
@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,13 +35,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import peak_rss_mb  # scripts/_memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 # -- the synthetic table ----------------------------------------------------------------------

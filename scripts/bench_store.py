@@ -36,19 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import memory_status  # scripts/_memory.py
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _status() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
-            out[key] = int(value.split()[0]) / 1024.0  # KiB -> MiB
-    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak at fork time
-    out["peak"] = out.pop("VmHWM")
-    return out
 
 
 def make_store(run: Path, rows: int, seed: int = 0) -> list[str]:
@@ -125,11 +115,11 @@ def measure_store(run: Path, mode: str, lookups: int, seed: int) -> dict:
     from curate.io.store import ImageStore
 
     datasets.disable_progress_bars()
-    before = _status()
+    before = memory_status()
     start = time.perf_counter()
     store = {"arrow": ArrowOnly, "dict": DictStore, "index": ImageStore}[mode](run)
     open_s = time.perf_counter() - start
-    after = _status()
+    after = memory_status()
     if mode == "arrow":
         return {"mode": mode, "open_s": round(open_s, 3), **_memory(before, after)}
     column = store.dataset.data.column("sample_id")
