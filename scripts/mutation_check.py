@@ -512,6 +512,27 @@ MUTATIONS = [
         '                    t1 = t1 if "spe" in cfg.guidances else torch.zeros_like(t1)',
         ("tests/guidance/test_amg_training_index.py", "tests/protect/test_guidance.py"),
     ),
+    M(
+        "dedup/verify against the kept row, not the centre",
+        "curate/dedup/clusters.py",
+        "        centre = _best_per_label(np.where(multi, labels, -1), priority, degree)",
+        "        centre = _best_per_label(np.where(multi, labels, -1), priority)",
+        ("tests/dedup/test_dedup_clusters.py",),
+    ),
+    M(
+        "io/fetch_retries ignored",
+        "curate/io/ingest.py",
+        "timeout=config.fetch_timeout, retries=config.fetch_retries",
+        "timeout=config.fetch_timeout, retries=2",
+        ("tests/io/test_ingest.py",),
+    ),
+    M(
+        "scale/local Ray workers at Ray's nice 15",
+        "curate/engines/ray_data.py",
+        '             log_to_driver=False, _system_config={"worker_niceness": 0})  # fmt: skip',
+        "             log_to_driver=False)  # fmt: skip",
+        ("tests/scale/test_ray_engine.py",),
+    ),
 ]
 
 

@@ -141,6 +141,33 @@ def digits_runs(tmp_path_factory):
     return lambda limit: ingest_digits(tmp_path_factory, limit)
 
 
+def protect_recipe_at_test_budget(raw: dict, report_samples: int = 2, proxy_ratio=None) -> dict:
+    """A protect recipe (parsed YAML) at a test budget: exact-pixel dedup only, 2 training
+    steps, 8 samples of 2 steps per audit, pixel copy features. ``proxy_ratio`` sets the proxy
+    audit's ratio threshold (above 1 counts every generation as a copy of its nearest row, so
+    an untrained proxy still marks rows)."""
+    train = {"steps": 2, "batch_size": 8, "report_samples": report_samples, "checkpoint_every": 0}
+    for entry in raw["steps"]:
+        ((name, params),) = entry.items()
+        if name == "dedup_images":
+            params["tiers"] = ["exact"]
+        if name == "train":
+            params.update(train)
+        if name == "audit":
+            params.update(num_samples=8, steps=2, batch_size=8)
+            if proxy_ratio is not None and params.get("id") == "proxy_audit":
+                params["ratio_threshold"] = proxy_ratio
+        if name == "compare":
+            params.update(copy_features="pixel", gallery=2)
+    return raw
+
+
+@pytest.fixture
+def recipe_at_test_budget():
+    """``protect_recipe_at_test_budget`` as a fixture."""
+    return protect_recipe_at_test_budget
+
+
 # The slowest test files, slowest first (seconds alone on the 2-core machine, `--durations`).
 # `make test` runs each file whole on one of two workers (`--dist loadfile`) in the order
 # collected: sending these first lets the short files fill the gaps, instead of one worker

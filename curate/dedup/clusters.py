@@ -4,8 +4,10 @@ Plain connected components over threshold edges chain: A~B and B~C put A and C t
 they share nothing (tiles of one photo, flat or strongly textured images). Two guards:
 
 * ``mutual``: keep an edge only when each end is among the other's ``m`` most similar neighbours.
-* ``verify``: take each component's kept sample (best priority) and admit only the members that
-  match *it* directly; the rest are split again among themselves, until every row is placed.
+* ``verify``: take each component's most connected member (the original of a group of edited
+  copies) and admit only the members that match *it* directly; the keep policy then picks the
+  kept sample within that star, and the rest are split again among themselves, until every row
+  is placed.
 
 Every group is reported as ``rep`` (the row index it collapses into) plus the similarity of each
 member to its representative, so callers can say "B is a duplicate of A at 0.93".
@@ -109,34 +111,45 @@ def group(
         multi = unplaced & (sizes[labels] > 1)
         if not multi.any():
             break
-        best = _best_per_label(np.where(multi, labels, -1), priority)
+        # The star's centre is the member with the most matches, the original of a group of
+        # edited copies: a crop and a rotation of one photo both match the photo, rarely each
+        # other, so verifying against whichever copy the keep policy prefers split them.
+        degree = np.bincount(active.i, minlength=n) + np.bincount(active.j, minlength=n)
+        centre = _best_per_label(np.where(multi, labels, -1), priority, degree)
         # The members of every multi-row component at once, by one sort (a scan of all rows
         # per component made grouping quadratic: 127 s at 1M rows, 70k groups).
         rows = np.flatnonzero(multi)
         rows = rows[np.argsort(labels[rows], kind="stable")]
         cuts = np.flatnonzero(np.diff(labels[rows])) + 1
         for members in np.split(rows, cuts):
-            r = best[labels[members[0]]]
-            others = members[members != r]
-            s = np.asarray(verify(r, others), np.float32)
-            ok = ~np.isnan(s)
-            rep[others[ok]] = r
-            sim[others[ok]] = s[ok]
-            unplaced[r] = False
-            unplaced[others[ok]] = False
+            c = centre[labels[members[0]]]
+            others = members[members != c]
+            s = np.asarray(verify(c, others), np.float32)
+            star = np.concatenate([[c], others[~np.isnan(s)]])
+            r = star[np.argmin(priority[star])]  # the keep policy picks within the star
+            rest = star[star != r]
+            rep[rest] = r
+            sim[rest] = s[~np.isnan(s)] if r == c else np.asarray(verify(r, rest), np.float32)
+            unplaced[star] = False
         # Rejected members are re-grouped using only the edges among themselves.
         active = active.filter(unplaced[active.i] & unplaced[active.j])
     return Groups(rep, sim)
 
 
-def _best_per_label(labels: np.ndarray, priority: np.ndarray) -> np.ndarray:
-    """For each label value >= 0, the index of its row with the lowest priority."""
+def _best_per_label(
+    labels: np.ndarray, priority: np.ndarray, degree: np.ndarray | None = None
+) -> np.ndarray:
+    """For each label value >= 0, the index of its row with the lowest priority (or, given
+    ``degree``, its row with the highest degree, ties to the lowest priority)."""
     n = len(labels)
     best = np.full(max(n, 1), -1, np.int64)
     valid = np.flatnonzero(labels >= 0)
     if valid.size == 0:
         return best
-    order = valid[np.lexsort((priority[valid], labels[valid]))]  # by label, best priority first
+    keys = (priority[valid], labels[valid])
+    if degree is not None:
+        keys = (priority[valid], -degree[valid], labels[valid])
+    order = valid[np.lexsort(keys)]  # by label, best first
     lab = labels[order]
     first = np.ones(lab.size, bool)
     first[1:] = lab[1:] != lab[:-1]

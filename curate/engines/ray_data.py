@@ -159,11 +159,24 @@ class ShardValuesActor:
                     failed = {"error": type(err).__name__, "message": str(err)}
                     return pa.table({"marker": pa.array([json.dumps(failed)], pa.string())})
                 seconds = time.perf_counter() - start
-                engine = {**self.info, "pid": self.pid, "model_loads": _CountingDict.loads}
+                engine = {**self.info, "pid": self.pid, "model_loads": _CountingDict.loads,
+                          "nice": os.getpriority(os.PRIO_PROCESS, 0)}  # fmt: skip
                 meta = write_part(step, index, sdir, i, self.of, fp, rows, values, seconds,
                                   ctx.stats, engine=engine)  # fmt: skip
                 markers.append(json.dumps(meta))
         return pa.table({"marker": pa.array(markers, pa.string())})
+
+
+def start_local_ray(num_cpus: int) -> None:
+    """Start a local Ray of ``num_cpus`` logical CPUs, without a dashboard.
+
+    Ray starts its workers at nice 15; in a local Ray they are the whole job, and beside any
+    other busy process on the machine they starved (a 45 s test took 18 min on 2 cores beside
+    two busy loops). Here they run at normal priority."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False, _system_config={"worker_niceness": 0})  # fmt: skip
 
 
 # -- the engine -----------------------------------------------------------------------------
@@ -249,13 +262,7 @@ class RayEngine:
             if address:
                 ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
             else:
-                cpus = self.num_cpus or max(4, os.cpu_count() or 1)
-                # Ray starts its workers at nice 15; here they are the whole job, and beside
-                # any other busy process on the machine they starved (a 45 s test took 18 min
-                # on 2 cores beside two busy loops). A local Ray runs them at normal priority.
-                ray.init(num_cpus=cpus, include_dashboard=False,
-                         logging_level=logging.WARNING, log_to_driver=False,
-                         _system_config={"worker_niceness": 0})  # fmt: skip
+                start_local_ray(self.num_cpus or max(4, os.cpu_count() or 1))
         except ConnectionError as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(f"--ray-address {address}: cannot connect to Ray ({first})") from None

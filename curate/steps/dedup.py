@@ -409,8 +409,9 @@ class DedupImages(Step):
     SSCD pairs must also beat each image's background similarity (its ``sscd_norm_rank``-th
     neighbour) by ``sscd_norm_margin``: SSCD's score normalisation, which stops textures and
     tiles of one photo from matching everything; 0 turns it off.
-    A row joins a group when some tier matches it to the group's kept sample directly
-    (``guard: verify``), which stops chains of near neighbours from merging unrelated images.
+    A row joins a group when some tier matches it directly to the group's most connected
+    member, the original of a set of edited copies (``guard: verify``), which stops chains of
+    near neighbours from merging unrelated images; ``keep`` then picks the kept row in it.
     """
 
     name: ClassVar[str] = "dedup_images"
@@ -437,7 +438,7 @@ class DedupImages(Step):
     )
     guard: Literal["verify", "mutual", "none"] = setting(
         "verify",
-        "Anti-chaining check: verify each member against the kept sample, mutual neighbours, or none.",
+        "Anti-chaining check: verify each member against the group's most connected member (keep then picks within it), mutual neighbours, or none.",
     )
     mutual_m: int = setting(5, "Neighbours a pair must share under guard: mutual.", min=1)
     phash_radius: int | Auto = setting(
@@ -1042,7 +1043,7 @@ class DedupCaptions(Step):
     )
     guard: Literal["verify", "mutual", "none"] = setting(
         "verify",
-        "Anti-chaining check: verify each member against the kept sample, mutual neighbours, or none.",
+        "Anti-chaining check: verify each member against the group's most connected member (keep then picks within it), mutual neighbours, or none.",
     )
     mutual_m: int = setting(5, "Neighbours a pair must share under guard: mutual.", min=1)
     minhash_threshold: float | Auto = setting(

@@ -33,13 +33,39 @@ def test_without_a_guard_a_chain_merges_unrelated_rows():
     assert len(set(g.rep.tolist())) == 1
 
 
-def test_verify_guard_splits_the_chain_at_the_kept_sample():
-    edges, verify = _chain()
-    g = group(3, edges, priority=np.array([0, 1, 2]), guard="verify", verify=verify)
-    # Row 0 is kept; 1 matches it directly, 2 does not and stays alone.
-    assert g.rep.tolist() == [0, 0, 2]
-    assert g.is_dup.tolist() == [False, True, False]
-    assert g.sim[1] == pytest.approx(0.9) and np.isnan(g.sim[2])
+def test_verify_guard_splits_a_chain_at_its_most_connected_member():
+    # 0-1-2-3: only the ends of each edge match directly. The star goes around 1 (two matches;
+    # 1 and 2 tie, 1 has the better priority): 0 and 2 join it, 3 stays alone.
+    edges = Edges.build(np.array([0, 1, 2]), np.array([1, 2, 3]), np.full(3, 0.9))
+    direct = {(0, 1), (1, 2), (2, 3)}
+
+    def verify(rep, members):
+        return np.array(
+            [0.9 if (min(rep, m), max(rep, m)) in direct else np.nan for m in members], np.float32
+        )
+
+    g = group(4, edges, priority=np.arange(4), guard="verify", verify=verify)
+    assert g.rep.tolist() == [0, 0, 0, 3]
+    assert g.is_dup.tolist() == [False, True, True, False]
+    # 1 matches the kept row directly; 2 joined through the centre, no direct match with 0
+    assert g.sim[1] == pytest.approx(0.9) and np.isnan(g.sim[2]) and np.isnan(g.sim[3])
+
+
+def test_verify_guard_centres_on_the_original_not_on_the_kept_copy():
+    """An original (0) with a crop (1), a rotation (2) and a text-overlay copy (3): every copy
+    matches the original, no two copies match each other. The keep policy prefers the overlay
+    copy; verifying against it split the crop and rotation off. Centred on the original, the
+    group stays whole and the policy's pick is still the row kept."""
+    edges = Edges.build(np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([0.8, 0.7, 0.9]))
+
+    def verify(rep, members):
+        return np.array(
+            [{0: 0.0, 1: 0.8, 2: 0.7, 3: 0.9}[m] if rep == 0 else (0.9 if m == 0 and rep == 3
+             else np.nan) for m in members], np.float32)  # fmt: skip
+
+    g = group(4, edges, priority=np.array([1, 2, 3, 0]), guard="verify", verify=verify)
+    assert g.rep.tolist() == [3, 3, 3, 3]
+    assert g.sim[0] == pytest.approx(0.9) and np.isnan(g.sim[1]) and np.isnan(g.sim[3])
 
 
 def test_verify_guard_regroups_rejected_members_among_themselves():

@@ -16,30 +16,13 @@ from curate.table import kept_rows, ok_mask, read_table
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes/protect_digits_proxy.yaml"
-TINY = {"steps": 2, "batch_size": 8, "report_samples": 0, "checkpoint_every": 0}
 
 
-def _tiny(raw: dict) -> dict:
-    """The recipe at a test budget. The proxy's audit counts every generation as a copy of its
-    nearest row (ratio_threshold above 1), so an untrained proxy still marks rows."""
-    for entry in raw["steps"]:
-        ((name, params),) = entry.items()
-        if name == "dedup_images":
-            params["tiers"] = ["exact"]
-        if name == "train":
-            params.update(TINY)
-        if name == "audit":
-            params.update(num_samples=8, steps=2, batch_size=8)
-            if params["id"] == "proxy_audit":
-                params["ratio_threshold"] = 1.01
-        if name == "compare":
-            params.update(copy_features="pixel", gallery=2)
-    return raw
-
-
-def test_proxy_copies_set_the_protected_models_noise(tmp_path):
+def test_proxy_copies_set_the_protected_models_noise(tmp_path, recipe_at_test_budget):
     load_recipe(RECIPE)  # the shipped recipe parses
-    raw = _tiny(yaml.safe_load(RECIPE.read_text()))
+    raw = recipe_at_test_budget(
+        yaml.safe_load(RECIPE.read_text()), report_samples=0, proxy_ratio=1.01
+    )
     run = tmp_path / "run"
     results = run_recipe(parse_recipe(raw), run, quiet=True)
     assert [r.name for r in results][2:5] == ["train-proxy", "audit-proxy_audit", "train-naive"]

@@ -10,7 +10,6 @@ Ray is part of the dev extra: this test runs in ``make test`` and CI; it never s
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from click.testing import CliRunner
 from polars.testing import assert_frame_equal
 
 from curate.cli import cli
-from curate.engines.ray_data import RayEngine
+from curate.engines.ray_data import RayEngine, start_local_ray
 from curate.runner import apply_step
 from curate.shards import merge_run, shard_apply
 from curate.steps.base import RunContext
@@ -39,11 +38,9 @@ def local_ray():
     import ray
 
     # 4 logical CPUs on any machine: 2 actors at 0.5 CPU leave 3 for Ray Data's read tasks
-    # and its own operators (actors at a whole CPU each can starve the reads forever).
-    # Workers at normal priority, as the engine's own local Ray runs them: at Ray's default
-    # nice 15 they starve beside the other pytest worker and any other job on the machine.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING, _system_config={"worker_niceness": 0})  # fmt: skip
+    # and its own operators (actors at a whole CPU each can starve the reads forever). Started
+    # as the engine starts its own local Ray (workers at normal priority).
+    start_local_ray(4)
     yield ray
     ray.shutdown()
 
@@ -88,6 +85,9 @@ def test_ray_shards_equal_in_process_shards_and_merge_to_one_process(
         (s.name, i) for s in steps for i in range(N)
     ]
     assert all(m["engine"]["name"] == "ray" and m["of"] == N for m in markers)
+    # the actors ran at normal priority: at Ray's default nice 15 they starve beside any other
+    # busy process on the machine
+    assert {m["engine"]["nice"] for m in markers} == {0}
     # an actor that computed several shards loaded the model once (the dedup tiers here load
     # none: pixels and hashes)
     rank = [m for m in markers if m["step"] == "rank"]

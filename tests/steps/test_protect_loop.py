@@ -15,31 +15,15 @@ from curate.runner import run_recipe
 from curate.table import kept_rows, ok_mask, read_table
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"steps": 2, "batch_size": 8, "report_samples": 2, "checkpoint_every": 0}
 FIGURES = ("memorized_fraction", "fraction_ratio_below_0.5", "copy_rate", "nn_ratio_histogram",
            "frechet", "copied_images", "seeds", "memorized_fraction_heldout_space")  # fmt: skip
 
 
-def _tiny(raw: dict) -> dict:
-    """The quick recipe at a test budget: exact-pixel dedup only, 2 training steps, 8 samples."""
-    for entry in raw["steps"]:
-        ((name, params),) = entry.items()
-        if name == "dedup_images":
-            params["tiers"] = ["exact"]
-        if name == "train":
-            params.update(TINY)
-        if name == "audit":
-            params.update(num_samples=8, steps=2, batch_size=8)
-        if name == "compare":
-            params.update(copy_features="pixel", gallery=2)
-    return raw
-
-
-def test_protect_loop_trains_audits_and_compares(tmp_path):
+def test_protect_loop_trains_audits_and_compares(tmp_path, recipe_at_test_budget):
     raw = yaml.safe_load((ROOT / "recipes/protect_digits_quick.yaml").read_text())
     load_recipe(ROOT / "recipes/protect_digits_quick.yaml")  # the shipped recipe parses
     run = tmp_path / "run"
-    results = run_recipe(parse_recipe(_tiny(raw)), run, quiet=True)
+    results = run_recipe(parse_recipe(recipe_at_test_budget(raw)), run, quiet=True)
     names = [r.name for r in results]
     assert names[-5:] == ["train-naive", "train-protected", "audit-naive_audit",
                           "audit-protected_audit", "compare"]  # fmt: skip
@@ -88,7 +72,9 @@ def test_protect_loop_trains_audits_and_compares(tmp_path):
     assert "Training (naive)" in page and "Training (protected)" in page
 
 
-def test_text_protect_loop_rewrites_only_the_protected_models_captions(tmp_path):
+def test_text_protect_loop_rewrites_only_the_protected_models_captions(
+    tmp_path, recipe_at_test_budget
+):
     """The text variant: the naive model trains on the raw captions (it runs before the
     rewrite), the protected one on rna-rewritten captions of the flagged rows; the audits are
     prompted with the training captions, and compare scores the prompt accuracy."""
@@ -96,7 +82,9 @@ def test_text_protect_loop_rewrites_only_the_protected_models_captions(tmp_path)
     load_recipe(path)
     load_recipe(ROOT / "recipes/protect_digits_text.yaml")
     run = tmp_path / "run"
-    run_recipe(parse_recipe(_tiny(yaml.safe_load(path.read_text()))), run, quiet=True)
+    run_recipe(
+        parse_recipe(recipe_at_test_budget(yaml.safe_load(path.read_text()))), run, quiet=True
+    )
     table = read_table(run)
     flagged = table.filter(pl.col("caption_new").is_not_null())
     assert flagged.height > 0
