@@ -168,14 +168,20 @@ def recipe_at_test_budget():
     return protect_recipe_at_test_budget
 
 
-# The slowest test files, slowest first (seconds alone on the 2-core machine, `--durations`).
-# `make test` runs each file whole on one of two workers (`--dist loadfile`) in the order
-# collected: sending these first lets the short files fill the gaps, instead of one worker
-# finishing a 50 s file alone at the end.
-SLOW_FILES = (
-    "tests/scale/test_ray_engine.py",  # 45: a local Ray, six pipelines
+# Files whose tests start several busy processes of their own (torchrun's two workers, a Ray
+# node and its actors) are one unit of work: they run one after another on one worker. Two of
+# them at once beside another job put five or six busy processes on two cores.
+PROCESS_FILES = (
+    "tests/scale/test_ray_engine.py",  # 45 s alone: a local Ray, six pipelines
     "tests/scale/test_sample_audit_torchrun.py",  # 26: two torchrun jobs
     "tests/scale/test_train_torchrun.py",  # 23: two torchrun jobs
+)
+# The slow files, sent first (seconds alone on the 2-core machine, `--durations`): `make test`
+# runs each file whole on one of two workers (`--dist loadfile`) in the order collected, so
+# the short files fill the gaps at the end instead of one worker finishing a long file alone.
+# The process unit (the longest) goes first, then the rest slowest first.
+SLOW_FILES = (
+    *PROCESS_FILES,
     "tests/reliability/test_sources.py",  # 28
     "tests/reliability/test_lock_kill.py",  # 23: commands killed and raced
     "tests/scale/test_shards.py",  # 21
@@ -186,10 +192,6 @@ SLOW_FILES = (
     "tests/dedup/test_dedup_views.py",  # 7
     "tests/models/test_parity.py",  # 6
 )
-# Files whose tests start several busy processes of their own (torchrun's two workers, a Ray
-# node and its actors) are one unit of work: they run one after another on one worker. Two of
-# them at once beside another job put five or six busy processes on two cores.
-PROCESS_FILES = frozenset(SLOW_FILES[:3])
 
 
 def pytest_collection_modifyitems(config, items):

@@ -125,11 +125,12 @@ def group(
             c = centre[labels[members[0]]]
             others = members[members != c]
             s = np.asarray(verify(c, others), np.float32)
-            star = np.concatenate([[c], others[~np.isnan(s)]])
+            ok = ~np.isnan(s)
+            star = np.concatenate([[c], others[ok]])
             r = star[np.argmin(priority[star])]  # the keep policy picks within the star
             rest = star[star != r]
             rep[rest] = r
-            sim[rest] = s[~np.isnan(s)] if r == c else np.asarray(verify(r, rest), np.float32)
+            sim[rest] = s[ok] if r == c else np.asarray(verify(r, rest), np.float32)
             unplaced[star] = False
         # Rejected members are re-grouped using only the edges among themselves.
         active = active.filter(unplaced[active.i] & unplaced[active.j])
