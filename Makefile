@@ -24,10 +24,12 @@ demo: $(STAMP)  ## run the demo recipe on the built-in data; prints where the re
 # so a module's fixtures (the reliability corpus, a local Ray) are built once. The slowest
 # files go first, and the files whose tests start processes of their own run one after another
 # on one worker (tests/conftest.py: SLOW_FILES, PROCESS_FILES).
+# Bytecode is cached (Python's default, which PYTHONDONTWRITEBYTECODE turns off): the suite
+# starts many processes, and each would compile curate's modules and pytest rewrite the tests.
 test: $(STAMP)  ## lint and run the test suite (fast tests only)
 	$(VENV)/bin/ruff check curate tests scripts
 	$(VENV)/bin/ruff format --check curate tests scripts
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 test-all: $(STAMP)  ## the test suite including slow tests
 	$(PY) -m pytest -q -m "not gpu"

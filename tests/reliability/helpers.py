@@ -123,6 +123,65 @@ def curate(
     return Result(argv, rc, out, err, time.perf_counter() - start_time, str(cwd) if cwd else None)
 
 
+def torchrun(
+    *args: str | os.PathLike, nproc: int = 2, cwd: Path | str | None = None, timeout: float = 300
+) -> Result:
+    """``torchrun --standalone --nproc_per_node NPROC -m curate -- ARGS``, as its agent starts
+    the processes: NPROC ``curate`` processes with ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``LOCAL_WORLD_SIZE`` and a loopback ``MASTER_ADDR``/``MASTER_PORT``, here forked from the
+    pre-imported server (a fresh process importing torch and diffusers costs ~5 s of CPU, twice
+    per launch). curate reads only these variables and torch reads them at
+    ``init_process_group``, after import. The outputs are the ranks' in rank order, the exit
+    code the first failing rank's (the others are then killed, as the agent does).
+    ``tests/scale/test_rank_shards.py`` runs the real launcher; so does this function under
+    ``CURATE_TEST_SUBPROCESS=1``."""
+    import socket
+
+    argv = [str(a) for a in args]
+    start_time = time.perf_counter()
+    server = _zygote()
+    if server is None:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", str(nproc), "-m", "curate", "--"]  # fmt: skip
+        proc = subprocess.run([*launcher, *argv], cwd=cwd, env=curate_env(DIST_ENV),
+                              capture_output=True, text=True, errors="replace", timeout=timeout)  # fmt: skip
+        return Result(argv, proc.returncode, proc.stdout, proc.stderr,
+                      time.perf_counter() - start_time, str(cwd) if cwd else None)  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="curate-ranks-") as tmp:
+        procs = []
+        for rank in range(nproc):
+            env = {**DIST_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                   "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "RANK": str(rank),
+                   "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}  # fmt: skip
+            out, err = Path(tmp, f"{rank}.out"), Path(tmp, f"{rank}.err")
+            procs.append((server.spawn(argv, cwd, out, err, env=env), out, err))
+        end, failed = time.monotonic() + timeout, []
+        while any(p.poll() is None for p, _, _ in procs):
+            failed = [p.returncode for p, _, _ in procs if p.returncode not in (None, 0)]
+            late = time.monotonic() > end
+            if failed or late:
+                for p, _, _ in procs:
+                    p.kill()
+                    p.wait(timeout=60)
+                if late and not failed:
+                    raise subprocess.TimeoutExpired(["torchrun", *argv], timeout)
+                break
+            time.sleep(0.02)
+        rc = next((p.returncode for p, _, _ in procs if p.returncode != 0), 0)
+        rc = failed[0] if failed else rc
+        stdout = "".join(o.read_text(errors="replace") for _, o, _ in procs)
+        stderr = "".join(e.read_text(errors="replace") for _, _, e in procs)
+    return Result(argv, rc, stdout, stderr, time.perf_counter() - start_time,
+                  str(cwd) if cwd else None)  # fmt: skip
+
+
+# CPU only, as the tests' torchrun launches ran
+DIST_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+
+
 def start(*args: str | os.PathLike, cwd: Path | str | None = None, log: Path):
     """Start ``curate ARGS`` in the background, stdout+stderr into ``log``."""
     argv = [str(a) for a in args]
@@ -232,7 +291,10 @@ class _Server:
             raise OSError(f"the fork server could not fork: {state['error']}")
         return state
 
-    def spawn(self, argv: list[str], cwd, stdout: Path, stderr: Path) -> ForkedProcess:
+    def spawn(
+        self, argv: list[str], cwd, stdout: Path, stderr: Path, env: dict | None = None
+    ) -> ForkedProcess:
+        """Fork ``curate ARGV``; ``env``: variables read after import only (a launcher's)."""
         with self._cond:
             self._count += 1
             rid = str(self._count)
@@ -240,7 +302,7 @@ class _Server:
             "id": rid,
             "argv": argv,
             "cwd": str(cwd) if cwd else os.getcwd(),
-            "env": curate_env(),
+            "env": curate_env(env),
             "stdout": str(stdout),
             "stderr": str(stderr),
         }

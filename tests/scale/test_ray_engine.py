@@ -2,7 +2,8 @@
 this test starts (explicit logical CPUs, fractional actor CPUs); its shard files are the ones
 the in-process ``--shard`` path writes, and ``curate merge`` gives the unsharded table.
 ``curate rank --engine ray`` scores on Ray and merges itself: the in-process ``curate rank``
-table.
+table. (``rank_run(engine=...)`` is ``shard_apply`` on the engine, then ``merge_run``: the first
+test's path, with several shards per actor.)
 
 Ray is part of the dev extra: this test runs in ``make test`` and CI; it never skips.
 """
@@ -25,7 +26,7 @@ from curate.runner import apply_step
 from curate.shards import merge_run, shard_apply
 from curate.steps.base import RunContext
 from curate.steps.dedup import DedupCaptions, DedupImages
-from curate.steps.rank import Rank, rank_run
+from curate.steps.rank import Rank
 from curate.table import read_table
 
 IMAGES = DedupImages(tiers=("exact", "phash", "pixel"))
@@ -166,25 +167,6 @@ def test_cli_rank_with_engine_ray_is_the_in_process_rank_table(local_ray, steps,
     table = read_table(run)
     assert table["rank_vgr"].is_not_null().sum() > 0
     assert_frame_equal(table, read_table(ref), check_exact=True)
-
-
-def test_rank_run_on_ray_in_three_shards_merges_to_the_in_process_shards(local_ray, steps,
-                                                                          photos_run_template,
-                                                                          tmp_path):  # fmt: skip
-    step = steps[2]
-    ref, run = tmp_path / "process", tmp_path / "ray"
-    shutil.copytree(photos_run_template, ref)
-    shutil.copytree(photos_run_template, run)
-    done = rank_run(run, step, quiet=True, engine=RayEngine(of=N, actors=1, actor_cpus=0.5))
-    assert [m["shard"] for m in done.markers] == list(range(N))
-    # one actor scored every shard and loaded the model once
-    assert len({m["engine"]["pid"] for m in done.markers}) == 1
-    assert {m["engine"]["model_loads"] for m in done.markers} == {1}
-    for i in range(N):
-        rank_run(ref, step, shard=f"{i}/{N}", quiet=True)
-    merge_run(ref, quiet=True)
-    assert_frame_equal(done.table, read_table(ref), check_exact=True)
-    assert done.table["rank_drop"].is_not_null().sum() == 6
 
 
 class _Cluster:

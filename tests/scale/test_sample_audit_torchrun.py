@@ -1,12 +1,11 @@
 """``torchrun --nproc_per_node 2 -m curate sample|audit``: two gloo processes on CPU split the
-generations by batch and give the files one process writes (AMG's per-sample records too)."""
+generations by batch and give the files one process writes (AMG's per-sample records too). The
+two processes are started with the variables torchrun sets
+(``tests/reliability/helpers.py: torchrun``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import polars as pl
 import pytest
@@ -14,8 +13,7 @@ from click.testing import CliRunner
 from polars.testing import assert_frame_equal
 
 from curate.cli import cli
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+from tests.reliability.helpers import torchrun
 
 
 def _curate(*args: str, procs: int = 1):
@@ -24,11 +22,9 @@ def _curate(*args: str, procs: int = 1):
         result = CliRunner().invoke(cli, list(args))
         assert result.exit_code == 0, result.output
         return result
-    # "--": torchrun's own parser would read curate's --num as an abbreviation of --numa-binding
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
-    cmd = [sys.executable, *launcher, "-m", "curate", "--", *args]
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stderr[-3000:]
+    # (the real launcher needs "--": its parser reads curate's --num as --numa-binding)
+    out = torchrun(*args, nproc=procs, timeout=400)
+    assert out.rc == 0, out.stderr[-3000:]
     return out
 
 

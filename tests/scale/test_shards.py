@@ -4,7 +4,6 @@ process writes, and a merge refuses shards that are missing, stale, duplicated o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from curate.shards import merge_run, parse_shard, shard_apply, shard_of
 from curate.steps.base import RunContext
 from curate.steps.dedup import DedupCaptions, DedupImages
 from curate.table import read_table
+from tests.reliability.helpers import finish, start
 
 # Hash and pixel tiers: no model download, the thresholds still calibrated ("auto").
 IMAGES = DedupImages(tiers=("exact", "phash", "pixel"))
@@ -255,13 +255,12 @@ def test_shard_processes_share_the_lock_and_exclude_merge(photos_run_template, t
 
 def test_two_shard_processes_at_once_on_one_run_folder(unsharded, photos_run_template, tmp_path):
     run = _fresh(photos_run_template, tmp_path / "run")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "curate", "dedup", str(run), "--images", "exact,phash,pixel",
-           "--captions", "exact,minhash", "-q", "--shard"]  # fmt: skip
-    procs = [subprocess.Popen([*cmd, f"{i}/2"], env=env, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]  # fmt: skip
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs
+    # two curate processes (forked from the tests' pre-imported server), started together
+    cmd = ["dedup", run, "--images", "exact,phash,pixel", "--captions", "exact,minhash", "-q",
+           "--shard"]  # fmt: skip
+    procs = [start(*cmd, f"{i}/2", log=tmp_path / f"{i}.log") for i in range(2)]
+    done = [finish(p) for p in procs]
+    assert [d.rc for d in done] == [0, 0], [d.stderr for d in done]
     r = CliRunner().invoke(cli, ["merge", str(run), "-q"])
     assert r.exit_code == 0, r.output
     assert "merged 2 shards of dedup_images, dedup_captions" in r.output

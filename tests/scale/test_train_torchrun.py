@@ -1,22 +1,19 @@
 """``torchrun --nproc_per_node 2 -m curate train``: two gloo processes on CPU train one
 data-parallel model; process 0 alone prepares the folder, checkpoints and writes the model, and
-the job resumes under torchrun as in one process."""
+the job resumes under torchrun as in one process. The two processes are started with the
+variables torchrun sets (``tests/reliability/helpers.py: torchrun``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.reliability.helpers import torchrun
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "curate", "train", *args]  # fmt: skip
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+def _torchrun(*args: str):
+    return torchrun("train", *args, timeout=300)
 
 
 @pytest.mark.timeout(600)
@@ -26,7 +23,7 @@ def test_two_processes_train_one_model_and_resume(digits_runs, tmp_path):
     common = ["--dataset", str(run), "--out", str(model), "--model", "tiny", "--resolution", "8",
               "--batch-size", "8", "--log-every", "5", "--checkpoint-every", "10", "-q"]  # fmt: skip
     first = _torchrun(*common, "--steps", "20")
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.rc == 0, first.stderr[-3000:]
     assert first.stdout.count("model written to") == 1  # process 0 speaks for the job
     info = json.loads((model / "curate_train.json").read_text())
     assert info["resolved"]["world_size"] == 2
@@ -36,7 +33,7 @@ def test_two_processes_train_one_model_and_resume(digits_runs, tmp_path):
     assert steps == ["step-0000010", "step-0000020"]
 
     again = _torchrun(*common, "--steps", "30", "--resume")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.rc == 0, again.stderr[-3000:]
     info = json.loads((model / "curate_train.json").read_text())
     assert info["result"]["step"] == 30 and info["resolved"]["world_size"] == 2
     # the resumed job continued the first one's loss record instead of starting over
