@@ -133,8 +133,8 @@ def torchrun(
     per launch). curate reads only these variables and torch reads them at
     ``init_process_group``, after import. The outputs are the ranks' in rank order, the exit
     code the first failing rank's (the others are then killed, as the agent does).
-    ``tests/scale/test_rank_shards.py`` runs the real launcher; so does this function under
-    ``CURATE_TEST_SUBPROCESS=1``."""
+    ``tests/scale/test_rank_shards.py`` checks these variables against the real launcher's;
+    under ``CURATE_TEST_SUBPROCESS=1`` this function runs the real launcher."""
     import socket
 
     argv = [str(a) for a in args]
@@ -153,9 +153,7 @@ def torchrun(
     with tempfile.TemporaryDirectory(prefix="curate-ranks-") as tmp:
         procs = []
         for rank in range(nproc):
-            env = {**DIST_ENV, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "RANK": str(rank),
-                   "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}  # fmt: skip
+            env = {**DIST_ENV, **rank_env(rank, nproc, port)}
             out, err = Path(tmp, f"{rank}.out"), Path(tmp, f"{rank}.err")
             procs.append((server.spawn(argv, cwd, out, err, env=env), out, err))
         end, failed = time.monotonic() + timeout, []
@@ -180,6 +178,14 @@ def torchrun(
 
 # CPU only, as the tests' torchrun launches ran
 DIST_ENV = {"CUDA_VISIBLE_DEVICES": ""}
+
+
+def rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    """The launcher variables ``torchrun --standalone --nproc_per_node NPROC`` gives process
+    RANK on one node (``tests/scale/test_rank_shards.py`` checks them against the real one)."""
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
+            "LOCAL_WORLD_SIZE": str(nproc), "RANK": str(rank), "LOCAL_RANK": str(rank),
+            "GROUP_RANK": "0"}  # fmt: skip
 
 
 def start(*args: str | os.PathLike, cwd: Path | str | None = None, log: Path):
@@ -247,11 +253,11 @@ class ForkedProcess:
 
 
 class _Server:
-    def __init__(self):
+    def __init__(self, prefix: tuple[str, ...] = ()):
         read_fd, write_fd = os.pipe()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, shown if it dies)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ZYGOTE), str(write_fd)],
+            [*prefix, sys.executable, str(ZYGOTE), str(write_fd)],
             stdin=subprocess.PIPE,
             stdout=self._log,
             stderr=self._log,
@@ -292,9 +298,16 @@ class _Server:
         return state
 
     def spawn(
-        self, argv: list[str], cwd, stdout: Path, stderr: Path, env: dict | None = None
+        self,
+        argv: list[str],
+        cwd,
+        stdout: Path,
+        stderr: Path,
+        env: dict | None = None,
+        program: bool = False,
     ) -> ForkedProcess:
-        """Fork ``curate ARGV``; ``env``: variables read after import only (a launcher's)."""
+        """Fork ``curate ARGV`` (``program``: exec the program ``ARGV``); ``env``: variables
+        read after import only (a launcher's)."""
         with self._cond:
             self._count += 1
             rid = str(self._count)
@@ -305,10 +318,11 @@ class _Server:
             "env": curate_env(env),
             "stdout": str(stdout),
             "stderr": str(stderr),
+            "exec": program,
         }
         self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
-        return ForkedProcess(self, rid, [CURATE, *argv])
+        return ForkedProcess(self, rid, argv if program else [CURATE, *argv])
 
     def close(self) -> None:
         """End of input: the server exits once its running children have."""
@@ -338,6 +352,45 @@ def _zygote() -> _Server | None:
         _SERVER.append(_Server())
         atexit.register(_SERVER[0].close)
     return _SERVER[0]
+
+
+class MountNamespace:
+    """A private user and mount namespace (``unshare -rm``) with a fork server inside: ``run``
+    executes a program there (``mount -t tmpfs ...``), ``curate`` a command, and both see the
+    namespace's mounts, which nothing outside it does. Under ``CURATE_TEST_SUBPROCESS=1`` the
+    commands are the console script, executed fresh."""
+
+    def __init__(self):
+        self._server = _Server(prefix=("unshare", "-rm"))
+
+    def _call(self, argv: list[str], program: bool, timeout: float) -> Result:
+        start_time = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="curate-ns-") as tmp:
+            out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
+            child = self._server.spawn(argv, None, out_path, err_path, program=program)
+            try:
+                rc = child.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(timeout=60)
+                raise
+            out = out_path.read_text(errors="replace")
+            err = err_path.read_text(errors="replace")
+        return Result(argv, rc, out, err, time.perf_counter() - start_time)
+
+    def run(self, *argv: str | os.PathLike, timeout: float = 60) -> Result:
+        return self._call([str(a) for a in argv], True, timeout)
+
+    def curate(self, *args: str | os.PathLike, timeout: float = 300) -> Result:
+        argv = [str(a) for a in args]
+        if os.environ.get("CURATE_TEST_SUBPROCESS") == "1":
+            res = self._call([CURATE, *argv], True, timeout)
+            res.args = argv
+            return res
+        return self._call(argv, False, timeout)
+
+    def close(self) -> None:
+        self._server.close()
 
 
 def kill9(proc: subprocess.Popen) -> None:

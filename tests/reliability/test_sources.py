@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from tests.reliability.corpus import write_simple_jsonl
-from tests.reliability.helpers import Watched, curate, digits_recipe, read_run_table, write_recipe
+from tests.reliability.helpers import (
+    MountNamespace,
+    Watched,
+    curate,
+    digits_recipe,
+    read_run_table,
+    write_recipe,
+)
 
 
 def _one_line(res, rc: int | tuple[int, ...], *names: str) -> None:
@@ -128,37 +135,31 @@ def _have_userns_mount() -> bool:
     return probe.returncode == 0
 
 
-def _in_tmpfs(mountpoint, script: str, size: str, ro: bool = False) -> subprocess.CompletedProcess:
-    """Run ``script`` (sh) in a private mount namespace with a tiny tmpfs at ``mountpoint``."""
+needs_mounts = pytest.mark.skipif(not _have_userns_mount(), reason="needs unshare -rm and tmpfs")
+
+
+@pytest.fixture(scope="module")
+def ns():
+    """One private mount namespace for this file's small file systems (its fork server imports
+    curate once for all of them)."""
+    space = MountNamespace()
+    yield space
+    space.close()
+
+
+def _tmpfs(ns, mountpoint: Path, size: str, ro: bool = False) -> Path:
+    """A tiny tmpfs at ``mountpoint``, seen only inside ``ns``."""
+    mountpoint.mkdir()
     opts = f"size={size}" + (",ro" if ro else "")
-    return subprocess.run(
-        [
-            "unshare",
-            "-rm",
-            "sh",
-            "-c",
-            f"mount -t tmpfs -o {opts} tmpfs '{mountpoint}' && {script}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    res = ns.run("mount", "-t", "tmpfs", "-o", opts, "tmpfs", mountpoint)
+    assert res.rc == 0, res
+    return mountpoint
 
 
-def _shell_curate(args: list, out_prefix) -> str:
-    from tests.reliability.helpers import CURATE
-
-    quoted = " ".join(f"'{a}'" for a in [CURATE, *map(str, args)])
-    return f"{quoted} >'{out_prefix}.out' 2>'{out_prefix}.err'; echo $? >'{out_prefix}.rc'"
-
-
-def _read(prefix):
-    from tests.reliability.helpers import Result
-
-    def text(ext):
-        return Path(f"{prefix}.{ext}").read_text(errors="replace")
-
-    return Result([], int(text("rc").strip()), text("out"), text("err"), 0.0)
+def _grow(ns, mountpoint: Path) -> None:
+    """Free space: the same file system, now with room."""
+    res = ns.run("mount", "-o", "remount,size=64m", mountpoint)
+    assert res.rc == 0, res
 
 
 def test_read_only_output_parent(tmp_path):
@@ -179,86 +180,52 @@ def test_read_only_output_parent(tmp_path):
         parent.chmod(0o755)
 
 
-@pytest.mark.skipif(not _have_userns_mount(), reason="needs unshare -rm and tmpfs mounts")
-def test_read_only_filesystem(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    log = tmp_path / "log"
-    script = _shell_curate(
-        ["ingest", "--dataset", "builtin:digits", "--limit", "5", "--out", mnt / "run", "-q"], log
-    )
-    proc = _in_tmpfs(mnt, script, "1m", ro=True)
-    assert proc.returncode == 0, proc.stderr
-    _one_line(_read(log), 1)
+@needs_mounts
+def test_read_only_filesystem(ns, tmp_path):
+    mnt = _tmpfs(ns, tmp_path / "mnt", "1m", ro=True)
+    res = ns.curate("ingest", "--dataset", "builtin:digits", "--limit", "5", "--out", mnt / "run",
+                    "-q")  # fmt: skip
+    _one_line(res, 1)
 
 
-@pytest.mark.skipif(not _have_userns_mount(), reason="needs unshare -rm and tmpfs mounts")
-def test_disk_full_during_ingest_then_rerun(tmp_path):
+@needs_mounts
+def test_disk_full_during_ingest_then_rerun(ns, tmp_path):
     """ENOSPC in ingest: one line, exit 1; after space is freed the same command works."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    keep = tmp_path / "kept"
+    mnt = _tmpfs(ns, tmp_path / "mnt", "96k")
     args = ["ingest", "--dataset", "builtin:digits", "--out", mnt / "run", "-q"]
-    script = " && ".join(
-        [
-            _shell_curate(args, tmp_path / "first"),
-            f"mount -o remount,size=64m '{mnt}'",
-            _shell_curate(args, tmp_path / "second"),
-            f"mkdir -p '{keep}' && cp -r '{mnt}/run/.' '{keep}/'",
-        ]
-    )
-    proc = _in_tmpfs(mnt, script, "96k")
-    assert proc.returncode == 0, proc.stderr
-    _one_line(_read(tmp_path / "first"), 1)
-    second = _read(tmp_path / "second")
+    _one_line(ns.curate(*args), 1)
+    _grow(ns, mnt)
+    second = ns.curate(*args)
     assert second.rc == 0 and not second.traceback, second
+    keep = tmp_path / "kept"  # out of the namespace's file system, to read it here
+    assert ns.run("cp", "-r", mnt / "run", keep).rc == 0
     assert read_run_table(keep).height == 1797
 
 
-@pytest.mark.skipif(not _have_userns_mount(), reason="needs unshare -rm and tmpfs mounts")
-def test_disk_full_during_export_then_rerun(tmp_path):
+@needs_mounts
+def test_disk_full_during_export_then_rerun(ns, tmp_path):
     run = tmp_path / "run"
     res = curate("ingest", "--dataset", "builtin:digits", "--out", run, "-q")
     assert res.rc == 0, res
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+    mnt = _tmpfs(ns, tmp_path / "mnt", "64k")
     args = ["export", run, "--format", "parquet", "--out", mnt / "exp", "-q"]
-    script = " && ".join(
-        [
-            _shell_curate(args, tmp_path / "first"),
-            f"(ls -A '{mnt}/exp' > '{tmp_path}/left.txt' 2>/dev/null; true)",
-            f"mount -o remount,size=64m '{mnt}'",
-            _shell_curate(args, tmp_path / "second"),
-            f"ls '{mnt}/exp' > '{tmp_path}/exp.txt'",
-        ]
-    )
-    proc = _in_tmpfs(mnt, script, "64k")
-    assert proc.returncode == 0, proc.stderr
-    _one_line(_read(tmp_path / "first"), 1)
-    left = (tmp_path / "left.txt").read_text().split() if (tmp_path / "left.txt").exists() else []
+    _one_line(ns.curate(*args), 1)
+    left = ns.run("ls", "-A", mnt / "exp").stdout.split()
     assert "export.json" not in left, f"a failed export looks finished: {left}"
-    second = _read(tmp_path / "second")
+    _grow(ns, mnt)
+    second = ns.curate(*args)
     assert second.rc == 0 and not second.traceback, second
-    assert "data" in (tmp_path / "exp.txt").read_text().split()
+    assert "data" in ns.run("ls", mnt / "exp").stdout.split()
 
 
-@pytest.mark.skipif(not _have_userns_mount(), reason="needs unshare -rm and tmpfs mounts")
-def test_disk_full_during_clean(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
+@needs_mounts
+def test_disk_full_during_clean(ns, tmp_path):
+    mnt = _tmpfs(ns, tmp_path / "mnt", "160k")
     recipe = write_recipe(tmp_path / "r.yaml", digits_recipe(limit=1797))
     args = ["clean", "--recipe", recipe, "--out", mnt / "run", "-q"]
-    script = " && ".join(
-        [
-            _shell_curate(args, tmp_path / "first"),
-            f"mount -o remount,size=64m '{mnt}'",
-            _shell_curate(args, tmp_path / "second"),
-        ]
-    )
-    proc = _in_tmpfs(mnt, script, "160k")
-    assert proc.returncode == 0, proc.stderr
-    _one_line(_read(tmp_path / "first"), 1)
-    second = _read(tmp_path / "second")
+    _one_line(ns.curate(*args), 1)
+    _grow(ns, mnt)
+    second = ns.curate(*args)
     assert second.rc == 0 and not second.traceback, second
 
 

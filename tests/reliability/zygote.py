@@ -10,7 +10,8 @@ directory, environment, stdout and stderr files, the console script's entry poin
 reports it), and an uncaught exception printed as Python prints one.
 
 Protocol: one JSON object per line on stdin ``{"id", "argv", "cwd", "env", "stdout",
-"stderr"}`` (file paths; equal paths share one file, as ``stderr=STDOUT`` does); replies on
+"stderr"}`` (file paths; equal paths share one file, as ``stderr=STDOUT`` does; ``"exec":
+true`` runs the program ``argv`` instead of ``curate ARGV``); replies on
 the file descriptor given as ``argv[1]``: ``{"id", "pid"}`` once forked, then ``{"id",
 "rc"}`` when the child exits. A request the server cannot fork gets ``{"id", "error"}``.
 """
@@ -60,6 +61,13 @@ def _child(req: dict, reply_fd: int) -> None:
             err = os.open(req["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(err, 2)
+        if req.get("exec"):  # a program, not a curate command: ``mount`` in a namespace's server
+            try:
+                os.execvp(req["argv"][0], req["argv"])
+            except OSError as exc:
+                print(f"{req['argv'][0]}: {exc}", file=sys.stderr)
+                code = 127
+                return
         sys.argv = ["curate", *req["argv"]]
         from curate.cli import main
 

@@ -1,10 +1,11 @@
 """``rank`` split over rows: ``--shard i/N`` + ``curate merge``, and ``torchrun`` with two gloo
-processes on CPU, both give the scores of one process."""
+processes on CPU, both give the scores of one process. The two processes are started with the
+variables torchrun sets (``tests/reliability/helpers.py: torchrun``); the last test checks those
+variables against the real launcher's."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from curate.shards import merge_run, shard_apply, shard_of
 from curate.steps.base import RunContext
 from curate.steps.rank import Rank
 from curate.table import read_table
+from tests.reliability.helpers import rank_env, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +65,9 @@ def test_torchrun_two_gloo_processes_score_like_one(one_process, digits, tiny_pi
     step, expected = one_process
     run = tmp_path / "run"
     shutil.copytree(digits, run)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "curate", "rank", "--dataset", str(run), "--model", str(tiny_pipeline),
-           "--batch-size", "8", "--device", "cpu", "-q"]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun("rank", "--dataset", run, "--model", tiny_pipeline, "--batch-size", "8",
+                    "--device", "cpu", "-q")  # fmt: skip
+    assert proc.rc == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ranked 40 samples") == 1  # process 0 reports, once
     table = read_table(run)
     # rank_flag / rank_drop are not asked for here: compare the scores
@@ -81,3 +80,24 @@ def test_torchrun_two_gloo_processes_score_like_one(one_process, digits, tiny_pi
         part = pl.read_parquet(sdir / f"part-{r}-of-2.parquet")
         assert meta["rows"] == part.height > 0
         assert (shard_of(part["sample_id"].to_list(), 2) == r).all()
+
+
+def test_the_rank_processes_get_the_variables_the_real_launcher_sets():
+    """The forked rank processes above stand in for ``torchrun --standalone``: each variable they
+    are given is one the real launcher sets, with the same value (the rendezvous address and
+    port aside)."""
+    code = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+            "['RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', "
+            "'MASTER_ADDR', 'MASTER_PORT']}))")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--no-python", "--", sys.executable, "-c", code]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    real = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                  key=lambda env: env["RANK"])  # fmt: skip
+    assert len(real) == 2
+    for rank, env in enumerate(real):
+        ours = rank_env(rank, 2, port=int(env["MASTER_PORT"]))
+        assert set(ours) == set(env)
+        for key in set(ours) - {"MASTER_ADDR"}:
+            assert ours[key] == env[key], key
