@@ -109,18 +109,22 @@ def curate(
         )
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     else:
-        with tempfile.TemporaryDirectory(prefix="curate-call-") as tmp:
-            out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
-            child = server.spawn(argv, cwd, out_path, err_path)
-            try:
-                rc = child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=60)
-                raise
-            out = out_path.read_text(errors="replace")
-            err = err_path.read_text(errors="replace")
+        rc, out, err = _forked_call(server, argv, cwd, timeout)
     return Result(argv, rc, out, err, time.perf_counter() - start_time, str(cwd) if cwd else None)
+
+
+def _forked_call(server, argv: list[str], cwd, timeout: float, program: bool = False):
+    """Fork ARGV from ``server``, wait for it (killed past ``timeout``): (rc, stdout, stderr)."""
+    with tempfile.TemporaryDirectory(prefix="curate-call-") as tmp:
+        out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
+        child = server.spawn(argv, cwd, out_path, err_path, program=program)
+        try:
+            rc = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(timeout=60)
+            raise
+        return rc, out_path.read_text(errors="replace"), err_path.read_text(errors="replace")
 
 
 def torchrun(
@@ -365,17 +369,7 @@ class MountNamespace:
 
     def _call(self, argv: list[str], program: bool, timeout: float) -> Result:
         start_time = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="curate-ns-") as tmp:
-            out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
-            child = self._server.spawn(argv, None, out_path, err_path, program=program)
-            try:
-                rc = child.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait(timeout=60)
-                raise
-            out = out_path.read_text(errors="replace")
-            err = err_path.read_text(errors="replace")
+        rc, out, err = _forked_call(self._server, argv, None, timeout, program)
         return Result(argv, rc, out, err, time.perf_counter() - start_time)
 
     def run(self, *argv: str | os.PathLike, timeout: float = 60) -> Result:
