@@ -277,7 +277,8 @@ def run_imagededup(folder: Path, names: list[str], truth, images, repeats: int =
         from imagededup.methods import PHash
     except ImportError:
         return None
-    from curate.dedup.hashing import default_workers, image_hashes
+    from curate.core.threads import default_threads
+    from curate.dedup.hashing import image_hashes
 
     index = {n: i for i, n in enumerate(names)}
     n = len(names)
@@ -288,7 +289,7 @@ def run_imagededup(folder: Path, names: list[str], truth, images, repeats: int =
     # curate's decode threads). Best of ``repeats`` runs for every timing.
     speed: dict[str, float] = {}
     enc = None
-    for workers in sorted({1, default_workers()}):
+    for workers in sorted({1, default_threads()}):
         t_idd = t_cur = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -324,7 +325,7 @@ def run_imagededup(folder: Path, names: list[str], truth, images, repeats: int =
         t0 = time.perf_counter()
         image_hashes(images, "phash", mirrored=True, workers=1)
         t_cur = min(t_cur, time.perf_counter() - t0)
-    w = default_workers()
+    w = default_threads()
     return {
         "in_memory_images_per_s": round(n / t_idd, 1),
         "curate_phash_in_memory_images_per_s": round(n / t_cur, 1),
@@ -1305,14 +1306,14 @@ def bench_step_vs_imagededup(photos: list, copies: int = 100, repeats: int = 3) 
     ``find_duplicates`` on the folder (encode + search), radius 10 both."""
     from imagededup.methods import PHash
 
-    from curate.dedup.hashing import default_workers
+    from curate.core.threads import default_threads
     from curate.io.ingest import IngestConfig, ingest
     from curate.runner import compute_step
     from curate.steps.base import RunContext
     from curate.steps.dedup import DedupImages
     from curate.table import read_table
 
-    workers = default_workers()
+    workers = default_threads()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "jpegs"
         folder.mkdir()

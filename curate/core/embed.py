@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from curate.core.neighbours import l2_normalize
+from curate.core.threads import default_threads
 from curate.core.weights import CLIP_MODEL, CLIP_PRETRAINED
 from curate.errors import DataError, MissingDependencyError, ModelError, UsageError
 
@@ -75,11 +75,6 @@ SSCD_VARIANTS = ("sscd", "sscd_distilled")
 # many images with a one-thread session, so the cores never wait on each other and the
 # embeddings do not depend on the number of threads (every task is computed the same way).
 SSCD_TASK_IMAGES = 8
-
-
-def default_threads() -> int:
-    """Threads for SSCD's decode, resize and model when none are given: the cores, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def sscd_model_path(model: str | Path | None = None, variant: str = "sscd") -> Path:
@@ -136,7 +131,9 @@ class SSCDEmbedder(ImageEmbedder):
         if not isinstance(size, int) or size < 1:
             raise UsageError(f"sscd size: must be a positive integer, got {size!r}")
         if threads is not None and (not isinstance(threads, int) or threads < 0):
-            raise UsageError(f"sscd threads: must be >= 0 (0 = the cores), got {threads!r}")
+            raise UsageError(
+                f"sscd threads: must be >= 0 (0 = the default: the usable cores, at most 8 and OMP_NUM_THREADS), got {threads!r}"
+            )
         self.path = sscd_model_path(model, variant)
         self.size = size
         self.device = device

@@ -18,6 +18,8 @@ from typing import Literal
 
 import numpy as np
 
+from curate.core.threads import default_threads
+
 HashKind = Literal["phash", "dhash"]
 HASH_BITS = 64
 # Images per task of the decode pool: enough to make the per-task overhead negligible, few
@@ -32,11 +34,6 @@ PHASH_REDUCING_GAP = 3.0
 # A JPEG given as a file or bytes is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that
 # still leaves this many times the hash grid on each side; LANCZOS then averages the rest.
 _DRAFT_FACTOR = 4
-
-
-def default_workers() -> int:
-    """Decode threads used when ``workers`` is not given: the machine's cores, at most 8."""
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _open(source, size: tuple[int, int]):
@@ -74,12 +71,12 @@ def grey_stack(
     """Greyscale pixels of each image resized to ``size`` (w, h), as float32 ``(N, h, w)``.
 
     ``images`` holds PIL images (decoded or still lazy), image file paths or encoded bytes.
-    ``workers`` threads decode and resize (default ``default_workers()``); the result does not
+    ``workers`` threads decode and resize (default ``curate.core.threads.default_threads()``); the result does not
     depend on it. ``reducing_gap`` is PIL's (None: a full LANCZOS).
     """
     w, h = size
     out = np.empty((len(images), h, w), dtype=np.float32)
-    workers = default_workers() if workers is None else max(1, int(workers))
+    workers = default_threads() if workers is None else max(1, int(workers))
     if workers == 1 or len(images) <= _TASK_IMAGES:
         for i, img in enumerate(images):
             out[i] = _grey(img, size, reducing_gap)

@@ -474,7 +474,7 @@ class DedupImages(Step):
     sscd_size: int = setting(288, "Image side SSCD embeds at.", min=1)
     sscd_threads: int = setting(
         0,
-        "Threads that decode, resize and embed for SSCD on CPU (0: the cores, at most 8).",
+        "Threads that decode, resize and embed for SSCD on CPU (0: the cores this process may use, at most 8 and at most OMP_NUM_THREADS).",
         min=0,
         operational=True,  # the embeddings do not depend on it: not in the step's fingerprint
     )
@@ -564,7 +564,7 @@ class DedupImages(Step):
         if self.sscd_norm_rank < 0:
             problems.append("sscd_norm_rank: must be >= 0 (0 turns score normalisation off)")
         if self.sscd_threads < 0:
-            problems.append("sscd_threads: must be >= 0 (0 = the cores, at most 8)")
+            problems.append("sscd_threads: must be >= 0 (0 = the default, curate.core.threads)")
         if "sscd" in self.tiers and not self.sscd_model and self.sscd_variant not in SSCD_VARIANTS:
             problems.append(
                 f"sscd_variant: one of {', '.join(SSCD_VARIANTS)}, got {self.sscd_variant!r}"
