@@ -213,3 +213,30 @@ def pytest_xdist_make_scheduler(config, log):
             return "processes" if name in PROCESS_FILES else name
 
     return FilesAndProcesses(config, log)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, one fork server (``tests/reliability/zygote.py``) for every worker:
+    its imports cost ~12 s of CPU, once instead of once per worker. Started here, in the
+    controlling process, before the workers (they find it by ``CURATE_TEST_ZYGOTE``); without
+    xdist a test process starts its own on first use."""
+    workers = getattr(config.option, "numprocesses", None)
+    if (
+        hasattr(config, "workerinput")
+        or not workers
+        or os.environ.get("CURATE_TEST_SUBPROCESS") == "1"
+    ):
+        return
+    from tests.reliability.helpers import ZYGOTE_ENV, start_zygote
+
+    proc, path = start_zygote()
+    os.environ[ZYGOTE_ENV] = path
+    config._curate_zygote = proc
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_curate_zygote", None)
+    if proc is not None:
+        from tests.reliability.helpers import stop_zygote
+
+        stop_zygote(proc)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,20 +257,56 @@ class ForkedProcess:
                 os.kill(self.pid, signal.SIGKILL)
 
 
+ZYGOTE_ENV = "CURATE_TEST_ZYGOTE"  # the socket of a server this run shares (tests/conftest.py)
+
+
+def start_zygote() -> tuple[subprocess.Popen, str]:
+    """Start a fork server (``zygote.py``): ``(process, socket path)``. It exits once the
+    process's stdin is closed and its children have exited (``stop_zygote``)."""
+    import socket
+
+    folder = tempfile.mkdtemp(prefix="curate-zygote-")
+    path = os.path.join(folder, "socket")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)  # bound before the server starts: clients connect at once
+    listener.listen(64)
+    log = open(os.path.join(folder, "log"), "wb")  # noqa: SIM115 (the server's output)
+    proc = subprocess.Popen(
+        [sys.executable, str(ZYGOTE), str(listener.fileno())],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=log,
+        env=curate_env(),
+        pass_fds=(listener.fileno(),),
+    )
+    proc.log_path, proc.socket_dir = log.name, folder  # type: ignore[attr-defined]
+    log.close()
+    listener.close()
+    return proc, path
+
+
+def stop_zygote(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if getattr(proc, "socket_dir", None):
+        shutil.rmtree(proc.socket_dir, ignore_errors=True)
+
+
 class _Server:
-    def __init__(self, prefix: tuple[str, ...] = ()):
-        read_fd, write_fd = os.pipe()
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the server's output, shown if it dies)
-        self.proc = subprocess.Popen(
-            [*prefix, sys.executable, str(ZYGOTE), str(write_fd)],
-            stdin=subprocess.PIPE,
-            stdout=self._log,
-            stderr=self._log,
-            env=curate_env(),
-            pass_fds=(write_fd,),
-        )
-        os.close(write_fd)
-        self._replies = os.fdopen(read_fd, "r")
+    """A connection to a fork server at the Unix socket ``path``."""
+
+    def __init__(self, path: str, log: str | None = None):
+        import socket
+
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(path)
+        self._log_path = log
+        self._replies = self._sock.makefile("r")
+        self._lock = threading.Lock()
         self._cond = threading.Condition()
         self._state: dict[str, dict] = {}
         self._count = 0
@@ -290,8 +327,8 @@ class _Server:
         with self._cond:
             while key not in self._state.get(rid, {}) and "error" not in self._state.get(rid, {}):
                 if getattr(self, "_dead", False):
-                    self._log.seek(0)
-                    raise RuntimeError(f"the fork server died:\n{self._log.read().decode()}")
+                    log = Path(self._log_path).read_text() if self._log_path else ""
+                    raise RuntimeError(f"the fork server went away:\n{log}")
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return None
@@ -324,18 +361,28 @@ class _Server:
             "stderr": str(stderr),
             "exec": program,
         }
-        self.proc.stdin.write((json.dumps(req) + "\n").encode())
-        self.proc.stdin.flush()
+        self._send(req)
         return ForkedProcess(self, rid, argv if program else [CURATE, *argv])
 
+    def _send(self, req: dict) -> None:
+        with self._lock:
+            self._sock.sendall((json.dumps(req) + "\n").encode())
+
+    def namespace(self, path: str) -> int:
+        """Fork a server in a private user and mount namespace listening at ``path``: its pid."""
+        with self._cond:
+            self._count += 1
+            rid = str(self._count)
+        self._send({"id": rid, "namespace": path})
+        return self.pid_of(rid)
+
     def close(self) -> None:
-        """End of input: the server exits once its running children have."""
+        """This connection ends; a namespace's server exits once its children have."""
+        import socket
+
         with contextlib.suppress(OSError):
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
 
     def pid_of(self, rid: str) -> int:
         return self._wait_for(rid, "pid", timeout=120)["pid"]
@@ -349,23 +396,37 @@ _SERVER: list = []
 
 
 def _zygote() -> _Server | None:
-    """The process's fork server, started on first use; None when plain subprocesses are asked."""
+    """A connection to the run's fork server (``CURATE_TEST_ZYGOTE``), else to one this
+    process starts on first use; None when plain subprocesses are asked."""
     if os.environ.get("CURATE_TEST_SUBPROCESS") == "1":
         return None
     if not _SERVER:
-        _SERVER.append(_Server())
-        atexit.register(_SERVER[0].close)
+        path, log = os.environ.get(ZYGOTE_ENV), None
+        if not path:
+            proc, path = start_zygote()
+            log = proc.log_path
+            atexit.register(stop_zygote, proc)
+        _SERVER.append(_Server(path, log))
     return _SERVER[0]
 
 
 class MountNamespace:
-    """A private user and mount namespace (``unshare -rm``) with a fork server inside: ``run``
-    executes a program there (``mount -t tmpfs ...``), ``curate`` a command, and both see the
-    namespace's mounts, which nothing outside it does. Under ``CURATE_TEST_SUBPROCESS=1`` the
-    commands are the console script, executed fresh."""
+    """A private user and mount namespace (what ``unshare -rm`` makes) with a fork server
+    inside, forked from the run's server: ``run`` executes a program there
+    (``mount -t tmpfs ...``), ``curate`` a command, and both see the namespace's mounts, which
+    nothing outside it does. Under ``CURATE_TEST_SUBPROCESS=1`` the namespace is
+    ``unshare -rm`` running a server of its own."""
 
     def __init__(self):
-        self._server = _Server(prefix=("unshare", "-rm"))
+        self._proc, self._tmp = None, None
+        main = _zygote()
+        if main is None:
+            self._proc, path = _start_in_namespace()
+        else:
+            self._tmp = tempfile.mkdtemp(prefix="curate-ns-")
+            path = os.path.join(self._tmp, "socket")
+            main.namespace(path)
+        self._server = _Server(path)
 
     def _call(self, argv: list[str], program: bool, timeout: float) -> Result:
         start_time = time.perf_counter()
@@ -385,6 +446,24 @@ class MountNamespace:
 
     def close(self) -> None:
         self._server.close()
+        if self._proc is not None:
+            stop_zygote(self._proc)
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def _start_in_namespace() -> tuple[subprocess.Popen, str]:
+    """``unshare -rm`` running a fork server of its own (its socket bound inside)."""
+    path = os.path.join(tempfile.mkdtemp(prefix="curate-ns-"), "socket")
+    code = ("import socket, sys; sys.path.insert(0, sys.argv[1]); import zygote; "
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(16); "
+            "zygote.serve(s, sys.stdin.fileno())")  # fmt: skip
+    proc = subprocess.Popen(["unshare", "-rm", sys.executable, "-c", code, str(ZYGOTE.parent),
+                             path], stdin=subprocess.PIPE, env=curate_env())  # fmt: skip
+    proc.log_path, proc.socket_dir = None, os.path.dirname(path)  # type: ignore[attr-defined]
+    if not wait_for(lambda: os.path.exists(path), timeout=120):
+        raise RuntimeError("the namespace's fork server did not start")
+    return proc, path
 
 
 def kill9(proc: subprocess.Popen) -> None:

@@ -9,18 +9,30 @@ directory, environment, stdout and stderr files, the console script's entry poin
 (``curate.cli:main``), its exit code (negative signal number when killed, as ``subprocess``
 reports it), and an uncaught exception printed as Python prints one.
 
-Protocol: one JSON object per line on stdin ``{"id", "argv", "cwd", "env", "stdout",
-"stderr"}`` (file paths; equal paths share one file, as ``stderr=STDOUT`` does; ``"exec":
-true`` runs the program ``argv`` instead of ``curate ARGV``); replies on
-the file descriptor given as ``argv[1]``: ``{"id", "pid"}`` once forked, then ``{"id",
-"rc"}`` when the child exits. A request the server cannot fork gets ``{"id", "error"}``.
+Protocol: the server listens on a Unix socket (its file descriptor is ``argv[1]``, bound
+by the process that starts it) and serves every connection: one JSON object per line
+``{"id", "argv", "cwd", "env", "stdout", "stderr"}`` (file paths; equal paths share one file,
+as ``stderr=STDOUT`` does; ``"exec": true`` runs the program ``argv`` instead of
+``curate ARGV``); replies on the same connection: ``{"id", "pid"}`` once forked, then
+``{"id", "rc"}`` when the child exits. A request the server cannot fork gets
+``{"id", "error"}``. ``{"id", "namespace": PATH}`` forks a server of its own in a private user
+and mount namespace (what ``unshare -rm`` makes) listening at ``PATH``: its commands see the
+mounts made there, nothing outside does, and it needs no imports of its own. One server
+serves every pytest worker of a run (``tests/conftest.py`` starts it): the imports cost
+~12 s of CPU per server on this kind of machine.
+
+A server exits once its input is closed (its stdin; a namespace's server: its last
+connection) and its children have exited.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import select
+import socket
 import sys
 
 
@@ -45,11 +57,12 @@ def _preload() -> None:
     import curate.runner  # noqa: F401
 
 
-def _child(req: dict, reply_fd: int) -> None:
-    """Become the command: never returns."""
+def _child(req: dict, inherited: list[int]) -> None:
+    """Become the command: never returns. ``inherited``: the server's sockets, closed."""
     code = 1
     try:
-        os.close(reply_fd)
+        for fd in inherited:
+            os.close(fd)
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
@@ -98,32 +111,93 @@ def _child(req: dict, reply_fd: int) -> None:
             os._exit(code)
 
 
-def serve(reply_fd: int) -> None:
-    _preload()
-    reply = os.fdopen(reply_fd, "w", buffering=1)
-    children: dict[int, str] = {}
-    stdin = sys.stdin.buffer
-    pending = b""
-    open_input = True
-    while open_input or children:
-        ready, _, _ = select.select([stdin] if open_input else [], [], [], 0.01)
-        if ready:
-            chunk = os.read(stdin.fileno(), 65536)
-            if not chunk:
-                open_input = False
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                req = json.loads(line)
-                try:
-                    pid = os.fork()
-                except OSError as err:
-                    reply.write(json.dumps({"id": req["id"], "error": str(err)}) + "\n")
+CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
+MS_REC, MS_PRIVATE = 0x4000, 0x40000
+
+
+def _enter_namespace() -> None:
+    """What ``unshare -rm`` does: a new user namespace where this user is root, a new mount
+    namespace, and mounts that do not propagate out of it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for name, text in (("uid_map", f"0 {uid} 1"), ("setgroups", "deny"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as fh:
+            fh.write(text)
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rprivate /")
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket):
+        self.sock, self.pending = sock, b""
+
+    def send(self, msg: dict) -> None:
+        with contextlib.suppress(OSError):  # the client is gone; its children run to the end
+            self.sock.sendall((json.dumps(msg) + "\n").encode())
+
+
+def serve(listener: socket.socket, lifeline: int | None, preload: bool = True) -> None:
+    """Serve ``listener``'s connections until the input ends (``lifeline`` readable at EOF;
+    None: the last connection closed) and every child has exited."""
+    if preload:
+        _preload()
+    conns: dict[int, _Conn] = {}
+    children: dict[int, tuple[_Conn, str]] = {}
+    served = False
+
+    def fds() -> list[int]:
+        return [listener.fileno(), *conns, *([lifeline] if lifeline is not None else [])]
+
+    def handle(conn: _Conn, req: dict) -> None:
+        sub = None
+        if "namespace" in req:
+            sub = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sub.bind(req["namespace"])
+            sub.listen(16)
+        try:
+            pid = os.fork()
+        except OSError as err:
+            conn.send({"id": req["id"], "error": str(err)})
+            return
+        if pid == 0:
+            if sub is None:
+                _child(req, fds())
+            try:  # the namespace's server
+                for fd in fds():
+                    os.close(fd)
+                _enter_namespace()
+                serve(sub, None, preload=False)
+            finally:
+                os._exit(0)
+        if sub is not None:
+            sub.close()
+        children[pid] = (conn, req["id"])
+        conn.send({"id": req["id"], "pid": pid})
+
+    while lifeline is not None or not served or conns or children:
+        ready, _, _ = select.select(fds(), [], [], 0.01)
+        for fd in ready:
+            if fd == lifeline:
+                if not os.read(lifeline, 4096):
+                    lifeline = None
+                    served = True
+            elif fd == listener.fileno():
+                sock, _ = listener.accept()
+                conns[sock.fileno()] = _Conn(sock)
+                served = True
+            else:
+                conn = conns[fd]
+                chunk = conn.sock.recv(65536)
+                if not chunk:
+                    conn.sock.close()
+                    del conns[fd]
                     continue
-                if pid == 0:
-                    _child(req, reply_fd)
-                children[pid] = req["id"]
-                reply.write(json.dumps({"id": req["id"], "pid": pid}) + "\n")
+                conn.pending += chunk
+                while b"\n" in conn.pending:
+                    line, conn.pending = conn.pending.split(b"\n", 1)
+                    handle(conn, json.loads(line))
         while children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -131,11 +205,10 @@ def serve(reply_fd: int) -> None:
                 break
             if pid == 0:
                 break
-            rid = children.pop(pid, None)
-            if rid is not None:
-                rc = os.waitstatus_to_exitcode(status)
-                reply.write(json.dumps({"id": rid, "rc": rc}) + "\n")
+            owner = children.pop(pid, None)
+            if owner is not None:
+                owner[0].send({"id": owner[1], "rc": os.waitstatus_to_exitcode(status)})
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(socket.socket(fileno=int(sys.argv[1])), sys.stdin.fileno())
