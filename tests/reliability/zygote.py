@@ -140,9 +140,8 @@ class _Conn:
 
 def serve(listener: socket.socket, lifeline: int | None, preload: bool = True) -> None:
     """Serve ``listener``'s connections until the input ends (``lifeline`` readable at EOF;
-    None: the last connection closed) and every child has exited."""
-    if preload:
-        _preload()
+    None: the last connection closed) and every child has exited. ``preload``: import what
+    commands import (``_preload``) when the first connection comes."""
     conns: dict[int, _Conn] = {}
     children: dict[int, tuple[_Conn, str]] = {}
     served = False
@@ -184,6 +183,9 @@ def serve(listener: socket.socket, lifeline: int | None, preload: bool = True) -
                     lifeline = None
                     served = True
             elif fd == listener.fileno():
+                if preload:  # on the first connection: a run that forks nothing imports nothing
+                    _preload()
+                    preload = False
                 sock, _ = listener.accept()
                 conns[sock.fileno()] = _Conn(sock)
                 served = True
@@ -212,3 +214,6 @@ def serve(listener: socket.socket, lifeline: int | None, preload: bool = True) -
 
 if __name__ == "__main__":
     serve(socket.socket(fileno=int(sys.argv[1])), sys.stdin.fileno())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown of torch and the rest: seconds, for nothing
