@@ -533,6 +533,27 @@ MUTATIONS = [
         "             log_to_driver=False)  # fmt: skip",
         ("tests/scale/test_ray_engine.py",),
     ),
+    M(
+        "scale/a Ray actor loads the model for every shard",
+        "curate/engines/ray_data.py",
+        "                                   models=self.models, store=store)  # fmt: skip",
+        "                                   models=_CountingDict(), store=store)  # fmt: skip",
+        ("tests/scale/test_ray_engine.py",),
+    ),
+    M(
+        "scale/CPU stages ignore OMP_NUM_THREADS",
+        "curate/core/threads.py",
+        "        n = min(n, int(omp))",
+        "        n = n",
+        ("tests/test_threads.py",),
+    ),
+    M(
+        "scale/CPU stages use the machine's cores, not the process's",
+        "curate/core/threads.py",
+        "        return max(1, len(os.sched_getaffinity(0)))",
+        "        return max(1, os.cpu_count() or 1)",
+        ("tests/test_threads.py",),
+    ),
 ]
 
 
