@@ -18,6 +18,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -152,13 +153,28 @@ def staging_dir(final: Path) -> Path:
     return tmp
 
 
+_WRITER_PID = re.compile(r"\.(\d+)\.[0-9a-f]{8}\.tmp$|\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def _writer_pid(name: str) -> int | None:
+    """The pid in a temporary name this module makes (``_tmp_name``, ``staging_dir``)."""
+    m = _WRITER_PID.search(name)
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
 def clear_stale_tmp(folder: Path) -> None:
-    """Remove temporary files and folders a killed process left in ``folder`` (ours only)."""
+    """Remove temporary files and folders a killed process left in ``folder`` (ours only).
+
+    One whose writer is alive stays: a process that has not taken the run lock yet (claiming
+    a new run folder, writing its marker) may be writing it now."""
     if not folder.is_dir():
         return
     for p in folder.iterdir():
         name = p.name
         if name.startswith(".") and (".tmp" in name or ".old-" in name):
+            pid = _writer_pid(name)
+            if pid is not None and _pid_alive(pid):
+                continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -152,3 +152,31 @@ def test_lock_of_a_finished_process_is_free(tmp_path):
     with run_lock(run):
         pass
     assert time.monotonic() - start < 5
+
+
+def test_the_lock_holder_keeps_temporary_files_of_live_writers(tmp_path):
+    """A second ``curate clean --out RUN`` writes its marker into the folder before it asks for
+    the lock; the holder clearing temporary files at that moment made the second one fail with
+    "cannot write RUN/..curate.json.PID.X.tmp: No such file or directory" instead of naming the
+    holder. Only what a dead process left is removed."""
+    run = claim_run_dir(tmp_path / "run")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        in_flight = run / f".{MARKER}.{live.pid}.0123abcd.tmp"
+        staging = run / f".images.tmp-{live.pid}-0123abcd"
+        left = run / f".{MARKER}.{dead.pid}.89abcdef.tmp"
+        left_dir = run / f".images.tmp-{dead.pid}-89abcdef"
+        old = run / ".images.old-0123abcd"
+        for p in (in_flight, left):
+            p.write_text("{}")
+        for p in (staging, left_dir, old):
+            p.mkdir()
+        with run_lock(run):
+            pass
+        assert in_flight.exists() and staging.is_dir()
+        assert not left.exists() and not left_dir.exists() and not old.exists()
+    finally:
+        live.kill()
+        live.wait()
