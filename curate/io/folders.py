@@ -358,8 +358,8 @@ def _clear_stale_siblings(path: Path) -> None:
     if not path.parent.is_dir():
         return
     for p in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        pid = _writer_pid(p.name)
+        if pid is not None and not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
     for p in path.parent.glob(f".{path.name}.old-*"):
         shutil.rmtree(p, ignore_errors=True)

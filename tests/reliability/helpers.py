@@ -260,9 +260,10 @@ class ForkedProcess:
 ZYGOTE_ENV = "CURATE_TEST_ZYGOTE"  # the socket of a server this run shares (tests/conftest.py)
 
 
-def start_zygote() -> tuple[subprocess.Popen, str]:
-    """Start a fork server (``zygote.py``): ``(process, socket path)``. It exits once the
-    process's stdin is closed and its children have exited (``stop_zygote``)."""
+def start_zygote(prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start a fork server (``zygote.py``, under a launcher ``prefix`` such as
+    ``unshare -rm``): ``(process, socket path)``. It exits once the process's stdin is closed
+    and its children have exited (``stop_zygote``)."""
     import socket
 
     folder = tempfile.mkdtemp(prefix="curate-zygote-")
@@ -272,7 +273,7 @@ def start_zygote() -> tuple[subprocess.Popen, str]:
     listener.listen(64)
     log = open(os.path.join(folder, "log"), "wb")  # noqa: SIM115 (the server's output)
     proc = subprocess.Popen(
-        [sys.executable, str(ZYGOTE), str(listener.fileno())],
+        [*prefix, sys.executable, str(ZYGOTE), str(listener.fileno())],
         stdin=subprocess.PIPE,
         stdout=log,
         stderr=log,
@@ -420,13 +421,15 @@ class MountNamespace:
     def __init__(self):
         self._proc, self._tmp = None, None
         main = _zygote()
+        log = None
         if main is None:
-            self._proc, path = _start_in_namespace()
+            self._proc, path = start_zygote(prefix=("unshare", "-rm"))
+            log = self._proc.log_path
         else:
             self._tmp = tempfile.mkdtemp(prefix="curate-ns-")
             path = os.path.join(self._tmp, "socket")
             main.namespace(path)
-        self._server = _Server(path)
+        self._server = _Server(path, log)
 
     def _call(self, argv: list[str], program: bool, timeout: float) -> Result:
         start_time = time.perf_counter()
@@ -450,20 +453,6 @@ class MountNamespace:
             stop_zygote(self._proc)
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
-
-
-def _start_in_namespace() -> tuple[subprocess.Popen, str]:
-    """``unshare -rm`` running a fork server of its own (its socket bound inside)."""
-    path = os.path.join(tempfile.mkdtemp(prefix="curate-ns-"), "socket")
-    code = ("import socket, sys; sys.path.insert(0, sys.argv[1]); import zygote; "
-            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(16); "
-            "zygote.serve(s, sys.stdin.fileno())")  # fmt: skip
-    proc = subprocess.Popen(["unshare", "-rm", sys.executable, "-c", code, str(ZYGOTE.parent),
-                             path], stdin=subprocess.PIPE, env=curate_env())  # fmt: skip
-    proc.log_path, proc.socket_dir = None, os.path.dirname(path)  # type: ignore[attr-defined]
-    if not wait_for(lambda: os.path.exists(path), timeout=120):
-        raise RuntimeError("the namespace's fork server did not start")
-    return proc, path
 
 
 def kill9(proc: subprocess.Popen) -> None:
