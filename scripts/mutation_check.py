@@ -373,8 +373,15 @@ MUTATIONS = [
     M(
         "dedup/auto: copy groups in the data stay in the background",
         "curate/dedup/auto.py",
-        "            within = label[iu] == label[ju]\n",
-        "            within = np.zeros(len(iu), bool)\n",
+        "                w = label[iu] == label[ju]\n",
+        "                w = np.zeros(len(iu), bool)\n",
+        ("tests/dedup/test_dedup_auto.py",),
+    ),
+    M(
+        "dedup/auto: chance agreement of weak tiers counted as copies (loosest rung only)",
+        "curate/dedup/auto.py",
+        "REACH_LADDER = (REACH, 0.35, 0.25, 0.15)",
+        "REACH_LADDER = (REACH,)",
         ("tests/dedup/test_dedup_auto.py",),
     ),
     M(

@@ -18,7 +18,17 @@ For every tier and image-size band the calibration measures two distributions:
   contradict. Pairs inside a component leave the background (``component_pairs``). The same
   rule applied to the planted groups says which share of a group's pairs it finds
   (``planted_coverage``), so the sample holds about ``component_pairs / planted_coverage`` copy
-  pairs (``estimated_copy_pairs``). The copies the components miss are expected in the rest
+  pairs (``estimated_copy_pairs``).
+* **chance agreement**: two weak tiers (a 64-bit hash and a small-input SSCD on 8 px digits)
+  agree at that level by chance on the most similar distinct images, and their components then
+  chain. Real copies are found as often at stricter levels as the planted ones are, so the
+  estimate holds or grows up the ``REACH_LADDER`` (the level a third, a quarter, ... of the planted
+  pairs reach); chance agreement fades much faster than the planted coverage does, so the estimate
+  falls. Each band takes the smallest estimate over the rungs where the planted coverage is at
+  least ``MIN_COVERAGE``, and its copy groups from the loosest rung consistent with it
+  (``copy_reach``; ``copy_estimates`` records the ladder). On 400 distinct digits at SSCD 64 px the
+  estimate falls 3,411 -> 342 -> 70 copy pairs up the ladder (none is a copy); on 32 px tiles with
+  planted copies it grows 5,970 -> 6,551 -> 8,822 (4,200 true). The copies the components miss are expected in the rest
   with the tail of the planted pairs the rule misses; ``RESIDUAL_SHARE`` of that expectation is
   subtracted (the planted groups, 7 images, are smaller than many real ones, whose components
   hold more of their pairs), never below the pairs another tier puts below 98 % of the planted
@@ -60,6 +70,13 @@ HIST_BINS = 40
 # tiers reach the similarity that this share of the planted copy pairs (copy-original and
 # copy-copy) reach.
 REACH = 0.5
+# Stricter levels (the share of planted pairs that reach them) at which the copy count is
+# estimated again: chance agreement of weak tiers fades up the ladder, real copies do not.
+REACH_LADDER = (REACH, 0.35, 0.25, 0.15)
+# A looser rung's copy groups are used when its count is within this factor of the smallest
+# estimate (plus CONSISTENT_SLACK pairs of counting noise).
+CONSISTENT_FACTOR = 2.0
+CONSISTENT_SLACK = 3
 NEAR_REACH = (
     0.9  # near-identical hashes: another tier at the similarity 90 % of planted pairs reach
 )
@@ -370,16 +387,17 @@ def calibrate(
     # applies them, SSCD normalised) reach the similarity half the planted copy pairs reach.
     # The same rule on the planted groups (original + its copies) says which share of a real
     # group's pairs such components hold (``planted_coverage``).
-    level = {k: _reach_level(v) for k, v in gpos.items()}
+    # The same at each stricter rung of REACH_LADDER (see the module docstring).
+    levels = [{k: _reach_level(v, r) for k, v in gpos.items()} for r in REACH_LADDER]
     weak = {k: _reach_level(v, NEAR_REACH) for k, v in graw.items()}
     # "views" tiers: the level a pair must reach to count as a copy with no second vote
     weak |= {f"{t.name}\x00near": _reach_level(gpos[t.name], VIEWS_NEAR_REACH) for t in tiers
              if t.kind == "views"}  # fmt: skip
     joint = len(tiers) >= 2
-    covered, cover = (_planted_coverage(gpos, level, copy_src, ga, gb, n, graw, weak, tiers)
-                      if joint else (None, 0.0))  # fmt: skip
+    rungs = ([_planted_coverage(gpos, lv, copy_src, ga, gb, n, graw, weak, tiers) for lv in levels]
+             if joint else [])  # fmt: skip
     info = {"background_pairs": 0, "sample_rows": 0, "component_pairs": 0,
-            "estimated_copy_pairs": 0.0}  # fmt: skip
+            "estimated_copy_pairs": 0.0, "copy_reach": {}, "copy_estimates": {}}  # fmt: skip
     bg: dict[str, dict[int, tuple]] = {t.name: {} for t in tiers}
     band_rows = [
         hashed_sample(
@@ -392,23 +410,35 @@ def calibrate(
     union = np.sort(np.concatenate(band_rows)) if nb else np.zeros(0, np.int64)
     group_of = None
     if joint and 2 <= len(union) <= UNION_MAX:
-        group_of = dict(zip(union.tolist(), _components(tiers, union, level, weak).tolist(),
-                            strict=True))  # fmt: skip
+        u_raw, u_scored = _pair_scores(tiers, union)
+        group_of = [dict(zip(union.tolist(),
+                             _components(tiers, union, lv, weak, u_raw, u_scored).tolist(),
+                             strict=True)) for lv in levels]  # fmt: skip
+        del u_raw, u_scored
     for b in range(nb):
         rows = band_rows[b]
         m = len(rows)
         raw, scored = _pair_scores(tiers, rows)
         within = np.zeros(m * (m - 1) // 2, bool)
+        covered, cover, n_copies = None, 0.0, 0.0
         if joint and m >= 2:
-            label = (np.array([group_of[r] for r in rows.tolist()]) if group_of is not None
-                     else _components(tiers, rows, level, weak, raw, scored))  # fmt: skip
             iu, ju = np.triu_indices(m, 1)
-            within = label[iu] == label[ju]
+            ladder = []
+            for i, lv in enumerate(levels):
+                label = (np.array([group_of[i][r] for r in rows.tolist()]) if group_of is not None
+                         else _components(tiers, rows, lv, weak, raw, scored))  # fmt: skip
+                w = label[iu] == label[ju]
+                ladder.append((w, int(w.sum()), rungs[i][0], rungs[i][1]))
+            within, covered, cover, n_copies, pick = _consistent_rung(ladder)
+            info["copy_reach"][band_names[b]] = REACH_LADDER[pick]
+            info["copy_estimates"][band_names[b]] = {
+                str(r): round(k / max(c, MIN_COVERAGE), 1)
+                for r, (_, k, _, c) in zip(REACH_LADDER, ladder, strict=True)
+            }
         inside = int(within.sum())
         # Pairs inside a component are copies and leave the background; the real copy pairs
         # the components miss (``1 - cover`` of them, shaped like the planted pairs the rule
         # misses) are expected in what is left, and part of them (RESIDUAL_SHARE) subtracted.
-        n_copies = inside / max(cover, MIN_COVERAGE) if joint else 0.0
         npairs = int((~within).sum())
         info["background_pairs"] += npairs
         info["sample_rows"] += m
@@ -437,7 +467,9 @@ def calibrate(
                for t in tiers}  # fmt: skip
     out = dict(info)
     out["reach"] = REACH
-    out["planted_coverage"] = round(float(cover), 4)
+    out["planted_coverage"] = round(float(rungs[0][1]), 4) if rungs else 0.0
+    out["reach_ladder"] = list(REACH_LADDER)
+    out["ladder_coverage"] = [round(float(c), 4) for _, c in rungs]
     out["residual_share"] = RESIDUAL_SHARE
     out["precision_model"] = PRECISION_MODEL
     out["tiers"] = {}
@@ -449,6 +481,22 @@ def calibrate(
             "pooled": results[t.name]["pooled"],
         }
     return out
+
+
+def _consistent_rung(ladder: list[tuple]) -> tuple:
+    """The copy groups of one band from the ``REACH_LADDER`` rungs ``(within, component pairs,
+    planted covered mask, planted coverage)``, loosest first: the estimate is the smallest
+    ``pairs / coverage`` over the rungs whose coverage is at least ``MIN_COVERAGE`` (the loosest
+    rung always counts), and the groups are those of the loosest rung whose pair count is
+    consistent with it. Returns ``(within, covered, coverage, estimated copy pairs, rung)``."""
+    est = [k / max(c, MIN_COVERAGE) for _, k, _, c in ladder]
+    usable = [i for i, (_, _, _, c) in enumerate(ladder) if i == 0 or c >= MIN_COVERAGE]
+    low = min(est[i] for i in usable)
+    pick = next(i for i in usable
+                if ladder[i][1] <= CONSISTENT_FACTOR * max(ladder[i][3], MIN_COVERAGE) * low
+                + CONSISTENT_SLACK)  # fmt: skip
+    w, _, covered, cover = ladder[pick]
+    return w, covered, cover, est[pick], pick
 
 
 def _reach_level(scores: np.ndarray, reach: float = 0.0) -> float:

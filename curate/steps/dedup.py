@@ -252,6 +252,20 @@ def _threshold_summary(calibration: dict) -> dict:
     return out
 
 
+def _stricter_reach(calibration: dict) -> str:
+    """The report's note on bands whose copy count fell at stricter levels (chance agreement)."""
+    reach = calibration.get("copy_reach") or {}
+    loose = (calibration.get("reach_ladder") or [None])[0]
+    bands = [f"{b} (groups where {r:.0%} of planted pairs reach)" for b, r in reach.items()
+             if loose is not None and r != loose]  # fmt: skip
+    if not bands:
+        return ""
+    return (
+        " Two tiers agreed by chance on similar distinct images (the copy count fell at "
+        "stricter levels) in " + ", ".join(bands) + "."
+    )
+
+
 def _calibration_section(calibration: dict, target: float) -> str:
     """The report's view of auto thresholds: a table per tier and band, and histograms."""
     from curate.report import esc, histogram_svg, html_table
@@ -277,7 +291,8 @@ def _calibration_section(calibration: dict, target: float) -> str:
         f"{calibration.get('component_pairs', 0)} pairs inside copy groups two tiers agree on "
         f"left out, about {calibration.get('estimated_copy_pairs', 0):.0f} copy pairs in all "
         "(the rest partly subtracted)."
-        " A disabled tier matches nothing in that band on its own.</p>",
+        + _stricter_reach(calibration)
+        + " A disabled tier matches nothing in that band on its own.</p>",
         html_table(
             rows,
             [

@@ -121,22 +121,58 @@ def test_perceptual_hash_alone_never_merges_captions(digits):
     assert not any("caption merged" in d for d in drops)
 
 
-def test_auto_is_deterministic_under_input_shuffle(digits):
-    """The same rows in another order: the same thresholds, calibration and groups. At SSCD
-    96 px the calibration turns pHash on for the digits and groups form (at 160 px nothing is
-    grouped, so order could not show), and the pair is cheap to compute twice."""
+def test_weak_tiers_agreeing_by_chance_do_not_count_as_copies(digits):
+    """400 distinct digits at SSCD 64 px: the hash and the small-input SSCD agree at the median
+    planted level on 128 pairs of similar digits, which chain into components of 398 pairs and
+    read as 3,411 copy pairs (17 copies per row), so pHash was switched on at radius 13 and
+    removed 201 digits. Up the reach ladder that count falls (342, then 70): it is chance, the
+    groups come from the strict rung and the digits stay."""
     table = read_table(digits)
-    step = DedupImages(**(FAST | {"sscd_size": 96, "calibration_sample": 24}))
-    ctx = _ctx(digits, "auto-ordered")
-    out = compute_step(step, table, ctx)
+    ctx = _ctx(digits, "auto-sscd64")
+    out = compute_step(DedupImages(**(FAST | {"sscd_size": 64})), table, ctx)
+    removed, cross = _removed(table, out)
+    cal = ctx.stats["calibration"]
+    assert removed <= 0.01 * table.height, (removed, ctx.stats["thresholds"])
+    assert cross == []
+    ladder = cal["copy_estimates"]["tiny"]
+    assert cal["copy_reach"]["tiny"] > min(cal["reach_ladder"])  # a stricter rung was chosen
+    assert ladder[str(cal["reach_ladder"][0])] > 10 * cal["estimated_copy_pairs"], ladder
+    from curate.steps.dedup import _calibration_section
+
+    assert "agreed by chance" in _calibration_section(cal, 0.99)  # the report says so
+
+
+def test_consistent_rung_keeps_the_loose_groups_of_real_copies():
+    """Real copies: the estimate holds up the ladder, the loosest rung's groups are used.
+    Chance: it falls; the groups of the rung consistent with the smallest estimate are used, and
+    a rung with too little planted coverage does not set the estimate."""
+    from curate.dedup.auto import _consistent_rung
+
+    def ladder(pairs, covers):
+        return [(np.zeros(1, bool) | (i == 0), k, None, c)
+                for i, (k, c) in enumerate(zip(pairs, covers, strict=True))]  # fmt: skip
+
+    real = ladder([1439, 961, 854, 843], [0.241, 0.147, 0.097, 0.071])
+    _, _, cover, est, pick = _consistent_rung(real)
+    assert pick == 0 and cover == 0.241 and est == pytest.approx(1439 / 0.241)
+    chance = ladder([398, 28, 4, 0], [0.117, 0.082, 0.057, 0.032])
+    _, _, cover, est, pick = _consistent_rung(chance)
+    assert pick == 2 and est == pytest.approx(4 / 0.057)
+
+
+def test_auto_is_deterministic_under_input_shuffle(tiles_out):
+    """The same rows in another order: the same thresholds, calibration and groups, on the tile
+    set whose planted copies form groups (distinct digits form none, so order could not show).
+    The shuffled run shares the ordered run's step folder: features are cached by sample id."""
+    table, out, stats, run = tiles_out
     shuffled = table.sample(fraction=1.0, shuffle=True, seed=3)
-    ctx2 = _ctx(digits, "auto-shuffled")
-    out2 = compute_step(step, shuffled, ctx2)
+    ctx2 = _ctx(run, "tiles")
+    out2 = compute_step(DedupImages(**(FAST | {"calibration_sample": 96})), shuffled, ctx2)
     cols = ["sample_id", "dedup_images_cluster", "dedup_images_dup_of", "dedup_images_drop"]
     assert out["dedup_images_cluster"].drop_nulls().len() > 0  # there are groups to order
     assert out.select(cols).sort("sample_id").equals(out2.select(cols).sort("sample_id"))
-    assert ctx2.stats["thresholds"] == ctx.stats["thresholds"]
-    assert ctx2.stats["calibration"] == ctx.stats["calibration"]
+    assert ctx2.stats["thresholds"] == stats["thresholds"]
+    assert ctx2.stats["calibration"] == stats["calibration"]
 
 
 def test_caption_auto_threshold_on_ten_distinct_captions_is_disabled(digits):
@@ -289,7 +325,7 @@ def tiles_out(photos, tmp_path_factory):
     table = read_table(run)
     ctx = _ctx(run, "tiles")
     out = compute_step(DedupImages(**(FAST | {"calibration_sample": 96})), table, ctx)
-    return table, out, ctx.stats
+    return table, out, ctx.stats, run
 
 
 def test_planted_copies_in_the_data_do_not_switch_the_tiers_off(tiles_out):
@@ -300,7 +336,7 @@ def test_planted_copies_in_the_data_do_not_switch_the_tiers_off(tiles_out):
     precision >= 0.95, few distinct tiles removed."""
     from curate.dedup.clusters import pair_scores
 
-    table, out, stats = tiles_out
+    table, out, stats, _ = tiles_out
     full = table.select("src_gt").hstack(out.drop([c for c in out.columns if c in table.columns
                                                    and c != "sample_id"]))  # fmt: skip
     truth = full["src_gt"].to_numpy()
