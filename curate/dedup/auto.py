@@ -24,8 +24,8 @@ For every tier and image-size band the calibration measures two distributions:
   chain. Real copies are found as often at stricter levels as the planted ones are, so the
   estimate holds or grows up the ``REACH_LADDER`` (the level a third, a quarter, ... of the planted
   pairs reach); chance agreement fades much faster than the planted coverage does, so the estimate
-  falls. Each band takes the smallest estimate over the rungs where the planted coverage is at
-  least ``MIN_COVERAGE``, and its copy groups from the loosest rung consistent with it
+  falls. Each band takes the smallest estimate over the rungs that cover at least
+  ``MIN_COVERED_PAIRS`` planted pairs, and its copy groups from the loosest rung consistent with it
   (``copy_reach``; ``copy_estimates`` records the ladder). On 400 distinct digits at SSCD 64 px the
   estimate falls 3,411 -> 342 -> 70 copy pairs up the ladder (none is a copy); on 32 px tiles with
   planted copies it grows 5,970 -> 6,551 -> 8,822 (4,200 true). The copies the components miss are expected in the rest
@@ -77,6 +77,7 @@ REACH_LADDER = (REACH, 0.35, 0.25, 0.15)
 # estimate (plus CONSISTENT_SLACK pairs of counting noise).
 CONSISTENT_FACTOR = 2.0
 CONSISTENT_SLACK = 3
+MIN_COVERED_PAIRS = 5  # a stricter rung counts where it covers at least this many planted pairs
 NEAR_REACH = (
     0.9  # near-identical hashes: another tier at the similarity 90 % of planted pairs reach
 )
@@ -429,12 +430,9 @@ def calibrate(
                          else _components(tiers, rows, lv, weak, raw, scored))  # fmt: skip
                 w = label[iu] == label[ju]
                 ladder.append((w, int(w.sum()), rungs[i][0], rungs[i][1]))
-            within, covered, cover, n_copies, pick = _consistent_rung(ladder)
+            within, covered, cover, n_copies, pick, estimates = _consistent_rung(ladder)
             info["copy_reach"][band_names[b]] = REACH_LADDER[pick]
-            info["copy_estimates"][band_names[b]] = {
-                str(r): round(k / max(c, MIN_COVERAGE), 1)
-                for r, (_, k, _, c) in zip(REACH_LADDER, ladder, strict=True)
-            }
+            info["copy_estimates"][band_names[b]] = estimates
         inside = int(within.sum())
         # Pairs inside a component are copies and leave the background; the real copy pairs
         # the components miss (``1 - cover`` of them, shaped like the planted pairs the rule
@@ -485,18 +483,26 @@ def calibrate(
 
 def _consistent_rung(ladder: list[tuple]) -> tuple:
     """The copy groups of one band from the ``REACH_LADDER`` rungs ``(within, component pairs,
-    planted covered mask, planted coverage)``, loosest first: the estimate is the smallest
-    ``pairs / coverage`` over the rungs whose coverage is at least ``MIN_COVERAGE`` (the loosest
-    rung always counts), and the groups are those of the loosest rung whose pair count is
-    consistent with it. Returns ``(within, covered, coverage, estimated copy pairs, rung)``."""
-    est = [k / max(c, MIN_COVERAGE) for _, k, _, c in ladder]
-    usable = [i for i, (_, _, _, c) in enumerate(ladder) if i == 0 or c >= MIN_COVERAGE]
+    planted covered mask, planted coverage)``, loosest first.
+
+    A rung's estimate is ``pairs / coverage``; it counts where at least ``MIN_COVERED_PAIRS``
+    planted pairs are covered (the loosest rung always counts). The groups are those of the
+    loosest counting rung whose pair count is consistent with the smallest estimate (within
+    ``CONSISTENT_FACTOR``, plus ``CONSISTENT_SLACK`` pairs); its copy count is extrapolated with
+    the coverage floored at ``MIN_COVERAGE``, as a single rung is. Returns ``(within, covered,
+    coverage, estimated copy pairs, rung, estimates)``."""
+    usable = [i for i, (_, _, cov, _) in enumerate(ladder)
+              if i == 0 or (cov is not None and int(cov.sum()) >= MIN_COVERED_PAIRS)]  # fmt: skip
+    eff = [c if i and c > 0 else max(c, MIN_COVERAGE) for i, (_, _, _, c) in enumerate(ladder)]
+    est = [k / e for (_, k, _, _), e in zip(ladder, eff, strict=True)]
     low = min(est[i] for i in usable)
+    # the rung of the smallest estimate always qualifies
     pick = next(i for i in usable
-                if ladder[i][1] <= CONSISTENT_FACTOR * max(ladder[i][3], MIN_COVERAGE) * low
-                + CONSISTENT_SLACK)  # fmt: skip
-    w, _, covered, cover = ladder[pick]
-    return w, covered, cover, est[pick], pick
+                if ladder[i][1] <= CONSISTENT_FACTOR * eff[i] * low + CONSISTENT_SLACK)  # fmt: skip
+    w, k, covered, cover = ladder[pick]
+    estimates = {str(r): round(e, 1) if i in usable else None
+                 for i, (r, e) in enumerate(zip(REACH_LADDER, est, strict=False))}  # fmt: skip
+    return w, covered, cover, k / max(cover, MIN_COVERAGE), pick, estimates
 
 
 def _reach_level(scores: np.ndarray, reach: float = 0.0) -> float:

@@ -1119,26 +1119,43 @@ class DedupCaptions(Step):
         return problems
 
     def shard_values(self, table: pl.DataFrame, ctx: RunContext) -> pl.DataFrame:
-        """Per-row part: the sentence embedding of each ok row's caption (``semantic`` tier;
-        without it only ``sample_id``: MinHash signatures are computed in the merge, by
-        ``_tiers``)."""
+        """Per-row part: each ok row's caption MinHash signature (``minhash`` tier) and sentence
+        embedding (``semantic`` tier); the merge groups them."""
         from curate.dedup.features import cached_features
         from curate.shards import array_frame
 
         ok = table.filter(pl.col("status") == "ok").sort("sample_id")
         ids = ok["sample_id"].to_list()
         feats = {}
+        if "minhash" in self.tiers and ids:
+            feats["minhash"] = self._hasher(ctx).signatures(ok["caption"].to_list())
         if "semantic" in self.tiers and ids:
             from curate.dedup.text import SentenceEmbedder
 
             caption = dict(zip(ids, [c or "" for c in ok["caption"].to_list()], strict=True))
             embedder = SentenceEmbedder(self.semantic_model, device=ctx.device)
-            feats, _ = cached_features(
+            emb, _ = cached_features(
                 ctx.artifact_dir("features"), ids, {f"semantic-{self.semantic_model}": embedder.embed},
                 lambda chunk: [caption[s] for s in chunk], chunk_size=4096,
             )  # fmt: skip
-            feats = {"semantic": next(iter(feats.values()))}
+            feats["semantic"] = next(iter(emb.values()))
         return array_frame(sorted(table["sample_id"].to_list()), ids, feats)
+
+    def _hasher(self, ctx: RunContext):
+        from curate.dedup.text import MinHasher
+
+        seed = ctx.derive_seed("dedup_captions", "minhash")
+        return MinHasher(self.minhash_perm, self.minhash_ngram, seed)
+
+    def _signatures(self, captions: list, ctx: RunContext) -> np.ndarray:
+        """MinHash signatures of ``captions``: the shards' in a merge (caption order), computed
+        otherwise (and where the shards predate them)."""
+        if ctx.shard_values is not None and "minhash" in ctx.shard_values.columns:
+            sig = ctx.shard_values["minhash"].to_numpy()
+            if len(sig) != len(captions):
+                raise RuntimeError("shard values are not aligned with the captions")
+            return np.ascontiguousarray(sig, dtype=np.uint32)
+        return self._hasher(ctx).signatures(captions)
 
     def _semantic(self, captions: list[str], ctx: RunContext) -> np.ndarray:
         """Sentence embeddings, cached by model name and caption text."""
@@ -1195,17 +1212,16 @@ class DedupCaptions(Step):
     def _tiers(self, captions: list[str], valid: np.ndarray, ctx: RunContext, ids=None):
         from curate.dedup import auto
         from curate.dedup.search import Edges
-        from curate.dedup.text import MinHasher, exact_caption_pairs, normalize_captions
+        from curate.dedup.text import exact_caption_pairs, normalize_captions
         from curate.dedup.text import signature_pairs as sig_pairs
         from curate.dedup.tiers import Tier, embedding_tier
 
         ids = ids if ids is not None else [str(i) for i in range(len(captions))]
         norm = np.asarray(normalize_captions(captions), dtype=object)
-        seed = ctx.derive_seed("dedup_captions", "minhash")
-        hasher = MinHasher(self.minhash_perm, self.minhash_ngram, seed)
+        hasher = self._hasher(ctx)
         feats: dict = {}
         if "minhash" in self.tiers:
-            feats["minhash"] = ("minhash", hasher.signatures(captions))
+            feats["minhash"] = ("minhash", self._signatures(captions, ctx))
         if "semantic" in self.tiers:
             feats["semantic"] = ("cosine", self._semantic([c or "" for c in captions], ctx))
 

@@ -135,7 +135,7 @@ def test_weak_tiers_agreeing_by_chance_do_not_count_as_copies(digits):
     assert removed <= 0.01 * table.height, (removed, ctx.stats["thresholds"])
     assert cross == []
     ladder = cal["copy_estimates"]["tiny"]
-    assert cal["copy_reach"]["tiny"] > min(cal["reach_ladder"])  # a stricter rung was chosen
+    assert cal["copy_reach"]["tiny"] < cal["reach_ladder"][0]  # a stricter rung was chosen
     assert ladder[str(cal["reach_ladder"][0])] > 10 * cal["estimated_copy_pairs"], ladder
     from curate.steps.dedup import _calibration_section
 
@@ -144,20 +144,27 @@ def test_weak_tiers_agreeing_by_chance_do_not_count_as_copies(digits):
 
 def test_consistent_rung_keeps_the_loose_groups_of_real_copies():
     """Real copies: the estimate holds up the ladder, the loosest rung's groups are used.
-    Chance: it falls; the groups of the rung consistent with the smallest estimate are used, and
-    a rung with too little planted coverage does not set the estimate."""
-    from curate.dedup.auto import _consistent_rung
+    Chance: it falls; the groups of the rung consistent with the smallest estimate are used. A
+    rung covering too few planted pairs does not set the estimate; one with low coverage does,
+    even where the loosest rung's coverage is below MIN_COVERAGE (1,797 digits at SSCD 64 px)."""
+    from curate.dedup.auto import MIN_COVERAGE, _consistent_rung
+
+    planted = 2000  # planted pairs
 
     def ladder(pairs, covers):
-        return [(np.zeros(1, bool) | (i == 0), k, None, c)
-                for i, (k, c) in enumerate(zip(pairs, covers, strict=True))]  # fmt: skip
+        return [(np.zeros(1, bool), k, np.arange(planted) < round(c * planted), c)
+                for k, c in zip(pairs, covers, strict=True)]  # fmt: skip
 
     real = ladder([1439, 961, 854, 843], [0.241, 0.147, 0.097, 0.071])
-    _, _, cover, est, pick = _consistent_rung(real)
+    _, _, cover, est, pick, _ = _consistent_rung(real)
     assert pick == 0 and cover == 0.241 and est == pytest.approx(1439 / 0.241)
-    chance = ladder([398, 28, 4, 0], [0.117, 0.082, 0.057, 0.032])
-    _, _, cover, est, pick = _consistent_rung(chance)
+    chance = ladder([398, 28, 4, 0], [0.117, 0.082, 0.057, 0.001])  # 2 planted pairs: no say
+    _, _, cover, est, pick, estimates = _consistent_rung(chance)
     assert pick == 2 and est == pytest.approx(4 / 0.057)
+    assert estimates["0.15"] is None
+    weak = ladder([127, 58, 27, 2], [0.022, 0.015, 0.011, 0.007])
+    _, _, cover, est, pick, _ = _consistent_rung(weak)
+    assert pick == 3 and est == pytest.approx(2 / MIN_COVERAGE)
 
 
 def test_auto_is_deterministic_under_input_shuffle(tiles_out):
