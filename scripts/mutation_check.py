@@ -378,6 +378,13 @@ MUTATIONS = [
         ("tests/dedup/test_dedup_auto.py",),
     ),
     M(
+        "scale/the clip tier's clip_probe ignored",
+        "curate/steps/dedup.py",
+        "                        kmeans_probe=self.clip_probe,\n",
+        "",
+        ("tests/dedup/test_dedup_steps.py", "tests/dedup/test_semdedup.py"),
+    ),
+    M(
         "scale/the merge recomputes the captions' MinHash signatures",
         "curate/steps/dedup.py",
         '        if ctx.shard_values is not None and "minhash" in ctx.shard_values.columns:',

@@ -154,6 +154,7 @@ def embedding_tier(
     method: str = "auto",
     valid: np.ndarray | None = None,
     kmeans_clusters: int = 0,
+    kmeans_probe: int = 1,
     seed: int = 0,
     norm_rank: int = 0,
     norm_margin: float = 0.0,
@@ -165,7 +166,8 @@ def embedding_tier(
     """Rows whose embeddings have cosine >= ``threshold``.
 
     ``kmeans_clusters > 0`` searches SemDeDup-style (Abbas et al. 2023): k-means on the
-    embeddings, then all pairs inside each cluster; otherwise each row's ``k`` nearest neighbours.
+    embeddings, then all pairs inside each cluster (each row in the clusters of its
+    ``kmeans_probe`` nearest centroids); otherwise each row's ``k`` nearest neighbours.
 
     ``norm_rank > 0`` adds score normalisation (Pizzi et al. 2022, SSCD, section 3.4): a pair
     must also beat both rows' background similarity, the cosine to their ``norm_rank``-th
@@ -203,7 +205,7 @@ def embedding_tier(
             background[idx] = sims[:, norm_rank - 1]
         sims, nbr = sims[:, :k], nbr[:, :k]
         if kmeans_clusters > 0:
-            local = semdedup_pairs(x, threshold, kmeans_clusters, seed=seed)
+            local = semdedup_pairs(x, threshold, kmeans_clusters, seed=seed, probe=kmeans_probe)
         else:
             local = knn_edges(sims, nbr, threshold)
         edges = Edges(idx[local.i], idx[local.j], local.sim)
@@ -226,6 +228,7 @@ def embedding_tier(
         "threshold": threshold,
         "k": k,
         "kmeans_clusters": kmeans_clusters,
+        "kmeans_probe": kmeans_probe if kmeans_clusters > 0 else 0,
         "norm_rank": norm_rank if use_norm else 0,
         "norm_margin": norm_margin,
         "per_row": row_threshold is not None,

@@ -229,9 +229,16 @@ def test_clip_tier_runs_semdedup_with_a_local_tiny_model(run, tiny_open_clip):
     """The clip plumbing end to end (k-means + in-cluster cosine) with random tiny weights."""
     path, ckpt = tiny_open_clip
     step = DedupImages(
-        tiers=("clip",), clip_model=str(path), clip_pretrained=str(ckpt), clip_threshold=0.999
+        tiers=("clip",),
+        clip_model=str(path),
+        clip_pretrained=str(ckpt),
+        clip_threshold=0.999,
+        clip_probe=2,
     )
-    out = compute_step(step, read_table(run), _ctx(run, "clip"))
+    ctx = _ctx(run, "clip")
+    out = compute_step(step, read_table(run), ctx)
+    assert ctx.stats["search"]["clip"]["kmeans_probe"] == 2  # the setting reaches the search
+    assert ctx.stats["search"]["clip"]["kmeans_clusters"] >= 1
     exact = out.filter(pl.col("src_gt_transform") == "exact")
     # Identical pixels give identical embeddings: exact copies are found even by random weights
     # (one of each pixel-identical pair is the duplicate; ids break the tie).

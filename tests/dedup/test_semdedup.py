@@ -81,3 +81,18 @@ def test_probe_at_every_cluster_is_brute_force():
     assert len(brute) > 300
     assert set(semdedup_pairs(x, 0.9, 7, seed=0, probe=7).pairs()) == brute
     assert set(semdedup_pairs(x, 0.9, 7, seed=0, probe=1).pairs()) < brute
+
+
+def test_the_clip_tier_probes_as_many_clusters_as_asked():
+    """``embedding_tier`` (the clip tier's search) passes ``kmeans_probe`` on: the straddling
+    pair is found at probe 2, not at probe 1; the step's ``clip_probe`` is that setting."""
+    from curate.dedup.tiers import embedding_tier
+    from curate.steps.dedup import DedupImages
+
+    x, threshold = _two_clusters_and_a_straddling_pair()
+    one = embedding_tier(x, threshold, "clip", kmeans_clusters=2, kmeans_probe=1)
+    two = embedding_tier(x, threshold, "clip", kmeans_clusters=2, kmeans_probe=2)
+    assert one.edges.pairs() == [] and two.edges.pairs() == [(80, 81)]
+    assert two.info["kmeans_probe"] == 2
+    assert DedupImages().clip_probe == 1
+    assert any("clip_probe" in p for p in DedupImages(clip_probe=0).validate())
