@@ -994,9 +994,7 @@ def digits_settings_markdown(d: dict, when: dict | None) -> list[str]:
         "removal is a mistake. *Copy-pair estimate*: the calibration's estimate of the copy "
         "pairs in its background sample (tiny band), component pairs over planted coverage, at "
         "the loosest rung of its reach ladder and at the rung it used (`copy_reach`). Measured on "
-        + _state_md(d.get("code_state"))
-        + (f", {when['when']}" if when else "")
-        + ".",
+        + _measured_on(d, when),
         "",
         "| sscd_size | calibration_sample | removed | fraction | of another digit | thresholds "
         "(tiny band) | copy-pair estimate, loosest rung -> rung used | before: removed |",
@@ -1032,10 +1030,7 @@ def tiles_distinct_markdown(d: dict, when: dict | None) -> list[str]:
         "The tiles of section *32x32 photo tiles* (same filters: no tile flatter than 8 grey "
         "levels or within 16 grey levels RMS of another or its mirror image), all of them, and no "
         "copy planted: every removal is a mistake. Not looked at while any constant of the "
-        "calibration was chosen. Measured on "
-        + _state_md(d.get("code_state"))
-        + (f", {when['when']}" if when else "")
-        + ".",
+        "calibration was chosen. Measured on " + _measured_on(d, when),
         "",
         "| method | removed | fraction | thresholds (tiny band) |",
         "|---|---|---|---|",
@@ -1507,6 +1502,11 @@ def _state_md(cs: dict | None) -> str:
     return f"commit {cs['commit']}, dedup code as committed (sources hash {cs['source_blake2b']})"
 
 
+def _measured_on(d: dict, when: dict | None) -> str:
+    """The code state and time of a section, for its intro."""
+    return _state_md(d.get("code_state")) + (f", {when['when']}" if when else "") + "."
+
+
 def _thresholds_md(t: dict | None) -> str:
     """The settings, and per tier and size band what the step's calibration chose (threshold,
     precision and recall on the copies it planted, or why the tier was switched off)."""
@@ -1565,10 +1565,7 @@ def digits_markdown(d: dict, when: dict | None) -> list[str]:
         "curate: the rows `dedup_images` marks for removal, and those whose kept sample is "
         "another digit; imagededup: its `find_duplicates_to_remove` (another digit: none of "
         "the file's duplicates that stay is the same digit); Immaculate: each duplicate group "
-        "keeps its first image. Measured on "
-        + _state_md(d.get("code_state"))
-        + (f", {when['when']}" if when else "")
-        + ".",
+        "keeps its first image. Measured on " + _measured_on(d, when),
         "",
         "| images | method | removed | fraction | removed as the duplicate of another digit |",
         "|---|---|---|---|---|",
@@ -1603,11 +1600,7 @@ def planted_step_markdown(title: str, intro: str, d: dict, when: dict | None) ->
     lines = [
         title,
         "",
-        intro
-        + " Measured on "
-        + _state_md(d.get("code_state"))
-        + (f", {when['when']}" if when else "")
-        + ".",
+        intro + " Measured on " + _measured_on(d, when),
         "",
         "Pair precision / recall / F1 of the groups that removal acts on (`dedup_images_cluster` "
         "for curate; for imagededup the connected components of its duplicate lists; "

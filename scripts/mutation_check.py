@@ -387,8 +387,8 @@ MUTATIONS = [
     M(
         "scale/the merge recomputes the captions' MinHash signatures",
         "curate/steps/dedup.py",
-        '        if ctx.shard_values is not None and "minhash" in ctx.shard_values.columns:',
-        "        if False:",
+        '        sig = _shard_column(ctx, "minhash", len(captions))',
+        "        sig = None",
         ("tests/scale/test_shards.py",),
     ),
     M(

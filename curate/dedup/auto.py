@@ -22,19 +22,20 @@ For every tier and image-size band the calibration measures two distributions:
 * **chance agreement**: two weak tiers (a 64-bit hash and a small-input SSCD on 8 px digits)
   agree at that level by chance on the most similar distinct images, and their components then
   chain. Real copies are found as often at stricter levels as the planted ones are, so the
-  estimate holds or grows up the ``REACH_LADDER`` (the level a third, a quarter, ... of the planted
-  pairs reach); chance agreement fades much faster than the planted coverage does, so the estimate
-  falls. Each band takes the smallest estimate over the rungs that cover at least
-  ``MIN_COVERED_PAIRS`` planted pairs, and its copy groups from the loosest rung consistent with it
-  (``copy_reach``; ``copy_estimates`` records the ladder). On 400 distinct digits at SSCD 64 px the
-  estimate falls 3,411 -> 342 -> 70 copy pairs up the ladder (none is a copy); on 32 px tiles with
-  planted copies it grows 5,970 -> 6,551 -> 8,822 (4,200 true). The copies the components miss are expected in the rest
-  with the tail of the planted pairs the rule misses; ``RESIDUAL_SHARE`` of that expectation is
-  subtracted (the planted groups, 7 images, are smaller than many real ones, whose components
-  hold more of their pairs), never below the pairs another tier puts below 98 % of the planted
-  pairs (certainly different pictures), and the result made monotone from the loose end. One
-  tier alone never vouches for a copy, so a tier that cannot tell a band's images apart
-  (digits) finds no copies to leave out. Single-tier runs leave nothing out (conservative).
+  estimate holds or grows up the ``REACH_LADDER`` (the level a third, a quarter, ... of the
+  planted pairs reach); chance agreement fades much faster than the planted coverage does, so
+  the estimate falls. Each band takes the smallest estimate over the rungs that cover at least
+  ``MIN_COVERED_PAIRS`` planted pairs, and its copy groups from the loosest rung consistent with
+  it (``copy_reach``; ``copy_estimates`` records the ladder). On 400 distinct digits at SSCD
+  64 px the estimate falls 3,411 -> 342 -> 70 copy pairs up the ladder (none is a copy); on
+  32 px tiles with planted copies it grows 5,970 -> 6,551 -> 8,822 (4,200 true).
+* **copies the components miss** are expected in the rest with the tail of the planted pairs
+  the rule misses; ``RESIDUAL_SHARE`` of that expectation is subtracted (the planted groups, 7
+  images, are smaller than many real ones, whose components hold more of their pairs), never
+  below the pairs another tier puts below 98 % of the planted pairs (certainly different
+  pictures), and the result made monotone from the loose end. One tier alone never vouches for
+  a copy, so a tier that cannot tell a band's images apart (digits) finds no copies to leave
+  out. Single-tier runs leave nothing out (conservative).
   The caption tiers keep the nearest-neighbour background (``calibrate_nearest``).
 
 The threshold of a tier in a band is the loosest one whose pair precision reaches
@@ -421,7 +422,7 @@ def calibrate(
         m = len(rows)
         raw, scored = _pair_scores(tiers, rows)
         within = np.zeros(m * (m - 1) // 2, bool)
-        covered, cover, n_copies = None, 0.0, 0.0
+        covered, n_copies = None, 0.0
         if joint and m >= 2:
             iu, ju = np.triu_indices(m, 1)
             ladder = []
@@ -430,12 +431,12 @@ def calibrate(
                          else _components(tiers, rows, lv, weak, raw, scored))  # fmt: skip
                 w = label[iu] == label[ju]
                 ladder.append((w, int(w.sum()), rungs[i][0], rungs[i][1]))
-            within, covered, cover, n_copies, pick, estimates = _consistent_rung(ladder)
+            within, covered, n_copies, pick, estimates = _consistent_rung(ladder)
             info["copy_reach"][band_names[b]] = REACH_LADDER[pick]
             info["copy_estimates"][band_names[b]] = estimates
         inside = int(within.sum())
         # Pairs inside a component are copies and leave the background; the real copy pairs
-        # the components miss (``1 - cover`` of them, shaped like the planted pairs the rule
+        # the components miss (those of the planted pairs ``covered`` misses, shaped like the planted pairs the rule
         # misses) are expected in what is left, and part of them (RESIDUAL_SHARE) subtracted.
         npairs = int((~within).sum())
         info["background_pairs"] += npairs
@@ -490,9 +491,9 @@ def _consistent_rung(ladder: list[tuple]) -> tuple:
     loosest counting rung whose pair count is consistent with the smallest estimate (within
     ``CONSISTENT_FACTOR``, plus ``CONSISTENT_SLACK`` pairs); its copy count is extrapolated with
     the coverage floored at ``MIN_COVERAGE``, as a single rung is. Returns ``(within, covered,
-    coverage, estimated copy pairs, rung, estimates)``."""
+    estimated copy pairs, rung, estimates)``."""
     usable = [i for i, (_, _, cov, _) in enumerate(ladder)
-              if i == 0 or (cov is not None and int(cov.sum()) >= MIN_COVERED_PAIRS)]  # fmt: skip
+              if i == 0 or int(cov.sum()) >= MIN_COVERED_PAIRS]  # fmt: skip
     eff = [c if i and c > 0 else max(c, MIN_COVERAGE) for i, (_, _, _, c) in enumerate(ladder)]
     est = [k / e for (_, k, _, _), e in zip(ladder, eff, strict=True)]
     low = min(est[i] for i in usable)
@@ -501,8 +502,8 @@ def _consistent_rung(ladder: list[tuple]) -> tuple:
                 if ladder[i][1] <= CONSISTENT_FACTOR * eff[i] * low + CONSISTENT_SLACK)  # fmt: skip
     w, k, covered, cover = ladder[pick]
     estimates = {str(r): round(e, 1) if i in usable else None
-                 for i, (r, e) in enumerate(zip(REACH_LADDER, est, strict=False))}  # fmt: skip
-    return w, covered, cover, k / max(cover, MIN_COVERAGE), pick, estimates
+                 for i, (r, e) in enumerate(zip(REACH_LADDER, est, strict=True))}  # fmt: skip
+    return w, covered, k / max(cover, MIN_COVERAGE), pick, estimates
 
 
 def _reach_level(scores: np.ndarray, reach: float = 0.0) -> float:

@@ -252,6 +252,17 @@ def _threshold_summary(calibration: dict) -> dict:
     return out
 
 
+def _shard_column(ctx: RunContext, name: str, n: int) -> np.ndarray | None:
+    """In ``curate merge``, the shards' ``name`` values of the ``n`` captions (``compute`` put
+    ``ctx.shard_values`` in caption order); None outside a merge or where the shards lack them."""
+    if ctx.shard_values is None or name not in ctx.shard_values.columns:
+        return None
+    values = ctx.shard_values[name].to_numpy()
+    if len(values) != n:
+        raise RuntimeError("shard values are not aligned with the captions")
+    return values
+
+
 def _stricter_reach(calibration: dict) -> str:
     """The report's note on bands whose copy count fell at stricter levels (chance agreement)."""
     reach = calibration.get("copy_reach") or {}
@@ -1162,12 +1173,10 @@ class DedupCaptions(Step):
         return MinHasher(self.minhash_perm, self.minhash_ngram, seed)
 
     def _signatures(self, captions: list, ctx: RunContext) -> np.ndarray:
-        """MinHash signatures of ``captions``: the shards' in a merge (caption order), computed
-        otherwise (and where the shards predate them)."""
-        if ctx.shard_values is not None and "minhash" in ctx.shard_values.columns:
-            sig = ctx.shard_values["minhash"].to_numpy()
-            if len(sig) != len(captions):
-                raise RuntimeError("shard values are not aligned with the captions")
+        """MinHash signatures of ``captions``: the shards' in a merge, computed otherwise (and
+        where the shards predate them)."""
+        sig = _shard_column(ctx, "minhash", len(captions))
+        if sig is not None:
             return np.ascontiguousarray(sig, dtype=np.uint32)
         return self._hasher(ctx).signatures(captions)
 
@@ -1177,10 +1186,8 @@ class DedupCaptions(Step):
 
         from curate.dedup.text import SentenceEmbedder
 
-        if ctx.shard_values is not None:  # curate merge: ``compute`` put them in caption order
-            vec = ctx.shard_values["semantic"].to_numpy()
-            if len(vec) != len(captions):
-                raise RuntimeError("shard values are not aligned with the captions")
+        vec = _shard_column(ctx, "semantic", len(captions))
+        if vec is not None:
             return vec
 
         key = hashlib.blake2b(
